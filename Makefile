@@ -1,0 +1,51 @@
+# Two commands: `make run` (set up, migrate, serve on http://127.0.0.1:8000) and `make test` (set up, run all tests).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+export CAMPAIGN_VAR_DIR ?= $(CURDIR)/var
+
+.PHONY: run test lint bench soak system-deps browser clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.run: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.test: $(VENV)/.run
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+run: $(VENV)/.run
+	$(BIN)/campaign db upgrade
+	$(BIN)/campaign check
+	$(BIN)/campaign serve --host 127.0.0.1 --port 8000
+
+# Debian packages the tests drive: Chromium (browser tests), poppler (pdftotext), wrk (benchmarks).
+system-deps:
+	@missing=""; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v pdftotext >/dev/null || missing="$$missing poppler-utils"; \
+	command -v wrk >/dev/null || missing="$$missing wrk"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) \
+	    || echo "could not install$$missing: tests that need them will be skipped"; \
+	fi
+
+lint: $(VENV)/.test
+	$(BIN)/ruff check .
+
+test: $(VENV)/.test system-deps lint
+	$(BIN)/pytest -q
+
+bench: $(VENV)/.test system-deps
+	$(BIN)/python -m bench
+
+soak: $(VENV)/.test system-deps
+	$(BIN)/pytest -q -m slow --run-slow
+
+clean:
+	rm -rf $(VENV) var .pytest_cache

@@ -1,0 +1,1 @@
+"""Letter-writing campaign service: petitions, appeal letters and a durable mail outbox."""

@@ -1,0 +1,153 @@
+"""Public JSON API: sign, campaign list, public stats, health.
+
+Errors come back as {"detail": [{"field": ..., "message": ...}]} in the requested language; every count here
+is folded so that no cell under the minimum can be read or subtracted out.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from sqlalchemy import text
+
+from app import i18n, signing
+from app.campaigns import Campaign
+from app.db import utcnow
+from app.state import Services, services
+from app.web import client_address
+
+router = APIRouter(prefix="/api/v1", tags=["public"])
+ServicesDep = Annotated[Services, Depends(services)]
+
+
+class SignRequest(BaseModel):
+    """Shape only; the rules (lengths, printable text, a real country, consent) are checked by signing.validate,
+    which answers 422 naming each field in the signer's language."""
+
+    name: str = Field(max_length=1000)
+    email: str = Field(max_length=1000)
+    country: str = Field(max_length=10)
+    city: str = Field(default="", max_length=1000)
+    message: str = Field(default="", max_length=20000)
+    consent: bool
+    lang: Literal["en", "ru", "kk"] = "en"
+    discreet: bool = False
+
+
+class SignAccepted(BaseModel):
+    status: Literal["pending"] = "pending"
+
+
+class FieldError(BaseModel):
+    field: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    detail: list[FieldError] | str
+
+
+class StatsOut(BaseModel):
+    campaign: str
+    confirmed: int
+    goal: int
+    min_cell: int
+    by_country: dict[str, int]
+    by_day: dict[str, int]
+
+
+class CampaignOut(BaseModel):
+    slug: str
+    title: str
+    summary: str
+    goal: int
+    opens_on: date
+    closes_on: date | None
+    languages: list[str]
+
+
+def campaign_or_404(svc: Services, slug: str) -> Campaign:
+    campaign = svc.campaigns.get(slug)
+    if campaign is None:
+        raise HTTPException(404, "No such campaign")
+    return campaign
+
+
+def field_errors(errors: dict[str, str], lang: str) -> list[dict[str, str]]:
+    return [{"field": f, "message": i18n.gettext(lang, m)} for f, m in errors.items()]
+
+
+@router.get("/campaigns", response_model=list[CampaignOut])
+def list_campaigns(svc: ServicesDep, lang: Literal["en", "ru", "kk"] = "en") -> list[CampaignOut]:
+    return [
+        CampaignOut(
+            slug=c.slug, title=c.title[c.lang(lang)], summary=c.summary[c.lang(lang)], goal=c.goal,
+            opens_on=c.opens_on, closes_on=c.closes_on, languages=list(c.languages),
+        )
+        for c in svc.campaigns.values()
+    ]
+
+
+@router.post(
+    "/campaigns/{slug}/signatures",
+    status_code=202,
+    response_model=SignAccepted,
+    responses={
+        404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 422: {"model": ErrorBody}, 429: {"model": ErrorBody}
+    },
+)
+async def sign(slug: str, body: SignRequest, request: Request, svc: ServicesDep):
+    """Sign a petition. New and repeat signers get the same answer; the mail differs."""
+    campaign = campaign_or_404(svc, slug)
+    retry_after = svc.sign_limiter.hit("sign", client_address(request))
+    if retry_after:
+        return JSONResponse(
+            {"detail": "Too many requests. Try again later."}, 429, headers={"Retry-After": str(retry_after)}
+        )
+    try:
+        data = signing.validate(body.model_dump())
+    except signing.ValidationFailed as exc:
+        return JSONResponse({"detail": field_errors(exc.errors, body.lang)}, 422)
+    try:
+        await run_in_threadpool(_sign, svc, campaign, data)
+    except signing.CampaignClosed:
+        return JSONResponse({"detail": "This campaign is closed."}, 409)
+    return SignAccepted()
+
+
+def _sign(svc: Services, campaign: Campaign, data: signing.SignatureIn) -> signing.Signed:
+    with svc.db.write.begin() as session:
+        return signing.sign(
+            session, campaign=campaign, data=data, keyring=svc.keyring, composer=svc.composer,
+            settings=svc.settings, now=utcnow(),
+        )
+
+
+@router.get("/campaigns/{slug}/stats", response_model=StatsOut, responses={404: {"model": ErrorBody}})
+def stats(slug: str, svc: ServicesDep) -> StatsOut:
+    """Confirmed signatures; countries and days under the minimum cell size are folded into "other"."""
+    campaign = campaign_or_404(svc, slug)
+    with svc.db.read() as session:
+        s = signing.public_stats(session, campaign, k=svc.settings.min_cell)
+    return StatsOut(
+        campaign=slug, confirmed=s.confirmed, goal=s.goal, min_cell=svc.settings.min_cell,
+        by_country=s.by_country, by_day=s.by_day,
+    )
+
+
+health_router = APIRouter(tags=["public"])
+
+
+@health_router.get("/healthz", responses={503: {"model": ErrorBody}})
+def healthz(svc: ServicesDep) -> dict[str, str]:
+    try:
+        with svc.db.read() as session:
+            session.execute(text("SELECT 1"))
+    except Exception as exc:
+        raise HTTPException(503, "database unavailable") from exc
+    return {"status": "ok"}

@@ -1,0 +1,140 @@
+"""The `campaign` command: database, server, outbox, stats and checks for organisers and operators.
+
+Every command builds its objects from one Settings (the CAMPAIGN_* environment) and owns its transactions.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from app import outbox as outbox_mod
+from app import signing
+from app.campaigns import CampaignError
+from app.settings import ROOT, Settings, load_settings
+
+app = typer.Typer(help="Letter-writing campaign service.", no_args_is_help=True, pretty_exceptions_enable=False)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+console = Console(stderr=True)
+
+
+def settings() -> Settings:
+    return load_settings()
+
+
+def alembic_config(s: Settings):
+    from alembic.config import Config
+
+    cfg = Config(toml_file=str(ROOT / "pyproject.toml"))
+    cfg.attributes["url"] = s.sqlalchemy_url
+    return cfg
+
+
+def services():
+    from app.state import Services
+
+    try:
+        return Services.build(settings())
+    except CampaignError as exc:
+        console.print(f"[red]Campaign file error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = typer.Argument("head")) -> None:
+    """Apply the migrations (creates the SQLite file under var/ when needed)."""
+    from alembic import command
+
+    s = settings()
+    if s.sqlalchemy_url.startswith("sqlite:///"):
+        Path(s.sqlalchemy_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    command.upgrade(alembic_config(s), revision)
+    console.print(f"database at {revision}")
+
+
+@app.command()
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: int = typer.Option(1, min=1, help="Server processes (use PostgreSQL for more than one host)."),
+) -> None:
+    """Serve the site. The outbox sender runs inside each server process unless CAMPAIGN_OUTBOX_IN_PROCESS=0."""
+    import uvicorn
+
+    s = settings()
+    services()  # fail here, with a clear message, on a broken campaign file or a missing key
+    console.print(f"Serving on http://{host}:{port}  (mail: {s.smtp_url or s.mail_dir})")
+    # Access logs are off: they would hold client IP addresses.
+    uvicorn.run(
+        "app.main:create_app", factory=True, host=host, port=port, workers=workers,
+        access_log=s.access_log, server_header=False, proxy_headers=True,
+    )
+
+
+@app.command()
+def outbox(once: bool = typer.Option(False, "--once", help="Send what is due now, then exit.")) -> None:
+    """Run the mail sender alone (for hosts that do not serve pages)."""
+    from app import mail
+
+    svc = services()
+    if once:
+        transport = mail.transport(svc.settings)
+        try:
+            while report := outbox_mod.deliver_due(
+                svc.db, keyring=svc.keyring, transport=transport, domain=mail.mail_domain(svc.settings),
+                target_hourly_cap=svc.settings.target_hourly_cap, max_attempts=svc.settings.outbox_max_attempts,
+            ):
+                console.print(f"sent {report.sent}, retry later {report.retried}, failed {report.failed}, "
+                              f"deferred {report.deferred}")
+                if not report.sent:
+                    break
+        finally:
+            transport.close()
+        return
+    worker = outbox_mod.Worker(svc.db, keyring=svc.keyring, settings=svc.settings,
+                               poll_seconds=svc.settings.outbox_poll_seconds)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(1)
+    except KeyboardInterrupt:
+        worker.stop()
+
+
+@app.command()
+def stats(slug: str, exact: bool = typer.Option(False, help="Unfolded counts (organisers only).")) -> None:
+    """Print the confirmed count and the per-country and per-day figures as JSON."""
+    import json
+
+    svc = services()
+    campaign = svc.campaigns.get(slug)
+    if campaign is None:
+        console.print(f"[red]no campaign {slug!r}[/red]; known: {', '.join(svc.campaigns)}")
+        raise typer.Exit(2)
+    with svc.db.read() as session:
+        if exact:
+            by_country, by_day = signing.exact_counts(session, slug)
+            out = {"campaign": slug, "confirmed": sum(by_country.values()), "goal": campaign.goal,
+                   "by_country": by_country, "by_day": by_day, "recount": signing.recount(session, slug)}
+        else:
+            st = signing.public_stats(session, campaign, k=svc.settings.min_cell)
+            out = {"campaign": slug, "confirmed": st.confirmed, "goal": st.goal,
+                   "by_country": st.by_country, "by_day": st.by_day}
+    sys.stdout.write(json.dumps(out, ensure_ascii=False, indent=2) + "\n")
+
+
+@app.command()
+def check() -> None:
+    """Load every campaign file and report the first error with its file and field."""
+    svc = services()
+    for campaign in svc.campaigns.values():
+        console.print(f"{campaign.slug}: {len(campaign.targets)} targets, languages {', '.join(campaign.languages)}")
+    console.print("campaigns OK")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,225 @@
+"""Mail: builds EmailMessage objects from our templates, and talks SMTP (the only importer of smtplib).
+
+Headers are set through email.message APIs only, so no typed text can add a header. SMTP failures are
+classified once, here: a 5xx answer is permanent, everything else (4xx, refused, dropped) is temporary.
+"""
+
+from __future__ import annotations
+
+import smtplib
+import ssl
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from app import i18n
+from app.campaigns import Campaign
+from app.settings import Settings
+
+
+class TemporaryFailure(Exception):
+    """Try again later (the server is down, busy, or said 4xx)."""
+
+
+class PermanentFailure(Exception):
+    """Never retry (the server said 5xx for this message or every recipient)."""
+
+
+def mail_domain(settings: Settings) -> str:
+    return settings.mail_from.rpartition("@")[2] or "localhost"
+
+
+class Composer:
+    """Renders the product's mails in the signer's language."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def build(
+        self,
+        *,
+        to: str | Address,
+        subject: str,
+        body: str,
+        from_name: str | None = None,
+        reply_to: str | Address | None = None,
+        cc: str | Address | None = None,
+        html: str | None = None,
+    ) -> EmailMessage:
+        msg = EmailMessage()
+        msg["From"] = Address(from_name or self.settings.mail_from_name, addr_spec=self.settings.mail_from)
+        msg["To"] = to
+        if cc:
+            msg["Cc"] = cc
+        if reply_to:
+            msg["Reply-To"] = reply_to
+        msg["Subject"] = subject
+        msg["Date"] = formatdate(localtime=False)
+        msg.set_content(body, cte="quoted-printable")
+        if html is not None:
+            msg.add_alternative(html, subtype="html")
+        return msg
+
+    def _render(self, template: str, lang: str, **context: object) -> str:
+        return i18n.page_env(lang).get_template(f"mail/{template}").render(
+            base_url=self.settings.base_url, **context
+        )
+
+    def _signer_mail(
+        self, template: str, *, campaign: Campaign, lang: str, to: str, subject: str, discreet: bool,
+        **context: object,
+    ) -> EmailMessage:
+        _ = i18n.translations(lang).gettext
+        body = self._render(template, lang, campaign=None if discreet else campaign, lang_code=lang, **context)
+        if discreet:
+            return self.build(to=to, subject=_("Your confirmation code"), body=body, from_name=_("Notifications"))
+        return self.build(to=to, subject=subject, body=body)
+
+    def confirmation(
+        self, *, campaign: Campaign, lang: str, to: str, token: str, code: str, discreet: bool
+    ) -> EmailMessage:
+        _ = i18n.translations(lang).gettext
+        return self._signer_mail(
+            "confirm.txt", campaign=campaign, lang=lang, to=to, discreet=discreet,
+            subject=_("Please confirm your signature: %(title)s") % {"title": campaign.title[campaign.lang(lang)]},
+            link=f"{self.settings.base_url}/confirm/{token}?lang={lang}", code=code,
+            days=self.settings.confirm_token_days,
+        )
+
+    def already_signed(
+        self, *, campaign: Campaign, lang: str, to: str, token: str | None, code: str | None, discreet: bool
+    ) -> EmailMessage:
+        _ = i18n.translations(lang).gettext
+        return self._signer_mail(
+            "already.txt", campaign=campaign, lang=lang, to=to, discreet=discreet,
+            subject=_("You have already signed: %(title)s") % {"title": campaign.title[campaign.lang(lang)]},
+            link=f"{self.settings.base_url}/confirm/{token}?lang={lang}" if token else None, code=code,
+            days=self.settings.confirm_token_days,
+        )
+
+    def confirmed(
+        self, *, campaign: Campaign, lang: str, to: str, manage_token: str, discreet: bool
+    ) -> EmailMessage:
+        _ = i18n.translations(lang).gettext
+        return self._signer_mail(
+            "confirmed.txt", campaign=campaign, lang=lang, to=to, discreet=discreet,
+            subject=_("Thank you for signing: %(title)s") % {"title": campaign.title[campaign.lang(lang)]},
+            link=f"{self.settings.base_url}/s/{manage_token}?lang={lang}",
+        )
+
+
+def stamp(msg: EmailMessage, *, outbox_id: int, domain: str) -> None:
+    """A Message-ID derived from the outbox row, so a receiver can drop a duplicate of a retried send."""
+    del msg["Message-ID"]
+    msg["Message-ID"] = f"<outbox-{outbox_id}@{domain}>"
+
+
+class SMTPTransport:
+    """One SMTP connection, opened on first use and reused across sends until closed or broken."""
+
+    def __init__(self, url: str, *, timeout: float = 30) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in {"smtp", "smtps"}:
+            raise ValueError("CAMPAIGN_SMTP_URL must start with smtp:// or smtps://")
+        self.implicit_tls = parts.scheme == "smtps"
+        self.host = parts.hostname or "localhost"
+        self.port = parts.port or (465 if self.implicit_tls else 25)
+        self.user = unquote(parts.username) if parts.username else None
+        self.password = unquote(parts.password) if parts.password else None
+        self.starttls = parse_qs(parts.query).get("starttls", ["0"])[0] in {"1", "true", "yes"}
+        self.timeout = timeout
+        self._conn: smtplib.SMTP | None = None
+
+    def _connect(self) -> smtplib.SMTP:
+        if self._conn is None:
+            try:
+                if self.implicit_tls:
+                    conn: smtplib.SMTP = smtplib.SMTP_SSL(
+                        self.host, self.port, timeout=self.timeout, context=ssl.create_default_context()
+                    )
+                else:
+                    conn = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+                    if self.starttls:
+                        conn.starttls(context=ssl.create_default_context())
+                if self.user:
+                    conn.login(self.user, self.password or "")
+            except smtplib.SMTPResponseException as exc:
+                raise _classify(exc) from exc
+            except (OSError, smtplib.SMTPException) as exc:
+                raise TemporaryFailure(f"cannot connect to {self.host}:{self.port}: {exc}") from exc
+            self._conn = conn
+        return self._conn
+
+    def send(self, msg: EmailMessage, recipients: list[str]) -> None:
+        conn = self._connect()
+        try:
+            refused = conn.send_message(msg, to_addrs=recipients)
+        except smtplib.SMTPRecipientsRefused as exc:
+            self._reset()
+            codes = [code for code, _ in exc.recipients.values()]
+            detail = "; ".join(f"{code} {text!r}" for code, text in exc.recipients.values())
+            if all(code >= 500 for code in codes):
+                raise PermanentFailure(f"recipients refused: {detail}") from exc
+            raise TemporaryFailure(f"recipients refused: {detail}") from exc
+        except smtplib.SMTPResponseException as exc:
+            self._reset()
+            raise _classify(exc) from exc
+        except (OSError, smtplib.SMTPException) as exc:
+            self._drop()
+            raise TemporaryFailure(f"connection lost: {exc}") from exc
+        if refused and len(refused) == len(recipients):
+            raise TemporaryFailure(f"every recipient refused: {refused}")
+
+    def _reset(self) -> None:
+        try:
+            if self._conn is not None:
+                self._conn.rset()
+        except (OSError, smtplib.SMTPException):
+            self._drop()
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            finally:
+                self._conn = None
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.quit()
+            except (OSError, smtplib.SMTPException):
+                pass
+            finally:
+                self._drop()
+
+
+def _classify(exc: smtplib.SMTPResponseException) -> Exception:
+    text = exc.smtp_error.decode(errors="replace") if isinstance(exc.smtp_error, bytes) else str(exc.smtp_error)
+    if exc.smtp_code >= 500:
+        return PermanentFailure(f"{exc.smtp_code} {text}")
+    return TemporaryFailure(f"{exc.smtp_code} {text}")
+
+
+class FileTransport:
+    """With no SMTP server configured, each mail lands as an .eml file in var/mail/ for a developer to open."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def send(self, msg: EmailMessage, recipients: list[str]) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        msg_id = (msg["Message-ID"] or make_msgid()).strip("<>").replace("/", "_")
+        path = self.folder / f"{msg_id}.eml"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(bytes(msg))
+        tmp.replace(path)
+
+    def close(self) -> None:
+        pass
+
+
+def transport(settings: Settings) -> SMTPTransport | FileTransport:
+    return SMTPTransport(settings.smtp_url) if settings.smtp_url else FileTransport(settings.mail_dir)

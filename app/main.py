@@ -1,0 +1,75 @@
+"""create_app(settings) -> FastAPI: routers, middleware, static files, error handlers, the in-process outbox."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app import api, i18n, outbox, web
+from app.db import Database
+from app.security import SecurityHeaders
+from app.settings import Settings, load_settings
+from app.state import Services
+
+STATIC_DIR = Path(__file__).parent / "static"
+
+
+def create_app(settings: Settings | None = None, *, db: Database | None = None) -> FastAPI:
+    settings = settings or load_settings()
+    svc = Services.build(settings, db=db)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        worker = None
+        if settings.outbox_in_process:
+            worker = outbox.Worker(svc.db, keyring=svc.keyring, settings=settings,
+                                   poll_seconds=settings.outbox_poll_seconds)
+            worker.start()
+        try:
+            yield
+        finally:
+            if worker:
+                worker.stop()
+            if db is None:
+                svc.db.dispose()
+
+    app = FastAPI(
+        title="Campaign service",
+        version="1",
+        lifespan=lifespan,
+        docs_url=None,  # the Swagger page loads from a CDN; the schema stays at /openapi.json
+        redoc_url=None,
+    )
+    app.state.services = svc
+    app.add_middleware(SecurityHeaders, hsts=settings.base_url.startswith("https://"))
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.include_router(api.router)
+    app.include_router(api.health_router)
+    app.include_router(web.router)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        detail = [
+            {"field": ".".join(str(p) for p in err["loc"] if p not in ("body", "query", "path")) or "body",
+             "message": err["msg"]}
+            for err in exc.errors()
+        ]
+        return JSONResponse({"detail": detail}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if request.url.path.startswith("/api/") or request.url.path == "/healthz":
+            return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+        lang = i18n.negotiate(request.query_params.get("lang"), request.headers.get("accept-language"))
+        html = i18n.page_env(lang).get_template("error.html").render(
+            message_id=None, detail=str(exc.detail), status=exc.status_code, campaign=None, path=request.url.path
+        )
+        return HTMLResponse(html, status_code=exc.status_code, headers=exc.headers)
+
+    return app

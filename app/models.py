@@ -1,0 +1,140 @@
+"""Every table, typed. The Alembic migrations in migrations/ are the schema; a test checks they agree.
+
+Personal data (name, email, city, message, mail recipients and bodies) is only ever stored encrypted
+(`*_enc` columns, see encryption.py); no column holds an IP address. Plain columns are what counting needs.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+
+from sqlalchemy import (
+    Boolean,
+    Date,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db import Base, UTCDateTime, utcnow
+
+PENDING = "pending"
+CONFIRMED = "confirmed"
+
+
+class Signature(Base):
+    __tablename__ = "signatures"
+    __table_args__ = (
+        UniqueConstraint("campaign", "email_key"),
+        Index("ix_signatures_campaign_status_confirmed_at", "campaign", "status", "confirmed_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    campaign: Mapped[str] = mapped_column(String(64))
+    # HMAC of the normalised email: finds a repeat signer without storing the address. NULL once erased.
+    email_key: Mapped[bytes | None] = mapped_column(LargeBinary(32), index=True)
+    key_id: Mapped[str] = mapped_column(String(16))  # which data key sealed the *_enc columns
+    name_enc: Mapped[bytes | None] = mapped_column(LargeBinary)
+    email_enc: Mapped[bytes | None] = mapped_column(LargeBinary)
+    city_enc: Mapped[bytes | None] = mapped_column(LargeBinary)
+    message_enc: Mapped[bytes | None] = mapped_column(LargeBinary)
+    country: Mapped[str] = mapped_column(String(2))
+    language: Mapped[str] = mapped_column(String(2))
+    status: Mapped[str] = mapped_column(String(16), default=PENDING)
+    discreet: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    erased_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Confirmation: link token and short code, both stored as hashes only.
+    confirm_token_hash: Mapped[bytes | None] = mapped_column(LargeBinary(32), unique=True)
+    confirm_code_hash: Mapped[bytes | None] = mapped_column(LargeBinary(32))
+    code_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    confirm_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The signer's own page (delivery choice, opt-ins), reached from a link in their mail.
+    manage_token_hash: Mapped[bytes | None] = mapped_column(LargeBinary(32), unique=True)
+
+
+class SignatureCount(Base):
+    """Confirmed signatures per campaign, country and day: advanced in the confirming transaction."""
+
+    __tablename__ = "signature_counts"
+
+    campaign: Mapped[str] = mapped_column(String(64), primary_key=True)
+    country: Mapped[str] = mapped_column(String(2), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    confirmed: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class TargetOptIn(Base):
+    """A signer's explicit consent to be named to one target. Absent row: not named."""
+
+    __tablename__ = "target_opt_ins"
+
+    signature_id: Mapped[int] = mapped_column(ForeignKey("signatures.id", ondelete="CASCADE"), primary_key=True)
+    target: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Delivery(Base):
+    """A signer's request that the service send their letter to a target (at most one per target)."""
+
+    __tablename__ = "deliveries"
+
+    signature_id: Mapped[int] = mapped_column(ForeignKey("signatures.id", ondelete="CASCADE"), primary_key=True)
+    target: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class OutboxMessage(Base):
+    """A mail to send. Written in the same transaction as the change that causes it."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        Index("ix_outbox_state_next_attempt_at", "state", "next_attempt_at"),
+        Index("ix_outbox_target_sent_at", "target", "sent_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    key_id: Mapped[str] = mapped_column(String(16))
+    recipient_enc: Mapped[bytes | None] = mapped_column(LargeBinary)
+    message_enc: Mapped[bytes | None] = mapped_column(LargeBinary)  # the RFC 5322 message, sealed
+    signature_id: Mapped[int | None] = mapped_column(
+        ForeignKey("signatures.id", ondelete="SET NULL"), index=True
+    )
+    target: Mapped[str | None] = mapped_column(String(64))  # letters to officials: the hourly cap keys on it
+    state: Mapped[str] = mapped_column(String(16), default="queued")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Organiser(Base):
+    __tablename__ = "organisers"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    token_hash: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class ExportLog(Base):
+    """Who exported what, when: every export of counts or signatures writes one row."""
+
+    __tablename__ = "export_log"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    organiser: Mapped[str] = mapped_column(String(100))
+    campaign: Mapped[str] = mapped_column(String(64))
+    what: Mapped[str] = mapped_column(String(200))
+    rows: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

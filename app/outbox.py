@@ -1,0 +1,266 @@
+"""The outbox: mails are rows, written with the change that causes them, sent later by a worker.
+
+A row is claimed (a lease, taken with FOR UPDATE SKIP LOCKED on PostgreSQL), sent, then marked sent; a
+temporary failure retries with exponential backoff, a permanent one is marked failed with the reason. A worker
+that dies mid-send leaves a lease that expires, so the mail is sent again under the same Message-ID.
+Letters to one target are spread out by a per-target hourly cap. Knows nothing about petitions.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from email.utils import getaddresses
+
+from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from app import mail
+from app.db import Database, utcnow
+from app.encryption import Keyring
+from app.models import OutboxMessage
+
+log = logging.getLogger(__name__)
+QUEUED, SENDING, SENT, FAILED = "queued", "sending", "sent", "failed"
+LEASE = timedelta(minutes=5)
+BACKOFF_BASE = timedelta(seconds=30)
+BACKOFF_MAX = timedelta(hours=2)
+
+
+def recipients_of(msg: EmailMessage) -> list[str]:
+    return [addr for _, addr in getaddresses(msg.get_all("To", []) + msg.get_all("Cc", [])) if addr]
+
+
+def enqueue(
+    session: Session,
+    msg: EmailMessage,
+    *,
+    kind: str,
+    keyring: Keyring,
+    now: datetime,
+    signature_id: int | None = None,
+    target: str | None = None,
+    not_before: datetime | None = None,
+) -> OutboxMessage:
+    """Add a mail to the caller's transaction. Recipients and body are sealed like any personal data."""
+    row = OutboxMessage(
+        kind=kind,
+        key_id=keyring.primary,
+        recipient_enc=keyring.seal(",".join(recipients_of(msg)), "recipient"),
+        message_enc=keyring.seal_bytes(bytes(msg), "message"),
+        signature_id=signature_id,
+        target=target,
+        state=QUEUED,
+        attempts=0,
+        next_attempt_at=not_before or now,
+        created_at=now,
+    )
+    session.add(row)
+    return row
+
+
+def backoff(attempts: int) -> timedelta:
+    """30 s, 1 min, 2 min, ... capped at 2 h, with jitter so a recovered server is not hit all at once."""
+    delay = min(BACKOFF_BASE * (2 ** max(attempts - 1, 0)), BACKOFF_MAX)
+    return delay * random.uniform(0.8, 1.2)
+
+
+def claim(session: Session, *, now: datetime, limit: int) -> list[OutboxMessage]:
+    """Take a lease on up to `limit` due rows. Several workers never hold the same row."""
+    due = (
+        select(OutboxMessage.id)
+        .where(
+            or_(
+                (OutboxMessage.state == QUEUED) & (OutboxMessage.next_attempt_at <= now),
+                (OutboxMessage.state == SENDING) & (OutboxMessage.lease_until < now),
+            )
+        )
+        .order_by(OutboxMessage.next_attempt_at, OutboxMessage.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    ids = list(session.scalars(due))
+    if not ids:
+        return []
+    # The state check repeats the WHERE: on SQLite (no row locks) it is what makes a claim exclusive.
+    claimed = session.scalars(
+        update(OutboxMessage)
+        .where(
+            OutboxMessage.id.in_(ids),
+            or_(OutboxMessage.state == QUEUED, OutboxMessage.lease_until < now),
+        )
+        .values(state=SENDING, lease_until=now + LEASE)
+        .returning(OutboxMessage.id)
+    ).all()
+    return list(
+        session.scalars(
+            select(OutboxMessage).where(OutboxMessage.id.in_(claimed)).order_by(OutboxMessage.id)
+        )
+    )
+
+
+def sent_last_hour(session: Session, target: str, now: datetime) -> int:
+    return session.scalar(
+        select(func.count()).where(
+            OutboxMessage.target == target, OutboxMessage.sent_at >= now - timedelta(hours=1)
+        )
+    ) or 0
+
+
+@dataclass
+class Report:
+    sent: int = 0
+    retried: int = 0
+    failed: int = 0
+    deferred: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.sent or self.retried or self.failed or self.deferred)
+
+
+def deliver_due(
+    db: Database,
+    *,
+    keyring: Keyring,
+    transport: mail.SMTPTransport | mail.FileTransport,
+    domain: str,
+    now: datetime | None = None,
+    batch: int = 100,
+    target_hourly_cap: int = 30,
+    max_attempts: int = 12,
+) -> Report:
+    """Claim one batch, send it over one connection, record each outcome. Returns what happened."""
+    now = now or utcnow()
+    report = Report()
+    with db.write.begin() as session:
+        rows = claim(session, now=now, limit=batch)
+        sent_per_target: dict[str, int] = {}
+        plans: list[tuple[int, EmailMessage | None, list[str]]] = []
+        for row in rows:
+            if row.target:
+                used = sent_per_target.setdefault(row.target, sent_last_hour(session, row.target, now))
+                if used >= target_hourly_cap:
+                    # Over the cap: put it back for later, costs no attempt.
+                    row.state, row.lease_until = QUEUED, None
+                    row.next_attempt_at = now + timedelta(minutes=5)
+                    report.deferred += 1
+                    continue
+                sent_per_target[row.target] = used + 1
+            if row.message_enc is None:
+                plans.append((row.id, None, []))
+                continue
+            raw = keyring.open_bytes(row.message_enc, "message", row.key_id)
+            msg = message_from_bytes(raw, policy=policy.default)
+            assert isinstance(msg, EmailMessage)
+            mail.stamp(msg, outbox_id=row.id, domain=domain)
+            recipients = (keyring.open(row.recipient_enc, "recipient", row.key_id) or "").split(",")
+            plans.append((row.id, msg, [r for r in recipients if r]))
+
+    # Sending happens outside any transaction: a slow SMTP server never holds a database lock.
+    for row_id, msg, recipients in plans:
+        outcome: tuple[str, str | None]
+        if msg is None or not recipients:
+            outcome = (FAILED, "nothing to send (erased or empty)")
+        else:
+            try:
+                transport.send(msg, recipients)
+                outcome = (SENT, None)
+            except mail.PermanentFailure as exc:
+                outcome = (FAILED, str(exc)[:1000])
+            except mail.TemporaryFailure as exc:
+                outcome = (QUEUED, str(exc)[:1000])
+        _record(db, row_id, outcome, now=utcnow(), max_attempts=max_attempts, report=report)
+    return report
+
+
+def _record(
+    db: Database, row_id: int, outcome: tuple[str, str | None], *, now: datetime, max_attempts: int,
+    report: Report,
+) -> None:
+    state, error = outcome
+    with db.write.begin() as session:
+        row = session.get(OutboxMessage, row_id)
+        if row is None:  # erased while we were sending
+            return
+        row.attempts += 1
+        row.lease_until = None
+        if state == SENT:
+            row.state, row.sent_at, row.last_error = SENT, now, None
+            report.sent += 1
+        elif state == QUEUED and row.attempts < max_attempts:
+            row.state, row.last_error = QUEUED, error
+            row.next_attempt_at = now + backoff(row.attempts)
+            report.retried += 1
+            report.errors.append(error or "")
+        else:
+            if state == QUEUED:
+                error = f"gave up after {row.attempts} attempts: {error}"
+            row.state, row.last_error = FAILED, error
+            report.failed += 1
+            report.errors.append(error or "")
+
+
+def drop_queued_for(session: Session, signature_ids: list[int]) -> int:
+    """Erasure: queued mails of these signers are deleted, not sent."""
+    if not signature_ids:
+        return 0
+    return session.execute(
+        delete(OutboxMessage).where(
+            OutboxMessage.signature_id.in_(signature_ids), OutboxMessage.state.in_([QUEUED, SENDING])
+        )
+    ).rowcount
+
+
+def drop_old_bodies(session: Session, *, now: datetime, days: int = 28) -> int:
+    """Retention: a sent mail keeps its row (for the count of sends) but not its body or recipient."""
+    return session.execute(
+        update(OutboxMessage)
+        .where(OutboxMessage.state == SENT, OutboxMessage.sent_at < now - timedelta(days=days))
+        .where(OutboxMessage.message_enc.is_not(None))
+        .values(message_enc=None, recipient_enc=None)
+    ).rowcount
+
+
+class Worker(threading.Thread):
+    """Runs deliver_due in a loop until stopped; used inside the server process and by `campaign outbox`."""
+
+    def __init__(
+        self, db: Database, *, keyring: Keyring, settings, poll_seconds: float = 1.0, on_idle=None
+    ) -> None:
+        super().__init__(name="outbox", daemon=True)
+        self.db, self.keyring, self.settings = db, keyring, settings
+        self.poll_seconds = poll_seconds
+        self.on_idle = on_idle
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        transport = mail.transport(self.settings)
+        try:
+            while not self.stopping.is_set():
+                try:
+                    report = deliver_due(
+                        self.db, keyring=self.keyring, transport=transport,
+                        domain=mail.mail_domain(self.settings),
+                        target_hourly_cap=self.settings.target_hourly_cap,
+                        max_attempts=self.settings.outbox_max_attempts,
+                    )
+                except Exception:  # the loop must survive a database hiccup
+                    log.exception("outbox pass failed")
+                    report = None
+                if not report or not report.sent:
+                    transport.close()  # idle: do not keep a connection open
+                    if self.on_idle:
+                        self.on_idle()
+                    self.stopping.wait(self.poll_seconds)
+        finally:
+            transport.close()
+
+    def stop(self, timeout: float = 10) -> None:
+        self.stopping.set()
+        self.join(timeout)

@@ -1,0 +1,97 @@
+"""Tokens, confirmation codes, CSRF and security headers.
+
+Tokens are random and stored only as hashes; codes are compared in constant time; every form carries a CSRF
+token bound to a cookie; every response forbids loading anything from another origin.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+# No 0/O, 1/I/L, 5/S, 2/Z, 8/B: a code read aloud or from a phone screen is typed right the first time.
+CODE_ALPHABET = "ACDEFGHJKMNPQRTUVWXY34679"
+CODE_LENGTH = 8
+CSRF_COOKIE = "csrf"
+CSRF_FIELD = "csrf_token"
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def token_hash(token: str) -> bytes:
+    """Tokens carry 256 random bits, so a plain SHA-256 makes a stolen hash useless."""
+    return hashlib.sha256(token.encode()).digest()
+
+
+def new_code() -> str:
+    return "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
+
+
+def normalise_code(typed: str) -> str:
+    return "".join(ch for ch in typed.upper() if ch.isalnum())
+
+
+def code_hash(secret: str, code: str) -> bytes:
+    """Keyed, because a code has only ~37 bits: without the server secret a stolen hash cannot be brute-forced."""
+    return hmac.digest(secret.encode(), b"code:" + normalise_code(code).encode(), "sha256")
+
+
+def same(a: bytes | None, b: bytes | None) -> bool:
+    return a is not None and b is not None and hmac.compare_digest(a, b)
+
+
+def csrf_form_token(secret: str, cookie: str) -> str:
+    return hmac.new(secret.encode(), b"csrf:" + cookie.encode(), "sha256").hexdigest()
+
+
+def csrf_valid(secret: str, cookie: str | None, field: str | None) -> bool:
+    if not cookie or not field:
+        return False
+    return hmac.compare_digest(csrf_form_token(secret, cookie), field)
+
+
+def content_security_policy(frame_ancestors: str = "'none'") -> str:
+    return (
+        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+        f"form-action 'self'; base-uri 'none'; object-src 'none'; frame-ancestors {frame_ancestors}"
+    )
+
+
+class SecurityHeaders:
+    """Pure ASGI middleware (cheaper than BaseHTTPMiddleware on the hot sign path).
+
+    A route that may be framed (the embed) sets its own Content-Security-Policy; it is kept.
+    """
+
+    def __init__(self, app: ASGIApp, *, hsts: bool = False) -> None:
+        self.app = app
+        self.hsts = hsts
+        self.csp = content_security_policy()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                if "content-security-policy" not in headers:
+                    headers["Content-Security-Policy"] = self.csp
+                    headers["X-Frame-Options"] = "DENY"
+                headers["Referrer-Policy"] = "no-referrer"
+                headers["X-Content-Type-Options"] = "nosniff"
+                headers["Cross-Origin-Opener-Policy"] = "same-origin"
+                headers["Cross-Origin-Resource-Policy"] = "same-origin"
+                headers["Permissions-Policy"] = "interest-cohort=(), browsing-topics=()"
+                if self.hsts:
+                    headers["Strict-Transport-Security"] = "max-age=31536000"
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)

@@ -1,0 +1,76 @@
+"""Configuration from `CAMPAIGN_*` environment variables, in one Settings object.
+
+Everything (the app, the CLI, the outbox worker, tests) is built from a Settings passed in; nothing reads the
+environment elsewhere. Outside development, default secrets are refused.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ROOT = Path(__file__).resolve().parent.parent
+DEV_SECRET = "dev-secret-change-me"  # noqa: S105 - refused outside development
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CAMPAIGN_", env_nested_delimiter="__", extra="ignore")
+
+    env: Literal["development", "test", "production"] = "development"
+    base_url: str = "http://127.0.0.1:8000"
+    var_dir: Path = ROOT / "var"
+    letters_dir: Path = ROOT / "templates" / "letters"
+    database_url: str = ""  # empty: SQLite file var/campaign.db
+    secret_key: str = DEV_SECRET
+    # Key for personal data at rest: urlsafe base64 of 32 bytes, or "id:key,id:key" (first one encrypts).
+    data_key: str = ""
+    organiser_token: str = ""
+    redis_url: str = ""
+    smtp_url: str = ""  # smtp://user:pass@host:port ; smtps:// for implicit TLS; ?starttls=1
+    mail_from: str = "campaign@localhost"
+    mail_from_name: str = "Letters for Zhanbolat Mamay"
+    sign_rate_limit: str = "10/minute;100/day"
+    login_rate_limit: str = "5/minute"
+    min_cell: int = Field(default=5, ge=1)
+    retention_days: int = Field(default=180, ge=1)
+    confirm_token_days: int = Field(default=7, ge=1)
+    target_hourly_cap: int = Field(default=30, ge=1)
+    outbox_in_process: bool = True
+    outbox_poll_seconds: float = Field(default=1.0, gt=0)
+    outbox_max_attempts: int = Field(default=12, ge=1)
+    frame_ancestors: list[str] = []
+    access_log: bool = False
+
+    @field_validator("var_dir", "letters_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.resolve()
+
+    @model_validator(mode="after")
+    def _refuse_default_secrets(self) -> Settings:
+        if self.env == "production":
+            if self.secret_key == DEV_SECRET or len(self.secret_key) < 32:
+                raise ValueError("CAMPAIGN_SECRET_KEY must be set to 32+ random characters in production")
+            if not self.data_key:
+                raise ValueError("CAMPAIGN_DATA_KEY must be set in production")
+        return self
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.var_dir / 'campaign.db'}"
+
+    @property
+    def mail_dir(self) -> Path:
+        return self.var_dir / "mail"
+
+    @property
+    def rate_limit_enabled(self) -> bool:
+        return self.sign_rate_limit.strip().lower() not in {"", "off", "none", "0"}
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment, with explicit overrides (tests and the CLI pass these)."""
+    return Settings(**overrides)

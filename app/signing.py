@@ -1,0 +1,427 @@
+"""Signing: validate a supporter's input, store it sealed, confirm it, and keep the count exact.
+
+A signature and its mail are one transaction (the caller's). A repeat signer gets the same answer and a
+different mail, never a second row. The count moves only when a row really goes from pending to confirmed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import pycountry
+from email_validator import EmailNotValidError, validate_email
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app import mail, outbox, security
+from app.campaigns import LANGUAGES, Campaign
+from app.encryption import Keyring
+from app.models import CONFIRMED, PENDING, Signature, SignatureCount
+from app.settings import Settings
+
+COUNTRIES = frozenset(c.alpha_2 for c in pycountry.countries)
+MAX_CODE_ATTEMPTS = 5
+# Bidi embedding/override/isolate controls: they can make a name display as something else.
+BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+MESSAGE_ALLOWED_CONTROLS = frozenset("\n\t")
+
+
+def N_(message: str) -> str:
+    """Marks a message for translation (Babel extracts it); translated where it is shown."""
+    return message
+
+
+class SigningError(Exception):
+    """Base of every refusal; web and API map each subclass to an answer in one place."""
+
+
+class ValidationFailed(SigningError):
+    def __init__(self, errors: dict[str, str]) -> None:
+        super().__init__(", ".join(errors))
+        self.errors = errors  # field -> message id (English, translated at the edge)
+
+
+class CampaignClosed(SigningError):
+    pass
+
+
+class RateLimited(SigningError):
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"retry after {retry_after}s")
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class SignatureIn:
+    name: str
+    email: str
+    country: str
+    city: str
+    message: str
+    lang: str
+    discreet: bool = False
+
+
+def _printable_line(value: str) -> bool:
+    return value.isprintable() and not (set(value) & BIDI_CONTROLS)
+
+
+def _printable_text(value: str) -> bool:
+    return all(
+        ch in MESSAGE_ALLOWED_CONTROLS
+        or (unicodedata.category(ch) != "Cc" and ch not in BIDI_CONTROLS and ch not in "\u2028\u2029")
+        for ch in value
+    )
+
+
+def _truthy(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    return isinstance(value, str) and value.strip().lower() in {"on", "true", "1", "yes"}
+
+
+def normalise_email(email: str) -> str:
+    """The dedupe form of an address: case-folded local part without +tag, IDNA (ASCII) domain."""
+    local, _, domain = email.rpartition("@")
+    local = local.split("+", 1)[0].casefold()
+    with contextlib.suppress(UnicodeError):  # already validated; keep the Unicode form
+        domain = domain.encode("idna").decode("ascii")
+    return f"{local}@{domain.lower()}"
+
+
+def validate(raw: Mapping[str, object]) -> SignatureIn:
+    """Check every field and return clean data, or raise ValidationFailed naming each bad field."""
+    errors: dict[str, str] = {}
+
+    def text(field: str) -> str:
+        value = raw.get(field)
+        return value if isinstance(value, str) else ""
+
+    name = text("name").strip()
+    if not 1 <= len(name) <= 100 or not _printable_line(name):
+        errors["name"] = N_("Enter your name: 1 to 100 characters, no control characters.")
+
+    email = text("email").strip()
+    normalized_email = ""
+    if not email:
+        errors["email"] = N_("Enter your email address.")
+    elif len(email) > 254 or not _printable_line(email):
+        errors["email"] = N_("Enter a valid email address.")
+    else:
+        try:
+            normalized_email = validate_email(email, check_deliverability=False).normalized
+        except EmailNotValidError:
+            errors["email"] = N_("Enter a valid email address.")
+
+    country = text("country").strip().upper()
+    if country not in COUNTRIES:
+        errors["country"] = N_("Choose your country from the list.")
+
+    city = text("city").strip()
+    if len(city) > 100 or not _printable_line(city):
+        errors["city"] = N_("City: at most 100 characters, no control characters.")
+
+    message = text("message").replace("\r\n", "\n").strip()
+    if len(message) > 2000 or not _printable_text(message):
+        errors["message"] = N_("Your message: at most 2,000 characters, no control characters.")
+
+    if not _truthy(raw.get("consent")):
+        errors["consent"] = N_("Please tick the box to agree that we store your signature.")
+
+    lang = text("lang") or "en"
+    if lang not in LANGUAGES:
+        errors["lang"] = N_("Choose English, Russian or Kazakh.")
+
+    if errors:
+        raise ValidationFailed(errors)
+    return SignatureIn(
+        name=name,
+        email=normalized_email,
+        country=country,
+        city=city,
+        message=message,
+        lang=lang,
+        discreet=_truthy(raw.get("discreet")),
+    )
+
+
+@dataclass(frozen=True)
+class Signed:
+    """What a sign request learns: the row to attach a code entry to. Same shape for new and repeat signers."""
+
+    signature_id: int
+    created: bool
+
+
+def _confirmation(settings: Settings, now: datetime) -> tuple[str, str, dict[str, object]]:
+    token, code = security.new_token(), security.new_code()
+    columns = {
+        "confirm_token_hash": security.token_hash(token),
+        "confirm_code_hash": security.code_hash(settings.secret_key, code),
+        "code_attempts": 0,
+        "confirm_expires_at": now + timedelta(days=settings.confirm_token_days),
+    }
+    return token, code, columns
+
+
+def sign(
+    session: Session,
+    *,
+    campaign: Campaign,
+    data: SignatureIn,
+    keyring: Keyring,
+    composer: mail.Composer,
+    settings: Settings,
+    now: datetime,
+) -> Signed:
+    if not campaign.is_open(now.date()):
+        raise CampaignClosed(campaign.slug)
+    email_key = keyring.email_key(normalise_email(data.email))
+    existing = session.scalar(
+        select(Signature).where(Signature.campaign == campaign.slug, Signature.email_key == email_key)
+    )
+    if existing is None:
+        token, code, columns = _confirmation(settings, now)
+        row = Signature(
+            campaign=campaign.slug,
+            email_key=email_key,
+            key_id=keyring.primary,
+            name_enc=keyring.seal(data.name, "name"),
+            email_enc=keyring.seal(data.email, "email"),
+            city_enc=keyring.seal(data.city, "city") if data.city else None,
+            message_enc=keyring.seal(data.message, "message") if data.message else None,
+            country=data.country,
+            language=data.lang,
+            status=PENDING,
+            discreet=data.discreet,
+            created_at=now,
+            **columns,
+        )
+        try:
+            with session.begin_nested():  # a concurrent twin on PostgreSQL fails here, not the whole request
+                session.add(row)
+        except IntegrityError:
+            existing = session.scalar(
+                select(Signature).where(Signature.campaign == campaign.slug, Signature.email_key == email_key)
+            )
+            if existing is None:
+                raise
+        else:
+            message = composer.confirmation(
+                campaign=campaign, lang=data.lang, to=data.email, token=token, code=code, discreet=data.discreet
+            )
+            outbox.enqueue(session, message, kind="confirm", keyring=keyring, signature_id=row.id, now=now)
+            return Signed(row.id, created=True)
+    _tell_repeat_signer(
+        session, existing, campaign=campaign, data=data, keyring=keyring, composer=composer,
+        settings=settings, now=now,
+    )
+    return Signed(existing.id, created=False)
+
+
+def _tell_repeat_signer(
+    session: Session,
+    row: Signature,
+    *,
+    campaign: Campaign,
+    data: SignatureIn,
+    keyring: Keyring,
+    composer: mail.Composer,
+    settings: Settings,
+    now: datetime,
+) -> None:
+    """An 'already signed' mail; while still pending it carries a fresh link and code (the old may be lost)."""
+    token = code = None
+    if row.status == PENDING:
+        token, code, columns = _confirmation(settings, now)
+        for key, value in columns.items():
+            setattr(row, key, value)
+    message = composer.already_signed(
+        campaign=campaign, lang=data.lang, to=data.email, token=token, code=code,
+        discreet=data.discreet or row.discreet,
+    )
+    outbox.enqueue(session, message, kind="already", keyring=keyring, signature_id=row.id, now=now)
+
+
+class ConfirmProblem(SigningError):
+    """The link or code cannot confirm: `reason` is unknown, expired, wrong_code or new_code_sent."""
+
+    def __init__(self, reason: str, attempts_left: int = 0) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.attempts_left = attempts_left
+
+
+@dataclass(frozen=True)
+class Confirmed:
+    signature_id: int
+    campaign: str
+    manage_token: str | None  # None when it was already confirmed (the mail holds the link)
+
+
+def find_by_token(session: Session, token: str, *, now: datetime) -> Signature:
+    """The signature a confirmation link names, without changing anything (GET of the link)."""
+    row = session.scalar(select(Signature).where(Signature.confirm_token_hash == security.token_hash(token)))
+    if row is None:
+        raise ConfirmProblem("unknown")
+    if row.status == PENDING and row.confirm_expires_at and row.confirm_expires_at < now:
+        raise ConfirmProblem("expired")
+    return row
+
+
+def confirm_by_token(
+    session: Session, token: str, *, campaigns: Mapping[str, Campaign], keyring: Keyring,
+    composer: mail.Composer, now: datetime,
+) -> Confirmed:
+    row = find_by_token(session, token, now=now)
+    return _confirm(session, row, campaigns=campaigns, keyring=keyring, composer=composer, now=now)
+
+
+def confirm_by_code(
+    session: Session, signature_id: int, code: str, *, campaigns: Mapping[str, Campaign], keyring: Keyring,
+    composer: mail.Composer, settings: Settings, now: datetime,
+) -> Confirmed:
+    """Check a typed code in constant time; after MAX_CODE_ATTEMPTS wrong ones a new code is mailed."""
+    row = session.get(Signature, signature_id)
+    if row is None or row.email_key is None:
+        raise ConfirmProblem("unknown")
+    if row.status == CONFIRMED:
+        return Confirmed(row.id, row.campaign, None)
+    if row.confirm_expires_at and row.confirm_expires_at < now:
+        raise ConfirmProblem("expired")
+    if security.same(row.confirm_code_hash, security.code_hash(settings.secret_key, code)):
+        return _confirm(session, row, campaigns=campaigns, keyring=keyring, composer=composer, now=now)
+    row.code_attempts += 1
+    if row.code_attempts < MAX_CODE_ATTEMPTS:
+        raise ConfirmProblem("wrong_code", MAX_CODE_ATTEMPTS - row.code_attempts)
+    token, new_code, columns = _confirmation(settings, now)
+    for key, value in columns.items():
+        setattr(row, key, value)
+    campaign = campaigns[row.campaign]
+    to = keyring.open(row.email_enc, "email", row.key_id) or ""
+    message = composer.confirmation(
+        campaign=campaign, lang=row.language, to=to, token=token, code=new_code, discreet=row.discreet
+    )
+    outbox.enqueue(session, message, kind="confirm", keyring=keyring, signature_id=row.id, now=now)
+    raise ConfirmProblem("new_code_sent")
+
+
+def _confirm(
+    session: Session, row: Signature, *, campaigns: Mapping[str, Campaign], keyring: Keyring,
+    composer: mail.Composer, now: datetime,
+) -> Confirmed:
+    # The WHERE makes a double POST (or two racing ones) count once: only the UPDATE that changes a row counts.
+    changed = session.execute(
+        update(Signature)
+        .where(Signature.id == row.id, Signature.status == PENDING)
+        .values(status=CONFIRMED, confirmed_at=now, confirm_code_hash=None)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if changed != 1:
+        return Confirmed(row.id, row.campaign, None)
+    _count(session, campaign=row.campaign, country=row.country, now=now)
+    manage_token = security.new_token()
+    session.execute(
+        update(Signature).where(Signature.id == row.id).values(manage_token_hash=security.token_hash(manage_token))
+    )
+    to = keyring.open(row.email_enc, "email", row.key_id) or ""
+    message = composer.confirmed(
+        campaign=campaigns[row.campaign], lang=row.language, to=to, manage_token=manage_token,
+        discreet=row.discreet,
+    )
+    outbox.enqueue(session, message, kind="confirmed", keyring=keyring, signature_id=row.id, now=now)
+    return Confirmed(row.id, row.campaign, manage_token)
+
+
+def _count(session: Session, *, campaign: str, country: str, now: datetime, delta: int = 1) -> None:
+    values = {"campaign": campaign, "country": country, "day": now.date(), "confirmed": delta}
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = insert(SignatureCount).values(**values)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["campaign", "country", "day"],
+        set_={"confirmed": SignatureCount.confirmed + stmt.excluded.confirmed},
+    )
+    session.execute(stmt)
+
+
+# --- counts ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Stats:
+    confirmed: int
+    goal: int
+    by_country: dict[str, int]  # ISO code -> count; "other" holds every folded cell
+    by_day: dict[str, int]  # ISO date -> count
+
+
+def exact_counts(session: Session, campaign: str) -> tuple[dict[str, int], dict[str, int]]:
+    """Per-country and per-day confirmed counts, unfolded: for organisers only."""
+    rows = session.execute(
+        select(SignatureCount.country, SignatureCount.day, SignatureCount.confirmed).where(
+            SignatureCount.campaign == campaign
+        )
+    ).all()
+    by_country: dict[str, int] = {}
+    by_day: dict[str, int] = {}
+    for country, day, n in rows:
+        by_country[country] = by_country.get(country, 0) + n
+        by_day[day.isoformat()] = by_day.get(day.isoformat(), 0) + n
+    return dict(sorted(by_country.items(), key=lambda kv: (-kv[1], kv[0]))), dict(sorted(by_day.items()))
+
+
+def fold_countries(counts: Mapping[str, int], k: int) -> dict[str, int]:
+    """Countries under k go to "other"; if "other" itself is then under k (but not empty), the smallest shown
+    countries join it too, so that total minus the shown countries never reveals a cell under k."""
+    shown = sorted(((c, n) for c, n in counts.items() if n >= k), key=lambda cn: (cn[1], cn[0]))
+    other = sum(n for n in counts.values() if n < k)
+    while 0 < other < k and shown:
+        other += shown.pop(0)[1]
+    folded = dict(sorted(shown, key=lambda cn: (-cn[1], cn[0])))
+    if other:
+        folded["other"] = other
+    return folded
+
+
+def fold_days(counts: Mapping[str, int], k: int) -> dict[str, int]:
+    """A day under k is carried into the next day; a tail still under k is reported as "other"."""
+    folded: dict[str, int] = {}
+    carry = 0
+    for day, n in sorted(counts.items()):
+        carry += n
+        if carry >= k:
+            folded[day] = carry
+            carry = 0
+    if carry:
+        folded["other"] = carry
+    return folded
+
+
+def public_stats(session: Session, campaign: Campaign, *, k: int) -> Stats:
+    by_country, by_day = exact_counts(session, campaign.slug)
+    return Stats(
+        confirmed=sum(by_country.values()),
+        goal=campaign.goal,
+        by_country=fold_countries(by_country, k),
+        by_day=fold_days(by_day, k),
+    )
+
+
+def recount(session: Session, campaign: str) -> int:
+    """The confirmed count from the rows themselves: it must always equal the stored counter."""
+    return session.scalar(
+        select(func.count()).where(Signature.campaign == campaign, Signature.status == CONFIRMED)
+    ) or 0
+
+
+def country_is_public(session: Session, campaign: str, country: str, *, k: int) -> bool:
+    """Whether naming this country beside an anonymous supporter keeps them among at least k others."""
+    by_country, _ = exact_counts(session, campaign)
+    return country in fold_countries(by_country, k)

@@ -1,0 +1,45 @@
+"""The objects one running app shares, built once from Settings: database, keys, campaigns, mail, limits.
+
+Routes reach them with `services(request)`; nothing here is a module-level global, so tests build their own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from app import campaigns as campaigns_mod
+from app import mail
+from app.campaigns import Campaign
+from app.db import Database
+from app.encryption import Keyring, load_keyring
+from app.ratelimit import Limiter
+from app.settings import Settings
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    keyring: Keyring
+    campaigns: dict[str, Campaign]
+    composer: mail.Composer
+    sign_limiter: Limiter
+    login_limiter: Limiter
+
+    @classmethod
+    def build(cls, settings: Settings, *, db: Database | None = None) -> Services:
+        return cls(
+            settings=settings,
+            db=db or Database(settings.sqlalchemy_url),
+            keyring=load_keyring(settings, create=settings.env != "production"),
+            campaigns=campaigns_mod.load_campaigns(settings.letters_dir),
+            composer=mail.Composer(settings),
+            sign_limiter=Limiter(settings.sign_rate_limit, redis_url=settings.redis_url),
+            login_limiter=Limiter(settings.login_rate_limit, redis_url=settings.redis_url),
+        )
+
+
+def services(request: Request) -> Services:
+    return request.app.state.services

@@ -1,0 +1,274 @@
+"""Public HTML routes: campaign list, petition page and form, thank-you and code entry, confirmation links,
+the signer's own page and the privacy notice.
+
+Every page works without JavaScript and loads nothing from another origin. Before a form is submitted the only
+cookie set is the CSRF one. Routes parse, call one domain function inside one transaction, and render.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app import i18n, security, signing
+from app.campaigns import Campaign
+from app.db import utcnow
+from app.models import Signature
+from app.state import Services, services
+
+router = APIRouter(include_in_schema=False)
+TICKET_COOKIE = "ticket"
+HONEYPOT_FIELD = "website"
+
+
+def campaign_or_404(svc: Services, slug: str) -> Campaign:
+    campaign = svc.campaigns.get(slug)
+    if campaign is None:
+        raise HTTPException(404, "No such campaign")
+    return campaign
+
+
+def pick_lang(request: Request, lang: str | None, campaign: Campaign | None = None) -> str:
+    chosen = i18n.negotiate(lang, request.headers.get("accept-language"))
+    return campaign.lang(chosen) if campaign else chosen
+
+
+def _secure(svc: Services) -> bool:
+    return svc.settings.base_url.startswith("https://")
+
+
+def page(request: Request, template: str, lang: str, *, status: int = 200, **context: Any) -> HTMLResponse:
+    """Render one of our pages; hands out the CSRF cookie when the visitor has none yet."""
+    svc = services(request)
+    cookie = request.cookies.get(security.CSRF_COOKIE)
+    fresh = cookie is None or len(cookie) > 100
+    if fresh:
+        cookie = security.new_token()
+    html = i18n.page_env(lang).get_template(template).render(
+        csrf_token=security.csrf_form_token(svc.settings.secret_key, cookie),
+        path=request.url.path,
+        min_cell=svc.settings.min_cell,
+        retention_days=svc.settings.retention_days,
+        **context,
+    )
+    response = HTMLResponse(html, status_code=status)
+    response.headers["Cache-Control"] = "no-store"
+    if fresh:
+        response.set_cookie(
+            security.CSRF_COOKIE, cookie, httponly=True, samesite="strict", secure=_secure(svc), path="/"
+        )
+    return response
+
+
+def check_csrf(request: Request, form: dict[str, Any]) -> None:
+    svc = services(request)
+    if not security.csrf_valid(
+        svc.settings.secret_key, request.cookies.get(security.CSRF_COOKIE), form.get(security.CSRF_FIELD)
+    ):
+        raise HTTPException(403, "This form has expired. Go back, reload the page and send it again.")
+
+
+async def read_form(request: Request) -> dict[str, Any]:
+    form = await request.form(max_files=0, max_fields=50, max_part_size=64 * 1024)
+    data = {k: v for k, v in form.items() if isinstance(v, str)}
+    check_csrf(request, data)
+    return data
+
+
+def _ticket_serializer(svc: Services) -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(svc.settings.secret_key, salt="sign-ticket")
+
+
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+@router.get("/", response_class=HTMLResponse)
+def index(request: Request, lang: str | None = None) -> HTMLResponse:
+    svc = services(request)
+    lang = pick_lang(request, lang)
+    with svc.db.read() as session:
+        stats = {
+            slug: signing.public_stats(session, c, k=svc.settings.min_cell) for slug, c in svc.campaigns.items()
+        }
+    return page(request, "index.html", lang, campaigns=list(svc.campaigns.values()), stats=stats)
+
+
+def _petition(request: Request, campaign: Campaign, lang: str, *, status: int = 200, form=None, errors=None):
+    svc = services(request)
+    with svc.db.read() as session:
+        stats = signing.public_stats(session, campaign, k=svc.settings.min_cell)
+    return page(
+        request, "petition.html", lang, status=status, campaign=campaign, stats=stats,
+        countries=i18n.countries(lang), form=form or {}, errors=errors or {},
+        is_open=campaign.is_open(utcnow().date()),
+    )
+
+
+@router.get("/c/{slug}", response_class=HTMLResponse)
+def petition(request: Request, slug: str, lang: str | None = None) -> HTMLResponse:
+    campaign = campaign_or_404(services(request), slug)
+    return _petition(request, campaign, pick_lang(request, lang, campaign))
+
+
+@router.post("/c/{slug}/sign")
+async def sign_form(request: Request, slug: str) -> Response:
+    svc = services(request)
+    campaign = campaign_or_404(svc, slug)
+    form = await read_form(request)
+    lang = campaign.lang(form.get("lang") or pick_lang(request, None, campaign))
+    form["lang"] = lang
+    thanks = RedirectResponse(f"/c/{slug}/thanks?lang={lang}", status_code=303)
+    if form.get(HONEYPOT_FIELD):
+        return thanks  # a bot filled the hidden field: same answer, nothing stored
+    retry_after = svc.sign_limiter.hit("sign", client_address(request))
+    if retry_after:
+        response = page(request, "error.html", lang, status=429, message_id="too_many", campaign=campaign)
+        response.headers["Retry-After"] = str(retry_after)
+        return response
+    try:
+        data = signing.validate(form)
+        signed = await run_in_threadpool(_sign, svc, campaign, data)
+    except signing.ValidationFailed as exc:
+        return _petition(request, campaign, lang, status=422, form=form, errors=exc.errors)
+    except signing.CampaignClosed:
+        return page(request, "error.html", lang, status=409, message_id="closed", campaign=campaign)
+    thanks.set_cookie(
+        TICKET_COOKIE, _ticket_serializer(svc).dumps(signed.signature_id), max_age=7 * 86400, httponly=True,
+        samesite="strict", secure=_secure(svc), path=f"/c/{slug}",
+    )
+    return thanks
+
+
+def _sign(svc: Services, campaign: Campaign, data: signing.SignatureIn) -> signing.Signed:
+    with svc.db.write.begin() as session:
+        return signing.sign(
+            session, campaign=campaign, data=data, keyring=svc.keyring, composer=svc.composer,
+            settings=svc.settings, now=utcnow(),
+        )
+
+
+def _ticket(request: Request, svc: Services) -> int | None:
+    raw = request.cookies.get(TICKET_COOKIE)
+    if not raw:
+        return None
+    try:
+        return int(_ticket_serializer(svc).loads(raw, max_age=7 * 86400))
+    except (BadSignature, ValueError, TypeError):
+        return None
+
+
+@router.get("/c/{slug}/thanks", response_class=HTMLResponse)
+def thanks(request: Request, slug: str, lang: str | None = None) -> HTMLResponse:
+    svc = services(request)
+    campaign = campaign_or_404(svc, slug)
+    lang = pick_lang(request, lang, campaign)
+    return page(
+        request, "thanks.html", lang, campaign=campaign, has_ticket=_ticket(request, svc) is not None,
+        problem=None,
+    )
+
+
+@router.post("/c/{slug}/code")
+async def confirm_code(request: Request, slug: str) -> Response:
+    svc = services(request)
+    campaign = campaign_or_404(svc, slug)
+    form = await read_form(request)
+    lang = campaign.lang(form.get("lang") or "en")
+    signature_id = _ticket(request, svc)
+    code = str(form.get("code", ""))[:64]
+    if signature_id is None:
+        return page(request, "thanks.html", lang, status=400, campaign=campaign, has_ticket=False, problem=None)
+    retry_after = svc.sign_limiter.hit("code", client_address(request))
+    if retry_after:
+        response = page(request, "error.html", lang, status=429, message_id="too_many", campaign=campaign)
+        response.headers["Retry-After"] = str(retry_after)
+        return response
+
+    def run() -> signing.Confirmed:
+        with svc.db.write.begin() as session:
+            return signing.confirm_by_code(
+                session, signature_id, code, campaigns=svc.campaigns, keyring=svc.keyring,
+                composer=svc.composer, settings=svc.settings, now=utcnow(),
+            )
+
+    try:
+        confirmed = await run_in_threadpool(run)
+    except signing.ConfirmProblem as exc:
+        return page(
+            request, "thanks.html", lang, status=422, campaign=campaign, has_ticket=True, problem=exc,
+        )
+    return _after_confirm(request, confirmed, lang)
+
+
+def _after_confirm(request: Request, confirmed: signing.Confirmed, lang: str) -> Response:
+    if confirmed.manage_token:
+        return RedirectResponse(f"/s/{confirmed.manage_token}?lang={lang}", status_code=303)
+    svc = services(request)
+    return page(request, "confirmed_before.html", lang, campaign=svc.campaigns.get(confirmed.campaign))
+
+
+@router.get("/confirm/{token}", response_class=HTMLResponse)
+def confirm_link(request: Request, token: str, lang: str | None = None) -> HTMLResponse:
+    """Mail scanners open links: GET only shows a button, it never confirms."""
+    svc = services(request)
+    lang = pick_lang(request, lang)
+    with svc.db.read() as session:
+        try:
+            row = signing.find_by_token(session, token[:100], now=utcnow())
+        except signing.ConfirmProblem as exc:
+            return page(request, "confirm.html", lang, status=404, problem=exc, campaign=None, done=False)
+    campaign = svc.campaigns.get(row.campaign)
+    return page(request, "confirm.html", lang, problem=None, campaign=campaign,
+                done=row.status != "pending", token=token)
+
+
+@router.post("/confirm/{token}")
+async def confirm_post(request: Request, token: str) -> Response:
+    svc = services(request)
+    form = await read_form(request)
+    lang = i18n.negotiate(form.get("lang"), None)
+
+    def run() -> signing.Confirmed:
+        with svc.db.write.begin() as session:
+            return signing.confirm_by_token(
+                session, token[:100], campaigns=svc.campaigns, keyring=svc.keyring, composer=svc.composer,
+                now=utcnow(),
+            )
+
+    try:
+        confirmed = await run_in_threadpool(run)
+    except signing.ConfirmProblem as exc:
+        return page(request, "confirm.html", lang, status=404, problem=exc, campaign=None, done=False)
+    return _after_confirm(request, confirmed, lang)
+
+
+def signer_by_manage_token(session: Session, token: str) -> Signature:
+    """The signer behind a private link from their mail; 404 once erased or unknown."""
+    row = session.scalar(select(Signature).where(Signature.manage_token_hash == security.token_hash(token[:100])))
+    if row is None or row.email_key is None:
+        raise HTTPException(404, "This link is not valid (any more).")
+    return row
+
+
+@router.get("/s/{token}", response_class=HTMLResponse)
+def signer_page(request: Request, token: str, lang: str | None = None) -> HTMLResponse:
+    svc = services(request)
+    with svc.db.read() as session:
+        row = signer_by_manage_token(session, token)
+        campaign = campaign_or_404(svc, row.campaign)
+        stats = signing.public_stats(session, campaign, k=svc.settings.min_cell)
+    lang = campaign.lang(lang or row.language)
+    return page(request, "signer.html", lang, campaign=campaign, stats=stats, token=token)
+
+
+@router.get("/privacy", response_class=HTMLResponse)
+def privacy(request: Request, lang: str | None = None) -> HTMLResponse:
+    svc = services(request)
+    return page(request, "privacy.html", pick_lang(request, lang), campaigns=list(svc.campaigns.values()))
