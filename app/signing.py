@@ -286,8 +286,10 @@ def confirm_by_token(
 def confirm_by_code(
     session: Session, signature_id: int, code: str, *, campaigns: Mapping[str, Campaign], keyring: Keyring,
     composer: mail.Composer, settings: Settings, now: datetime,
-) -> Confirmed:
-    """Check a typed code in constant time; after MAX_CODE_ATTEMPTS wrong ones a new code is mailed."""
+) -> Confirmed | ConfirmProblem:
+    """Check a typed code in constant time; after MAX_CODE_ATTEMPTS wrong ones a new code is mailed.
+
+    A wrong code is *returned*, not raised: the attempt count (and a new code) must commit with the caller."""
     row = session.get(Signature, signature_id)
     if row is None or row.email_key is None:
         raise ConfirmProblem("unknown")
@@ -299,7 +301,7 @@ def confirm_by_code(
         return _confirm(session, row, campaigns=campaigns, keyring=keyring, composer=composer, now=now)
     row.code_attempts += 1
     if row.code_attempts < MAX_CODE_ATTEMPTS:
-        raise ConfirmProblem("wrong_code", MAX_CODE_ATTEMPTS - row.code_attempts)
+        return ConfirmProblem("wrong_code", MAX_CODE_ATTEMPTS - row.code_attempts)
     token, new_code, columns = _confirmation(settings, now)
     for key, value in columns.items():
         setattr(row, key, value)
@@ -309,7 +311,7 @@ def confirm_by_code(
         campaign=campaign, lang=row.language, to=to, token=token, code=new_code, discreet=row.discreet
     )
     outbox.enqueue(session, message, kind="confirm", keyring=keyring, signature_id=row.id, now=now)
-    raise ConfirmProblem("new_code_sent")
+    return ConfirmProblem("new_code_sent")
 
 
 def _confirm(

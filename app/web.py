@@ -191,7 +191,7 @@ async def confirm_code(request: Request, slug: str) -> Response:
         response.headers["Retry-After"] = str(retry_after)
         return response
 
-    def run() -> signing.Confirmed:
+    def run() -> signing.Confirmed | signing.ConfirmProblem:
         with svc.db.write.begin() as session:
             return signing.confirm_by_code(
                 session, signature_id, code, campaigns=svc.campaigns, keyring=svc.keyring,
@@ -201,9 +201,9 @@ async def confirm_code(request: Request, slug: str) -> Response:
     try:
         confirmed = await run_in_threadpool(run)
     except signing.ConfirmProblem as exc:
-        return page(
-            request, "thanks.html", lang, status=422, campaign=campaign, has_ticket=True, problem=exc,
-        )
+        confirmed = exc
+    if isinstance(confirmed, signing.ConfirmProblem):
+        return page(request, "thanks.html", lang, status=422, campaign=campaign, has_ticket=True, problem=confirmed)
     return _after_confirm(request, confirmed, lang)
 
 

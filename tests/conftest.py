@@ -1,0 +1,271 @@
+"""Real parts for the tests: a migrated SQLite file per test, PostgreSQL on 127.0.0.1:5432 (a fresh schema per
+test, skipped with the reason where absent), an aiosmtpd server on loopback that keeps what it receives, and the
+app built from its own Settings. Nothing here patches the code under test.
+"""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import socket
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+from aiosmtpd.controller import Controller
+from alembic import command
+from alembic.config import Config
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
+
+from app import mail, outbox
+from app.db import Database
+from app.main import create_app
+from app.settings import ROOT, Settings
+from app.state import Services
+
+TEST_DATA_KEY = "t1:" + base64.urlsafe_b64encode(b"k" * 32).decode()
+TEST_SECRET = "test-secret-0123456789abcdef0123456789"
+PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--run-slow", action="store_true", help="also run soak tests marked slow")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="soak test: run with `make soak`")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+def alembic_config(url: str) -> Config:
+    cfg = Config(toml_file=str(ROOT / "pyproject.toml"))
+    cfg.attributes["url"] = url
+    return cfg
+
+
+def migrate(url: str) -> None:
+    command.upgrade(alembic_config(url), "head")
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One migrated SQLite file; each test copies it (much faster than migrating again)."""
+    path = tmp_path_factory.mktemp("template") / "campaign.db"
+    migrate(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path, sqlite_template: Path) -> str:
+    path = tmp_path / "campaign.db"
+    shutil.copy(sqlite_template, path)
+    return f"sqlite:///{path}"
+
+
+def _postgres_available() -> str | None:
+    try:
+        engine = create_engine(PG_ADMIN_URL, connect_args={"connect_timeout": 2})
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        engine.dispose()
+        return None
+    except Exception as exc:  # any failure means: no usable server here
+        return f"PostgreSQL not reachable at 127.0.0.1:5432/test ({type(exc).__name__}: {str(exc)[:120]})"
+
+
+@pytest.fixture(scope="session")
+def postgres_reason() -> str | None:
+    return _postgres_available()
+
+
+@pytest.fixture
+def pg_url(postgres_reason: str | None) -> Iterator[str]:
+    """A migrated, empty schema of its own on the PostgreSQL server; dropped afterwards."""
+    if postgres_reason:
+        pytest.skip(postgres_reason)
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_ADMIN_URL)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    url = f"{PG_ADMIN_URL}?options=-csearch_path%3D{schema}"
+    try:
+        migrate(url)
+        yield url
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def make_settings(tmp_path: Path, database_url: str, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "env": "test",
+        "var_dir": tmp_path / "var",
+        "database_url": database_url,
+        "data_key": TEST_DATA_KEY,
+        "secret_key": TEST_SECRET,
+        "outbox_in_process": False,
+        "sign_rate_limit": "off",
+        "base_url": "http://testserver",
+        "letters_dir": ROOT / "templates" / "letters",
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+def settings(tmp_path: Path, sqlite_url: str) -> Settings:
+    return make_settings(tmp_path, sqlite_url)
+
+
+@pytest.fixture
+def db(settings: Settings) -> Iterator[Database]:
+    database = Database(settings.sqlalchemy_url)
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def svc(settings: Settings, db: Database) -> Services:
+    return Services.build(settings, db=db)
+
+
+@pytest.fixture
+def client(settings: Settings, db: Database) -> Iterator[TestClient]:
+    with TestClient(create_app(settings, db=db), base_url="http://testserver") as c:
+        yield c
+
+
+# --- SMTP ------------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Received:
+    envelope_from: str
+    envelope_to: list[str]
+    message: EmailMessage
+
+
+@dataclass
+class SMTPSink:
+    """What the handler does with each DATA: keep it, or answer with a scripted error code."""
+
+    messages: list[Received] = field(default_factory=list)
+    fail_with: str | None = None  # e.g. "451 4.3.0 try later" or "550 5.1.1 no such user"
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    async def handle_DATA(self, server, session, envelope) -> str:  # noqa: N802 - aiosmtpd's hook name
+        if self.fail_with:
+            return self.fail_with
+        msg = message_from_bytes(envelope.original_content or envelope.content, policy=policy.default)
+        with self.lock:
+            self.messages.append(Received(envelope.mail_from, list(envelope.rcpt_tos), msg))  # type: ignore[arg-type]
+        return "250 OK"
+
+    def to(self, address: str) -> list[EmailMessage]:
+        with self.lock:
+            return [r.message for r in self.messages if address in r.envelope_to]
+
+
+class SMTPServer:
+    def __init__(self) -> None:
+        self.sink = SMTPSink()
+        self.port = free_port()
+        self.controller: Controller | None = None
+
+    @property
+    def url(self) -> str:
+        return f"smtp://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.controller = Controller(self.sink, hostname="127.0.0.1", port=self.port)
+        self.controller.start()
+
+    def stop(self) -> None:
+        if self.controller:
+            self.controller.stop()
+            self.controller = None
+
+
+@pytest.fixture
+def smtp() -> Iterator[SMTPServer]:
+    server = SMTPServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+def deliver(svc: Services, smtp_url: str, **kwargs) -> outbox.Report:
+    """Run the outbox sender until nothing more is due (one pass per batch)."""
+    total = outbox.Report()
+    transport = mail.SMTPTransport(smtp_url)
+    try:
+        while True:
+            report = outbox.deliver_due(svc.db, keyring=svc.keyring, transport=transport, domain="test", **kwargs)
+            total.sent += report.sent
+            total.retried += report.retried
+            total.failed += report.failed
+            total.deferred += report.deferred
+            total.errors += report.errors
+            if not report.sent:
+                return total
+    finally:
+        transport.close()
+
+
+def body(msg: EmailMessage) -> str:
+    part = msg.get_body(preferencelist=("plain",))
+    assert part is not None
+    return part.get_content()
+
+
+def csrf_token(client: TestClient, url: str) -> str:
+    """GET a page like a browser does and return the CSRF token of its form (the cookie stays in the client)."""
+    import re
+
+    page = client.get(url)
+    assert page.status_code == 200, page.text[:300]
+    found = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+    assert found, "page has no CSRF token"
+    return found.group(1)
+
+
+SIGNER = {
+    "name": "Aigerim Test",
+    "email": "aigerim@example.org",
+    "country": "DE",
+    "city": "Berlin",
+    "message": "",
+    "consent": "on",
+    "lang": "en",
+}
+
+
+def sign_form(client: TestClient, slug: str = "mamay", **fields: str):
+    token = csrf_token(client, f"/c/{slug}?lang={fields.get('lang', 'en')}")
+    data = {**SIGNER, **fields, "csrf_token": token}
+    return client.post(f"/c/{slug}/sign", data=data, follow_redirects=False)
+
+
+def link_in(text_body: str, path: str) -> str:
+    import re
+
+    found = re.search(rf"https?://[^\s]+({re.escape(path)}[^\s?]+)", text_body)
+    assert found, f"no {path} link in mail:\n{text_body}"
+    return found.group(1)
