@@ -19,6 +19,7 @@ $(VENV)/.test: $(VENV)/.run
 	touch $@
 
 run: $(VENV)/.run
+	$(BIN)/campaign keys ensure
 	$(BIN)/campaign db upgrade
 	$(BIN)/campaign check
 	$(BIN)/campaign serve --host 127.0.0.1 --port 8000

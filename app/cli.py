@@ -19,6 +19,8 @@ from app.settings import ROOT, Settings, load_settings
 app = typer.Typer(help="Letter-writing campaign service.", no_args_is_help=True, pretty_exceptions_enable=False)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+keys_app = typer.Typer(help="Data keys that seal personal data at rest.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 console = Console(stderr=True)
 
 
@@ -134,6 +136,57 @@ def check() -> None:
     for campaign in svc.campaigns.values():
         console.print(f"{campaign.slug}: {len(campaign.targets)} targets, languages {', '.join(campaign.languages)}")
     console.print("campaigns OK")
+
+
+@keys_app.command("ensure")
+def keys_ensure() -> None:
+    """Make sure a data key exists: CAMPAIGN_DATA_KEY, or var/data.key (generated here in development)."""
+    from app import encryption
+
+    s = settings()
+    if s.data_key:
+        console.print("data key: from CAMPAIGN_DATA_KEY")
+        return
+    path = encryption.key_file(s)
+    existed = path.exists()
+    encryption.load_keyring(s, create=True)
+    if not existed:
+        console.print(f"[yellow]Generated a new data key in {path}.[/yellow] It seals every signer's personal "
+                      "data: back it up, or set CAMPAIGN_DATA_KEY. Losing it loses that data.")
+    else:
+        console.print(f"data key: {path}")
+
+
+@keys_app.command("rotate")
+def keys_rotate() -> None:
+    """Re-seal every personal field under a new key, without losing a row (safe to re-run if interrupted)."""
+    from app import encryption, keys
+    from app.db import Database
+
+    s = settings()
+    from_file = not s.data_key
+    old_spec = s.data_key or encryption.key_file(s).read_text().strip()
+    old_ids = [part.partition(":")[0] if ":" in part else f"k{i + 1}"
+               for i, part in enumerate(p for p in old_spec.split(",") if p.strip())]
+    n = 1 + max((int(i[1:]) for i in old_ids if i[1:].isdigit()), default=0)
+    new_spec = f"k{n}:{encryption.new_key()}"
+    ring = encryption.Keyring.parse(f"{new_spec},{old_spec}")
+    if from_file:
+        encryption.write_key_file(encryption.key_file(s), f"{new_spec},{old_spec}")  # both, until all is moved
+    else:
+        console.print("[yellow]Set CAMPAIGN_DATA_KEY to this before restarting the service "
+                      "(it holds the new and the old key):[/yellow]")
+        sys.stdout.write(f"{new_spec},{old_spec}\n")
+    db = Database(s.sqlalchemy_url)
+    try:
+        moved = keys.reseal(db, ring)
+    finally:
+        db.dispose()
+    if from_file:
+        encryption.write_key_file(encryption.key_file(s), new_spec)
+        console.print(f"re-sealed {moved} rows under k{n}; {encryption.key_file(s)} now holds only the new key")
+    else:
+        console.print(f"re-sealed {moved} rows under k{n}; CAMPAIGN_DATA_KEY may now be just: {new_spec}")
 
 
 if __name__ == "__main__":

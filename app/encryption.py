@@ -45,7 +45,7 @@ class Keyring:
 
     keys: dict[str, AESGCM]
     primary: str
-    index_key: bytes
+    index_keys: tuple[bytes, ...]  # one per key, primary first
 
     @classmethod
     def parse(cls, spec: str) -> Keyring:
@@ -59,9 +59,8 @@ class Keyring:
             entries.append((key_id, _decode(raw)))
         if not entries:
             raise KeyError_("no data key given")
-        primary_id, primary_key = entries[0]
-        index_key = hmac.digest(primary_key, b"campaign email index v1", "sha256")
-        return cls({k: AESGCM(v) for k, v in entries}, primary_id, index_key)
+        index_keys = tuple(hmac.digest(key, b"campaign email index v1", "sha256") for _, key in entries)
+        return cls({k: AESGCM(v) for k, v in entries}, entries[0][0], index_keys)
 
     def seal(self, plain: str | None, field: str) -> bytes | None:
         """Encrypt one field; the field name is bound in, so sealed values cannot be swapped between columns."""
@@ -86,7 +85,12 @@ class Keyring:
         return self.keys[key_id].decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], field.encode())
 
     def email_key(self, normalised_email: str) -> bytes:
-        return hmac.digest(self.index_key, normalised_email.encode(), "sha256")
+        """The index value new rows get (under the primary key)."""
+        return hmac.digest(self.index_keys[0], normalised_email.encode(), "sha256")
+
+    def email_keys(self, normalised_email: str) -> list[bytes]:
+        """Every index value the address may have: during a key rotation rows carry either key's value."""
+        return [hmac.digest(k, normalised_email.encode(), "sha256") for k in self.index_keys]
 
 
 def key_file(settings: Settings) -> Path:

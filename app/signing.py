@@ -182,10 +182,12 @@ def sign(
 ) -> Signed:
     if not campaign.is_open(now.date()):
         raise CampaignClosed(campaign.slug)
-    email_key = keyring.email_key(normalise_email(data.email))
-    existing = session.scalar(
-        select(Signature).where(Signature.campaign == campaign.slug, Signature.email_key == email_key)
+    normalised = normalise_email(data.email)
+    email_key = keyring.email_key(normalised)
+    same_signer = select(Signature).where(
+        Signature.campaign == campaign.slug, Signature.email_key.in_(keyring.email_keys(normalised))
     )
+    existing = session.scalar(same_signer)
     if existing is None:
         token, code, columns = _confirmation(settings, now)
         row = Signature(
@@ -207,9 +209,7 @@ def sign(
             with session.begin_nested():  # a concurrent twin on PostgreSQL fails here, not the whole request
                 session.add(row)
         except IntegrityError:
-            existing = session.scalar(
-                select(Signature).where(Signature.campaign == campaign.slug, Signature.email_key == email_key)
-            )
+            existing = session.scalar(same_signer)
             if existing is None:
                 raise
         else:
