@@ -44,12 +44,13 @@ class Composer:
         subject: str,
         body: str,
         from_name: str | None = None,
+        from_addr: str | None = None,
         reply_to: str | Address | None = None,
         cc: str | Address | None = None,
         html: str | None = None,
     ) -> EmailMessage:
         msg = EmailMessage()
-        msg["From"] = Address(from_name or self.settings.mail_from_name, addr_spec=self.settings.mail_from)
+        msg["From"] = Address(from_name or self.settings.mail_from_name, addr_spec=from_addr or self.settings.mail_from)
         msg["To"] = to
         if cc:
             msg["Cc"] = cc
@@ -74,7 +75,8 @@ class Composer:
         _ = i18n.translations(lang).gettext
         body = self._render(template, lang, campaign=None if discreet else campaign, lang_code=lang, **context)
         if discreet:
-            return self.build(to=to, subject=_("Your confirmation code"), body=body, from_name=_("Notifications"))
+            return self.build(to=to, subject=_("Your confirmation code"), body=body, from_name=_("Notifications"),
+                              from_addr=self.settings.discreet_mail_from or f"noreply@{mail_domain(self.settings)}")
         return self.build(to=to, subject=subject, body=body)
 
     def confirmation(

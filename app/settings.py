@@ -32,6 +32,7 @@ class Settings(BaseSettings):
     smtp_url: str = ""  # smtp://user:pass@host:port ; smtps:// for implicit TLS; ?starttls=1
     mail_from: str = "campaign@localhost"
     mail_from_name: str = "Letters for Zhanbolat Mamay"
+    discreet_mail_from: str = ""  # sender of discreet mail; default noreply@<domain of mail_from>
     sign_rate_limit: str = "10/minute;100/day"
     login_rate_limit: str = "5/minute"
     min_cell: int = Field(default=5, ge=1)

@@ -1,0 +1,210 @@
+"""Signer safety: a stolen database names nobody, public figures single nobody out, keys rotate without loss,
+discreet mail says nothing about the campaign, and the privacy notice stays true to the settings."""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from app import cli, encryption, signing
+from app.db import Database, utcnow
+from app.main import create_app
+from app.models import Signature
+from app.state import Services
+from tests.conftest import SIGNER, body, deliver, make_settings, sign_form
+
+PEOPLE = [
+    {"name": "Zarina Qasymqyzy", "email": "zarina.marker@example.kz", "city": "Shymkent", "country": "KZ"},
+    {"name": "Ерлан Сұлтанбеков", "email": "erlan.marker@example.org", "city": "Қарағанды", "country": "KZ"},
+    {"name": "Helga Brandtmarker", "email": "helga@example.de", "city": "Wuppertal", "country": "DE"},
+]
+
+
+def sign_and_confirm(svc: Services, person: dict, *, now=None) -> int:
+    now = now or utcnow()
+    campaign = svc.campaigns["mamay"]
+    data = signing.validate({**SIGNER, **person, "consent": True})
+    with svc.db.write.begin() as session:
+        signed = signing.sign(session, campaign=campaign, data=data, keyring=svc.keyring, composer=svc.composer,
+                              settings=svc.settings, now=now)
+        row = session.get(Signature, signed.signature_id)
+        signing._confirm(session, row, campaigns=svc.campaigns, keyring=svc.keyring, composer=svc.composer, now=now)
+    return signed.signature_id
+
+
+def database_bytes(url: str) -> bytes:
+    """Everything an attacker copying the database gets: the file, its WAL, and a full SQL dump."""
+    path = Path(url.removeprefix("sqlite:///"))
+    raw = b"".join(p.read_bytes() for p in path.parent.glob(path.name + "*"))
+    con = sqlite3.connect(path)
+    dump = "\n".join(con.iterdump()).encode()
+    con.close()
+    return raw + dump
+
+
+def test_a_copy_of_the_database_file_names_nobody(svc, smtp):
+    for person in PEOPLE:
+        sign_and_confirm(svc, person)
+    deliver(svc, smtp.url)  # sent mails stay in the outbox too
+    svc.db.dispose()
+    stolen = database_bytes(svc.settings.sqlalchemy_url)
+    for person in PEOPLE:
+        for needle in (person["name"], person["email"], person["email"].split("@")[0], person["city"]):
+            assert needle.encode() not in stolen, f"{needle!r} is readable in the database file"
+            assert needle.encode().hex() not in stolen.decode("latin-1"), f"{needle!r} is in the dump as hex"
+    # ...while the service itself can still read them, and the mails went out.
+    assert len(smtp.sink.to("zarina.marker@example.kz")) == 2
+
+
+def test_repeat_signer_is_found_by_keyed_hash_not_by_address(svc):
+    first = sign_and_confirm(svc, PEOPLE[0])
+    with svc.db.read() as session:
+        row = session.get(Signature, first)
+        assert row.email_key == svc.keyring.email_key("zarina.marker@example.kz")
+        assert b"zarina" not in row.email_key
+    other_ring = encryption.Keyring.parse("x1:" + encryption.new_key())
+    assert other_ring.email_key("zarina.marker@example.kz") != row.email_key  # useless without our key
+
+
+def test_keys_rotate_reseals_every_row_and_loses_none(tmp_path, sqlite_url, smtp):
+    settings = make_settings(tmp_path, sqlite_url, data_key="")
+    svc = Services.build(settings)  # generates var/data.key in test/development
+    key_file = encryption.key_file(settings)
+    old_spec = key_file.read_text().strip()
+    ids = [sign_and_confirm(svc, p) for p in PEOPLE]
+    svc.db.dispose()
+
+    env = {"CAMPAIGN_DATABASE_URL": sqlite_url, "CAMPAIGN_VAR_DIR": str(settings.var_dir), "CAMPAIGN_ENV": "test",
+           "CAMPAIGN_DATA_KEY": ""}
+    result = CliRunner().invoke(cli.app, ["keys", "rotate"], env=env)
+    assert result.exit_code == 0, result.output
+    new_spec = key_file.read_text().strip()
+    assert new_spec.startswith("k2:") and "," not in new_spec and old_spec not in new_spec
+
+    new_ring = encryption.Keyring.parse(new_spec)
+    db = Database(sqlite_url)
+    with db.read() as session:
+        rows = [session.get(Signature, i) for i in ids]
+        assert {r.key_id for r in rows} == {"k2"}
+        assert [new_ring.open(r.name_enc, "name", r.key_id) for r in rows] == [p["name"] for p in PEOPLE]
+        assert [new_ring.open(r.city_enc, "city", r.key_id) for r in rows] == [p["city"] for p in PEOPLE]
+    db.dispose()
+    # The repeat signer is still recognised under the new key alone.
+    svc2 = Services.build(settings)
+    with svc2.db.write.begin() as session:
+        again = signing.sign(session, campaign=svc2.campaigns["mamay"],
+                             data=signing.validate({**SIGNER, **PEOPLE[1], "consent": True}),
+                             keyring=svc2.keyring, composer=svc2.composer, settings=settings, now=utcnow())
+    assert again.signature_id == ids[1] and not again.created
+    svc2.db.dispose()
+
+
+def test_one_signer_in_kazakhstan_and_four_elsewhere_is_invisible_in_every_public_answer(svc, client):
+    sign_and_confirm(svc, {"name": "Only One", "email": "only@example.kz", "country": "KZ"})
+    for i in range(4):
+        sign_and_confirm(svc, {"name": f"Other {i}", "email": f"o{i}@example.de", "country": "DE"})
+    stats = client.get("/api/v1/campaigns/mamay/stats").json()
+    assert stats["confirmed"] == 5
+    assert "KZ" not in stats["by_country"] and "DE" not in stats["by_country"]
+    assert stats["by_country"] == {"other": 5}
+    assert all(n >= 5 for n in stats["by_day"].values())
+    page = client.get("/c/mamay").text
+    assert ">5<" in page and "only@example.kz" not in page and "Only One" not in page
+
+    # One more German makes Germany big enough to show; Kazakhstan's lone signer must still not be derivable.
+    sign_and_confirm(svc, {"name": "Other 5", "email": "o5@example.de", "country": "DE"})
+    stats = client.get("/api/v1/campaigns/mamay/stats").json()
+    shown = {c: n for c, n in stats["by_country"].items() if c != "other"}
+    rest = stats["confirmed"] - sum(shown.values())
+    assert "KZ" not in stats["by_country"]
+    assert rest == 0 or rest >= 5, f"total minus shown countries reveals a cell of {rest}"
+
+
+@pytest.mark.parametrize(
+    ("counts", "expected"),
+    [
+        ({"KZ": 1, "DE": 4}, {"other": 5}),
+        ({"KZ": 1, "DE": 5}, {"other": 6}),
+        ({"KZ": 1, "DE": 5, "GB": 7}, {"GB": 7, "other": 6}),
+        ({"DE": 5, "GB": 7}, {"GB": 7, "DE": 5}),
+        ({}, {}),
+    ],
+)
+def test_folding_never_leaves_a_small_remainder(counts, expected):
+    folded = signing.fold_countries(counts, 5)
+    assert folded == expected
+    assert sum(folded.values()) == sum(counts.values())
+
+
+def test_small_days_are_carried_forward(svc):
+    assert signing.fold_days({"2026-01-01": 2, "2026-01-02": 4, "2026-01-03": 9, "2026-01-04": 1}, 5) == {
+        "2026-01-02": 6, "2026-01-03": 9, "other": 1,
+    }
+
+
+def test_discreet_mail_names_neither_campaign_nor_country(client, svc, smtp):
+    sign_form(client, email="quiet@example.org", discreet="on", lang="ru")
+    deliver(svc, smtp.url)
+    [mail] = smtp.sink.to("quiet@example.org")
+    text = body(mail)
+    assert mail["Subject"] != "" and "Мама" not in mail["Subject"] and "Mamay" not in mail["Subject"]
+    for word in ("Mamay", "Мама", "Kazakh", "Казах", "Қазақ", "campaign", "petition", "петици"):
+        assert word not in text and word not in str(mail["From"]) and word not in str(mail["Subject"])
+    assert re.search(r"\b[A-Z0-9]{8}\b", text), "the code is still there"
+
+
+def test_privacy_notice_states_the_configured_retention_and_cell_size(tmp_path, sqlite_url):
+    settings = make_settings(tmp_path, sqlite_url, retention_days=97, min_cell=7)
+    with TestClient(create_app(settings)) as c:
+        for lang in ("en", "ru", "kk"):
+            page = c.get(f"/privacy?lang={lang}").text
+            assert "97" in page and "7" in page and "28" in page
+
+
+def test_privacy_notice_is_linked_from_every_public_page(client):
+    for url in ("/", "/c/mamay", "/c/mamay/thanks", "/privacy", "/confirm/unknown"):
+        assert 'href="/privacy?lang=' in client.get(url).text, url
+
+
+def test_stats_cli_prints_folded_json(tmp_path, sqlite_url, svc):
+    sign_and_confirm(svc, {"name": "A", "email": "a@example.kz", "country": "KZ"})
+    env = {"CAMPAIGN_DATABASE_URL": sqlite_url, "CAMPAIGN_VAR_DIR": str(tmp_path / "var"),
+           "CAMPAIGN_DATA_KEY": svc.settings.data_key, "CAMPAIGN_ENV": "test"}
+    out = CliRunner().invoke(cli.app, ["stats", "mamay"], env=env)
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.stdout)
+    assert data["confirmed"] == 1 and data["by_country"] == {"other": 1}
+
+
+def test_confirmation_link_and_code_expire_after_the_configured_days(svc, smtp):
+    campaign = svc.campaigns["mamay"]
+    signed_at = utcnow()
+    data = signing.validate({**SIGNER, "consent": True})
+    with svc.db.write.begin() as session:
+        signed = signing.sign(session, campaign=campaign, data=data, keyring=svc.keyring, composer=svc.composer,
+                              settings=svc.settings, now=signed_at)
+    later = signed_at + timedelta(days=svc.settings.confirm_token_days, minutes=1)
+    deliver(svc, smtp.url)
+    text = body(smtp.sink.messages[0].message)
+    token = re.search(r"/confirm/([\w-]+)", text).group(1)
+    code = re.search(r"\b([A-Z0-9]{8})\b", text).group(1)
+    with svc.db.write.begin() as session:
+        for attempt in (
+            lambda: signing.find_by_token(session, token, now=later),
+            lambda: signing.confirm_by_code(session, signed.signature_id, code, campaigns=svc.campaigns,
+                                            keyring=svc.keyring, composer=svc.composer, settings=svc.settings,
+                                            now=later),
+        ):
+            with pytest.raises(signing.ConfirmProblem) as problem:
+                attempt()
+            assert problem.value.reason == "expired"
+        # Two minutes earlier it was still valid.
+        earlier = later - timedelta(minutes=2)
+        assert signing.find_by_token(session, token, now=earlier).id == signed.signature_id
