@@ -26,6 +26,7 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        svc.intake.start()
         worker = None
         if settings.outbox_in_process:
             worker = outbox.Worker(svc.db, keyring=svc.keyring, settings=settings,
@@ -34,6 +35,7 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
         try:
             yield
         finally:
+            svc.intake.stop()  # commits and answers every signature already queued
             if worker:
                 worker.stop()
             if db is None:

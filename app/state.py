@@ -5,7 +5,7 @@ Routes reach them with `services(request)`; nothing here is a module-level globa
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import Request
 
@@ -14,6 +14,7 @@ from app import mail
 from app.campaigns import Campaign
 from app.db import Database
 from app.encryption import Keyring, load_keyring
+from app.intake import Intake
 from app.ratelimit import Limiter
 from app.settings import Settings
 
@@ -27,6 +28,12 @@ class Services:
     composer: mail.Composer
     sign_limiter: Limiter
     login_limiter: Limiter
+    # The sign path's group-commit writer; create_app's lifespan starts and stops it.
+    intake: Intake = field(default=None)  # type: ignore[assignment]  # built from the fields above
+
+    def __post_init__(self) -> None:
+        if self.intake is None:
+            self.intake = Intake(self.db, keyring=self.keyring, composer=self.composer, settings=self.settings)
 
     @classmethod
     def build(cls, settings: Settings, *, db: Database | None = None) -> Services:

@@ -134,7 +134,7 @@ async def sign_form(request: Request, slug: str) -> Response:
         return response
     try:
         data = signing.validate(form)
-        signed = await run_in_threadpool(_sign, svc, campaign, data)
+        signed = await svc.intake.sign(campaign, data)  # answers after the batch holding it is committed
     except signing.ValidationFailed as exc:
         return _petition(request, campaign, lang, status=422, form=form, errors=exc.errors)
     except signing.CampaignClosed:
@@ -144,14 +144,6 @@ async def sign_form(request: Request, slug: str) -> Response:
         samesite="strict", secure=_secure(svc), path=f"/c/{slug}",
     )
     return thanks
-
-
-def _sign(svc: Services, campaign: Campaign, data: signing.SignatureIn) -> signing.Signed:
-    with svc.db.write.begin() as session:
-        return signing.sign(
-            session, campaign=campaign, data=data, keyring=svc.keyring, composer=svc.composer,
-            settings=svc.settings, now=utcnow(),
-        )
 
 
 def _ticket(request: Request, svc: Services) -> int | None:

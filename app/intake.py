@@ -1,0 +1,165 @@
+"""Sign intake: one writer thread per process commits many signatures per transaction (group commit).
+
+Request handlers enqueue (campaign, validated data) and await a future; the writer takes up to `batch_size`
+waiting items, signs each inside its own SAVEPOINT (one bad item never sinks the batch), commits once, and only
+then resolves the futures. So a request is never answered before its signature and mail are durable, and the
+database sees one write transaction where it would have seen hundreds competing for the lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from datetime import datetime
+
+from app import mail, signing
+from app.campaigns import Campaign
+from app.db import Database, utcnow
+from app.encryption import Keyring
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Item:
+    campaign: Campaign
+    data: signing.SignatureIn
+    future: Future[signing.Signed]
+
+
+@dataclass
+class Totals:
+    """What the writer has done since it started (for benchmarks and tests)."""
+
+    batches: int = 0
+    signed: int = 0
+    failed: int = 0
+    largest_batch: int = 0
+
+
+_STOP = object()
+
+
+class Intake:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        keyring: Keyring,
+        composer: mail.Composer,
+        settings: Settings,
+        batch_size: int = 256,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.db, self.keyring, self.composer, self.settings = db, keyring, composer, settings
+        self.batch_size = batch_size
+        self.clock = clock
+        self.totals = Totals()
+        self._queue: queue.SimpleQueue[_Item | object] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    # --- life cycle ----------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        with self._lock:
+            self._start_locked()
+
+    def _start_locked(self) -> None:
+        if self._thread is None:
+            # Each writer has its own queue, so a writer being stopped never takes a newer writer's items.
+            self._queue = queue.SimpleQueue()
+            self._thread = threading.Thread(target=self._run, args=(self._queue,), name="sign-intake", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 30) -> None:
+        """Finish (commit and answer) every item already queued, then end the writer thread."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+            if thread is None:
+                return
+            self._queue.put(_STOP)
+        thread.join(timeout)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # --- the two ways in -----------------------------------------------------------------------------------
+
+    def submit(self, campaign: Campaign, data: signing.SignatureIn) -> Future[signing.Signed]:
+        future: Future[signing.Signed] = Future()
+        with self._lock:
+            self._start_locked()  # an app served without its lifespan (a bare TestClient) still signs
+            self._queue.put(_Item(campaign, data, future))
+        return future
+
+    async def sign(self, campaign: Campaign, data: signing.SignatureIn) -> signing.Signed:
+        """Sign from a request handler; returns after the signature is committed, raises what signing raised."""
+        return await asyncio.wrap_future(self.submit(campaign, data))
+
+    # --- the writer ----------------------------------------------------------------------------------------
+
+    def _run(self, waiting: queue.SimpleQueue) -> None:
+        stopping = False
+        while not stopping:
+            first = waiting.get()
+            batch: list[_Item] = []
+            if first is _STOP:
+                stopping = True
+            else:
+                batch.append(first)  # type: ignore[arg-type]
+            # Take whatever else is already waiting, up to the batch size; never wait for more to arrive.
+            while len(batch) < self.batch_size:
+                try:
+                    item = waiting.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stopping = True
+                    continue
+                batch.append(item)  # type: ignore[arg-type]
+            if batch:
+                self._write(batch)
+
+    def _write(self, batch: list[_Item]) -> None:
+        # A request that went away before its turn is dropped unanswered: it was never acknowledged.
+        live = [item for item in batch if item.future.set_running_or_notify_cancel()]
+        if not live:
+            return
+        done: list[tuple[_Item, signing.Signed]] = []
+        refused: list[tuple[_Item, BaseException]] = []
+        try:
+            with self.db.write.begin() as session:
+                for item in live:
+                    try:
+                        with session.begin_nested():
+                            signed = signing.sign(
+                                session, campaign=item.campaign, data=item.data, keyring=self.keyring,
+                                composer=self.composer, settings=self.settings, now=self.clock(),
+                            )
+                    except Exception as exc:  # this item only; its savepoint is rolled back
+                        refused.append((item, exc))
+                    else:
+                        done.append((item, signed))
+        except Exception as exc:  # the transaction itself failed: nothing of this batch is durable
+            log.exception("sign intake: batch of %d not committed", len(live))
+            for item in live:
+                item.future.set_exception(exc)
+            self.totals.failed += len(live)
+            return
+        # Committed: only now may anyone hear "accepted".
+        for item, signed in done:
+            item.future.set_result(signed)
+        for item, exc in refused:
+            item.future.set_exception(exc)
+        self.totals.batches += 1
+        self.totals.signed += len(done)
+        self.totals.failed += len(refused)
+        self.totals.largest_batch = max(self.totals.largest_batch, len(live))

@@ -1,0 +1,124 @@
+"""Group commit on the sign path: many signatures per transaction, each answered only after its commit,
+one bad item never sinks its batch, and the API still stores exactly what it acknowledged."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+from datetime import date
+
+import pytest
+from sqlalchemy import func, select
+
+from app import signing
+from app.models import OutboxMessage, Signature
+from tests.conftest import SIGNER
+
+
+def signer(i: int, **changes: object) -> signing.SignatureIn:
+    return signing.validate({**SIGNER, "email": f"intake{i}@example.org", "consent": "on", **changes})
+
+
+def rows(svc, model=Signature) -> int:
+    with svc.db.read() as s:
+        return s.scalar(select(func.count()).select_from(model))
+
+
+@pytest.fixture
+def intake(svc):
+    svc.intake.start()
+    yield svc.intake
+    svc.intake.stop()
+
+
+def hold_write_lock(svc):
+    """Another connection holds SQLite's write lock, as a slow writer would (BEGIN IMMEDIATE in db.py)."""
+    conn = svc.db.engine.connect()
+    conn.begin()
+    return conn
+
+
+def test_no_answer_before_commit_and_the_row_is_there_when_it_comes(svc, intake):
+    blocker = hold_write_lock(svc)
+    try:
+        future = intake.submit(svc.campaigns["mamay"], signer(1))
+        time.sleep(0.3)
+        assert not future.done(), "answered while the transaction could not yet commit"
+    finally:
+        blocker.rollback()
+        blocker.close()
+    signed = future.result(timeout=10)
+    assert signed.created
+    with svc.db.read() as s:  # durable and visible to any other connection
+        assert s.get(Signature, signed.signature_id) is not None
+    assert rows(svc, OutboxMessage) == 1
+
+
+def test_signatures_waiting_on_the_lock_are_committed_together_in_one_batch(svc, intake):
+    blocker = hold_write_lock(svc)
+    try:
+        futures = [intake.submit(svc.campaigns["mamay"], signer(i)) for i in range(40)]
+        time.sleep(0.2)
+    finally:
+        blocker.rollback()
+        blocker.close()
+    ids = {f.result(timeout=10).signature_id for f in futures}
+    assert len(ids) == 40 and rows(svc) == 40 and rows(svc, OutboxMessage) == 40
+    # The first may have gone alone (it was taken before the rest arrived); the rest shared one transaction.
+    assert intake.totals.batches <= 2 and intake.totals.largest_batch >= 39
+
+
+def test_a_refused_item_does_not_sink_the_rest_of_its_batch(svc, intake):
+    mamay = svc.campaigns["mamay"]
+    closed = mamay.model_copy(update={"opens_on": date(2000, 1, 1), "closes_on": date(2000, 12, 31)})
+    blocker = hold_write_lock(svc)
+    try:
+        before = intake.submit(mamay, signer(1))
+        refused = intake.submit(closed, signer(2))
+        after = intake.submit(mamay, signer(3))
+        time.sleep(0.2)
+    finally:
+        blocker.rollback()
+        blocker.close()
+    assert before.result(timeout=10).created and after.result(timeout=10).created
+    with pytest.raises(signing.CampaignClosed):
+        refused.result(timeout=10)
+    assert rows(svc) == 2 and rows(svc, OutboxMessage) == 2
+
+
+def test_the_same_signer_twice_in_one_batch_is_one_row_and_two_mails(svc, intake):
+    blocker = hold_write_lock(svc)
+    try:
+        first = intake.submit(svc.campaigns["mamay"], signer(7))
+        again = intake.submit(svc.campaigns["mamay"], signer(7, email="INTAKE7+x@example.org"))
+        time.sleep(0.2)
+    finally:
+        blocker.rollback()
+        blocker.close()
+    a, b = first.result(timeout=10), again.result(timeout=10)
+    assert a.signature_id == b.signature_id and a.created and not b.created
+    assert rows(svc) == 1 and rows(svc, OutboxMessage) == 2
+
+
+def test_stop_commits_and_answers_everything_already_queued(svc):
+    futures = [svc.intake.submit(svc.campaigns["mamay"], signer(i)) for i in range(25)]
+    svc.intake.stop()
+    assert all(f.done() and f.exception() is None for f in futures)
+    assert rows(svc) == 25 and not svc.intake.running
+
+
+def test_api_under_concurrent_load_stores_exactly_the_signatures_it_accepted(client, svc):
+    def post(i: int) -> int:
+        payload = {**SIGNER, "email": f"load{i}@example.org", "consent": True}
+        return client.post("/api/v1/campaigns/mamay/signatures", json=payload).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(post, range(120)))
+    assert codes.count(202) == 120
+    assert rows(svc) == 120 and rows(svc, OutboxMessage) == 120
+    with svc.db.read() as s:
+        assert s.scalar(select(func.count(func.distinct(Signature.email_key)))) == 120
+
+
+def test_ping_touches_nothing_and_answers(client):
+    assert client.get("/api/v1/ping").json() == {"status": "ok"}
