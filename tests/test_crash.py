@@ -1,0 +1,164 @@
+"""A real server is killed with SIGKILL in the middle of a sign load, then restarted on the same database.
+
+Every signature that was answered 2xx must be there with exactly one confirmation mail queued (and delivered once
+the outbox runs); nothing half-written: no signature without its mail, no mail without its signature, and the
+SQLite file passes PRAGMA integrity_check. Run on SQLite and on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import select, text
+
+from app import signing
+from app.models import OutboxMessage, Signature
+from app.state import Services
+from tests.conftest import SIGNER, deliver, make_settings
+from tests.servers import AppProcess, record_figures, server_env, upgrade
+
+THREADS = 8
+KILL_AFTER_ACKS = 120  # acknowledged signatures before the kill (or KILL_AFTER_SECONDS, whichever first)
+KILL_AFTER_SECONDS = 4.0
+AFTER_RESTART = "after-restart@example.org"
+
+
+@dataclass
+class Load:
+    """Sign requests from several threads, each with a distinct address, and what became of each."""
+
+    url: str
+    attempted: list[str] = field(default_factory=list)
+    acknowledged: list[str] = field(default_factory=list)
+    refused: list[tuple[str, int]] = field(default_factory=list)  # answered, but not 2xx
+    broken: list[str] = field(default_factory=list)  # connection died: no answer
+    in_flight: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    stopping: threading.Event = field(default_factory=threading.Event)
+
+    def worker(self, n: int) -> None:
+        with httpx.Client(base_url=self.url, timeout=30) as client:
+            i = 0
+            while not self.stopping.is_set():
+                email = f"crash-{n}-{i}@example.org"
+                i += 1
+                with self.lock:
+                    self.attempted.append(email)
+                    self.in_flight += 1
+                try:
+                    answer = client.post("/api/v1/campaigns/mamay/signatures",
+                                         json={**SIGNER, "email": email, "name": f"Crash {n} {i}", "consent": True})
+                except httpx.HTTPError:
+                    with self.lock:
+                        self.broken.append(email)
+                        self.in_flight -= 1
+                    return  # the server is gone
+                with self.lock:
+                    self.in_flight -= 1
+                    if 200 <= answer.status_code < 300:
+                        self.acknowledged.append(email)
+                    else:
+                        self.refused.append((email, answer.status_code))
+
+
+def run_and_kill(server: AppProcess) -> tuple[Load, int]:
+    load = Load(server.url)
+    threads = [threading.Thread(target=load.worker, args=(n,), daemon=True) for n in range(THREADS)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + KILL_AFTER_SECONDS
+    while time.monotonic() < deadline and len(load.acknowledged) < KILL_AFTER_ACKS:
+        time.sleep(0.02)
+    with load.lock:  # nobody records an answer while we count and kill
+        in_flight = load.in_flight
+        server.kill()
+        load.stopping.set()
+    for t in threads:
+        t.join(35)
+    return load, in_flight
+
+
+def check_after_restart(svc: Services, load: Load, in_flight: int, smtp, name: str) -> None:
+    with svc.db.read() as session:
+        rows = session.scalars(select(Signature).where(Signature.campaign == "mamay")).all()
+        found = {svc.keyring.open(r.email_enc, "email", r.key_id): r for r in rows}
+        assert found.pop(AFTER_RESTART), "the signature taken after the restart is missing"
+        mails = session.scalars(select(OutboxMessage)).all()
+        if svc.db.dialect == "sqlite":
+            assert session.execute(text("PRAGMA integrity_check")).scalar() == "ok"
+
+    # Every acknowledged signature survived, also findable by its keyed email hash.
+    missing = [e for e in load.acknowledged if e not in found]
+    assert not missing, f"{len(missing)} acknowledged signatures lost, e.g. {missing[:3]}"
+    for email in load.acknowledged:
+        assert found[email].email_key == svc.keyring.email_key(signing.normalise_email(email))
+    # Nothing appeared that nobody sent; extra rows can only be requests in flight when the server died.
+    assert set(found) <= set(load.attempted)
+    unacknowledged = set(found) - set(load.acknowledged)
+    assert unacknowledged <= set(load.broken)
+    assert not load.refused, f"refused under load: {load.refused[:5]}"
+
+    # Nothing half-written: each signature has exactly one confirmation mail, each mail its signature.
+    per_signature = Counter(m.signature_id for m in mails if m.kind == "confirm")
+    assert {r.id: 1 for r in rows} == dict(per_signature)
+    assert len(mails) == len(rows)
+    assert all(m.kind == "confirm" and m.state == "queued" for m in mails)
+    for m in mails:
+        row = next(r for r in rows if r.id == m.signature_id)
+        assert svc.keyring.open(m.recipient_enc, "recipient", m.key_id) == svc.keyring.open(
+            row.email_enc, "email", row.key_id)
+
+    # The queued mails really go out after the restart: one confirmation per acknowledged signer.
+    report = deliver(svc, smtp.url)
+    assert report.sent == len(rows) and not report.failed
+    for email in [*load.acknowledged, AFTER_RESTART]:
+        [mail] = smtp.sink.to(email)
+        assert "/confirm/" in mail.get_body(preferencelist=("plain",)).get_content()
+    message_ids = [r.message["Message-ID"] for r in smtp.sink.messages]
+    assert len(message_ids) == len(set(message_ids)) == len(rows)
+
+    record_figures(
+        name, requests_attempted=len(load.attempted), in_flight_when_killed=in_flight,
+        acknowledged=len(load.acknowledged), found=len(found), found_unacknowledged=len(unacknowledged),
+        connections_broken=len(load.broken), mails_queued=len(mails), mails_delivered=report.sent,
+        signed_after_restart=1,
+    )
+
+
+def crash_and_restart(tmp_path: Path, database_url: str, smtp, name: str) -> None:
+    env = server_env(var_dir=tmp_path / "var", database_url=database_url)
+    if database_url.startswith("sqlite"):
+        upgrade(env)
+    server = AppProcess(env).start()
+    try:
+        load, in_flight = run_and_kill(server)
+        assert load.acknowledged, f"no signature acknowledged before the kill:\n{server.log_tail()}"
+        assert in_flight > 0, "the kill should land while requests are in flight"
+        server.start()  # same database, same port
+        # The restarted service works: it takes a new signature.
+        after = httpx.post(f"{server.url}/api/v1/campaigns/mamay/signatures",
+                           json={**SIGNER, "email": AFTER_RESTART, "consent": True}, timeout=30)
+        assert after.status_code == 202
+    finally:
+        server.stop()
+    settings = make_settings(tmp_path, database_url)
+    svc = Services.build(settings)
+    try:
+        check_after_restart(svc, load, in_flight, smtp, name)
+    finally:
+        svc.db.dispose()
+
+
+def test_sigkill_mid_load_loses_no_acknowledged_signature_sqlite(tmp_path, smtp):
+    crash_and_restart(tmp_path, f"sqlite:///{tmp_path / 'crash.db'}", smtp, "crash-sqlite")
+
+
+@pytest.mark.postgres
+def test_sigkill_mid_load_loses_no_acknowledged_signature_postgres(tmp_path, pg_url, smtp):
+    crash_and_restart(tmp_path, pg_url, smtp, "crash-postgres")
