@@ -136,6 +136,7 @@ def deliver_due(
     max_attempts: int = 12,
 ) -> Report:
     """Claim one batch, send it over one connection, record each outcome. Returns what happened."""
+    clock_given = now is not None  # a caller's clock (tests, replays) also times outcomes and the next attempt
     now = now or utcnow()
     report = Report()
     with db.write.begin() as session:
@@ -175,7 +176,8 @@ def deliver_due(
                 outcome = (FAILED, str(exc)[:1000])
             except mail.TemporaryFailure as exc:
                 outcome = (QUEUED, str(exc)[:1000])
-        _record(db, row_id, outcome, now=utcnow(), max_attempts=max_attempts, report=report)
+        _record(db, row_id, outcome, now=now if clock_given else utcnow(), max_attempts=max_attempts,
+                report=report)
     return report
 
 
