@@ -48,5 +48,17 @@ bench: $(VENV)/.test system-deps
 soak: $(VENV)/.test system-deps
 	$(BIN)/pytest -q -m slow --run-slow
 
+# Translations: collect the strings marked in app/ (N_() and _() in Python, {{ _() }} in templates) into
+# app/locale/messages.pot, then merge them into the ru and kk catalogs (created when missing). New strings arrive
+# empty (no fuzzy guesses) and strings no longer in the sources are dropped; tests/test_i18n.py lists what is left.
+.PHONY: messages
+messages: $(VENV)/.run
+	$(BIN)/pybabel extract -F app/locale/babel.cfg -k N_ --no-wrap --add-location=file --sort-output \
+	  --project=campaign-service -o app/locale/messages.pot .
+	for l in ru kk; do \
+	  $(BIN)/pybabel update -i app/locale/messages.pot -d app/locale -l $$l --init-missing --no-wrap \
+	    --no-fuzzy-matching --ignore-obsolete || exit 1; \
+	done
+
 clean:
 	rm -rf $(VENV) var .pytest_cache
