@@ -22,6 +22,8 @@ run: $(VENV)/.run
 	$(BIN)/campaign keys ensure
 	$(BIN)/campaign db upgrade
 	$(BIN)/campaign check
+	@echo "Organisers: sign in at http://127.0.0.1:8000/organiser/login with CAMPAIGN_ORGANISER_TOKEN if set," \
+	  "else with the token in $(CAMPAIGN_VAR_DIR)/organiser.token (created on first start)"
 	$(BIN)/campaign serve --host 127.0.0.1 --port 8000
 
 # Debian packages the tests drive: Chromium (browser tests), poppler (pdftotext), wrk (benchmarks).

@@ -68,8 +68,9 @@ def serve(
     import uvicorn
 
     s = settings()
-    services()  # fail here, with a clear message, on a broken campaign file or a missing key
+    svc = services()  # fail here, with a clear message, on a broken campaign file or a missing key
     console.print(f"Serving on http://{host}:{port}  (mail: {s.smtp_url or s.mail_dir})")
+    _announce_organiser_token(svc)
     # Access logs are off: they would hold client IP addresses.
     uvicorn.run(
         "app.main:create_app", factory=True, host=host, port=port, workers=workers,
@@ -97,8 +98,11 @@ def outbox(once: bool = typer.Option(False, "--once", help="Send what is due now
         finally:
             transport.close()
         return
+    from app import retention
+
     worker = outbox_mod.Worker(svc.db, keyring=svc.keyring, settings=svc.settings,
-                               poll_seconds=svc.settings.outbox_poll_seconds)
+                               poll_seconds=svc.settings.outbox_poll_seconds,
+                               on_idle=retention.hourly(svc.db, campaigns=svc.campaigns, settings=svc.settings))
     worker.start()
     try:
         while worker.is_alive():
@@ -187,6 +191,148 @@ def keys_rotate() -> None:
         console.print(f"re-sealed {moved} rows under k{n}; {encryption.key_file(s)} now holds only the new key")
     else:
         console.print(f"re-sealed {moved} rows under k{n}; CAMPAIGN_DATA_KEY may now be just: {new_spec}")
+
+
+# --- organisers, exports, erasure, retention ----------------------------------------------------------------
+
+organiser_app = typer.Typer(help="Organiser accounts (tokens for the dashboard and the export API).",
+                            no_args_is_help=True)
+app.add_typer(organiser_app, name="organiser")
+
+
+def _announce_organiser_token(svc) -> None:
+    """In development, make sure someone can sign in to /organiser at once, and say how."""
+    from app import organisers
+    from app.db import utcnow
+
+    if svc.settings.organiser_token:
+        console.print("Organiser sign-in: /organiser/login with CAMPAIGN_ORGANISER_TOKEN")
+        return
+    path = organisers.ensure_dev_token(svc.db, settings=svc.settings, now=utcnow())
+    if path:
+        console.print(f"Organiser sign-in: /organiser/login with the token in {path}")
+
+
+@organiser_app.command("add")
+def organiser_add(name: str) -> None:
+    """Create an organiser and print their token (shown this once; only its hash is stored)."""
+    from app import organisers
+    from app.db import utcnow
+
+    svc = services()
+    try:
+        with svc.db.write.begin() as session:
+            row, token = organisers.add(session, name=name, now=utcnow())
+    except organisers.OrganiserError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    console.print(f"organiser {row.name!r} (id {row.id}) created. The token, shown only now:")
+    sys.stdout.write(token + "\n")
+
+
+@organiser_app.command("list")
+def organiser_list() -> None:
+    """Every organiser: id, name, created, revoked."""
+    from app import organisers
+
+    svc = services()
+    with svc.db.read() as session:
+        rows = organisers.list_all(session)
+    for row in rows:
+        revoked = f"revoked {row.revoked_at:%Y-%m-%d %H:%M}" if row.revoked_at else "active"
+        sys.stdout.write(f"{row.id}\t{row.name}\tcreated {row.created_at:%Y-%m-%d %H:%M}\t{revoked}\n")
+    if svc.settings.organiser_token:
+        sys.stdout.write(f"-\t{organisers.ENV_NAME}\tCAMPAIGN_ORGANISER_TOKEN\tactive\n")
+
+
+@organiser_app.command("revoke")
+def organiser_revoke(name_or_id: str) -> None:
+    """Revoke an organiser's token (by id or name): their API calls and browser sessions stop at once."""
+    from app import organisers
+    from app.db import utcnow
+
+    svc = services()
+    try:
+        with svc.db.write.begin() as session:
+            rows = organisers.revoke(session, name_or_id=name_or_id, now=utcnow())
+    except organisers.OrganiserError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    for row in rows:
+        console.print(f"revoked {row.name!r} (id {row.id})")
+
+
+@app.command("export")
+def export(
+    slug: str,
+    format: str = typer.Option("csv", "--format", "-f", help="csv or json"),  # noqa: A002
+    output: Path | None = typer.Option(None, "--output", "-o", help="File to write (readable by you only)."),
+    status: str = typer.Option("confirmed", help="confirmed, pending or all"),
+    since: str | None = typer.Option(None, help="Only signatures made on or after this day (YYYY-MM-DD)."),
+    counts: str | None = typer.Option(None, "--counts", help="Export counts instead: 'country' or 'day'."),
+) -> None:
+    """Export signatures (or counts) of a campaign, streamed, formula-safe, and written to the export log."""
+    import getpass
+    import os
+    from datetime import date
+
+    from app import exports
+
+    if format not in ("csv", "json") or status not in ("confirmed", "pending", "all") or counts not in (
+        None, "country", "day"
+    ):
+        console.print("[red]--format is csv|json, --status confirmed|pending|all, --counts country|day[/red]")
+        raise typer.Exit(2)
+    try:
+        since_day = date.fromisoformat(since) if since else None
+    except ValueError as exc:
+        console.print("[red]--since must be a date, YYYY-MM-DD[/red]")
+        raise typer.Exit(2) from exc
+    svc = services()
+    if slug not in svc.campaigns:
+        console.print(f"[red]no campaign {slug!r}[/red]; known: {', '.join(svc.campaigns)}")
+        raise typer.Exit(2)
+    who = f"cli:{getpass.getuser()}"
+    if counts:
+        chunks = exports.counts(svc.db, campaign=slug, by=counts, fmt=format, organiser=who)  # type: ignore[arg-type]
+    else:
+        query = exports.SignatureQuery(campaign=slug, status=status, since=since_day)  # type: ignore[arg-type]
+        chunks = exports.signatures(svc.db, svc.keyring, query, organiser=who, fmt=format)  # type: ignore[arg-type]
+    if output is None:
+        for chunk in chunks:
+            sys.stdout.write(chunk)
+        return
+    fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+        for chunk in chunks:
+            fh.write(chunk)
+    console.print(f"written to {output}")
+
+
+@app.command()
+def erase(email: str) -> None:
+    """Erase everything an address signed, in every campaign (confirmed signatures stay as anonymous units)."""
+    from app import erasure
+    from app.db import utcnow
+
+    svc = services()
+    with svc.db.write.begin() as session:
+        done = erasure.erase(session, keys=erasure.email_keys(svc.keyring, email), now=utcnow())
+    if not done.rows:
+        console.print("no personal data held for that address")
+        return
+    console.print(f"erased: {done.kept_anonymous} confirmed signatures kept as anonymous units, {done.deleted} "
+                  f"unconfirmed deleted, {done.mails_dropped} queued mails dropped")
+
+
+@app.command()
+def retention() -> None:
+    """Apply the retention rules now (the outbox worker also does so every hour)."""
+    from app import retention as retention_mod
+
+    svc = services()
+    report = retention_mod.run(svc.db, campaigns=svc.campaigns, settings=svc.settings)
+    console.print(str(report))
 
 
 if __name__ == "__main__":

@@ -111,6 +111,16 @@ class Composer:
             link=f"{self.settings.base_url}/s/{manage_token}?lang={lang}",
         )
 
+    def erase_link(self, *, lang: str, to: str, token: str, hours: int, discreet: bool) -> EmailMessage:
+        """The single-purpose link that removes a signer's data. Names no campaign: it covers all of them."""
+        _ = i18n.translations(lang).gettext
+        body = self._render("erase.txt", lang, lang_code=lang, hours=hours,
+                            link=f"{self.settings.base_url}/erase/{token}?lang={lang}")
+        if discreet:
+            return self.build(to=to, subject=_("The link you asked for"), body=body, from_name=_("Notifications"),
+                              from_addr=self.settings.discreet_mail_from or f"noreply@{mail_domain(self.settings)}")
+        return self.build(to=to, subject=_("The link you asked for"), body=body)
+
 
 def stamp(msg: EmailMessage, *, outbox_id: int, domain: str) -> None:
     """A Message-ID derived from the outbox row, so a receiver can drop a duplicate of a retried send."""

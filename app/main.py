@@ -11,7 +11,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app import api, i18n, outbox, web
+from app import admin, admin_api, api, i18n, outbox, retention, web, web_embed, web_erasure, web_letters
 from app.db import Database
 from app.security import SecurityHeaders
 from app.settings import Settings, load_settings
@@ -30,7 +30,8 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
         worker = None
         if settings.outbox_in_process:
             worker = outbox.Worker(svc.db, keyring=svc.keyring, settings=settings,
-                                   poll_seconds=settings.outbox_poll_seconds)
+                                   poll_seconds=settings.outbox_poll_seconds,
+                                   on_idle=retention.hourly(svc.db, campaigns=svc.campaigns, settings=settings))
             worker.start()
         try:
             yield
@@ -54,6 +55,11 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
     app.include_router(api.router)
     app.include_router(api.health_router)
     app.include_router(web.router)
+    app.include_router(admin.router)
+    app.include_router(admin_api.router)
+    app.include_router(web_erasure.router)
+    app.include_router(web_embed.router)
+    app.include_router(web_letters.router)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

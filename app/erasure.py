@@ -1,0 +1,149 @@
+"""Erasure: a signer removes their personal data from every campaign, through a mailed single-purpose link.
+
+What is removed: name, email, city, message and the email index of each signature; its tokens; opt-ins and
+delivery requests; queued mails (deleted) and the recipients, bodies and errors of sent ones. A confirmed
+signature stays as an anonymous unit so the published count stays true; a pending one is deleted. Asking for a
+link never reveals whether an address has signed. Retention uses the same `forget`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+from app import mail, outbox, signing
+from app.encryption import Keyring
+from app.models import CONFIRMED, Delivery, OutboxMessage, Signature, TargetOptIn
+from app.settings import Settings
+
+LINK_SALT = "erase-link v1"
+LINK_HOURS = 24
+CHUNK = 500  # ids per IN (...) clause
+
+
+@dataclass
+class Forgotten:
+    kept_anonymous: int = 0  # confirmed signatures that stay in the count, without personal data
+    deleted: int = 0  # pending signatures removed
+    mails_dropped: int = 0  # queued mails that will not be sent
+
+    def __add__(self, other: Forgotten) -> Forgotten:
+        return Forgotten(self.kept_anonymous + other.kept_anonymous, self.deleted + other.deleted,
+                         self.mails_dropped + other.mails_dropped)
+
+    @property
+    def rows(self) -> int:
+        return self.kept_anonymous + self.deleted
+
+
+# --- the link ---------------------------------------------------------------------------------------------
+
+
+def _serializer(settings: Settings) -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(settings.secret_key, salt=LINK_SALT)
+
+
+def email_keys(keyring: Keyring, email: str) -> list[bytes]:
+    """Every index value the address may have (one per data key: rows signed before a rotation too)."""
+    return keyring.email_keys(signing.normalise_email(email.strip()))
+
+
+def link_token(settings: Settings, keys: list[bytes]) -> str:
+    """Holds the keyed hashes of the address, never the address itself."""
+    return _serializer(settings).dumps([k.hex() for k in keys])
+
+
+def read_link_token(settings: Settings, token: str) -> list[bytes] | None:
+    """The hashes a link names, or None when it is forged, malformed or older than LINK_HOURS."""
+    if len(token) > 1000:
+        return None
+    try:
+        data = _serializer(settings).loads(token, max_age=LINK_HOURS * 3600)
+    except BadSignature:  # SignatureExpired is a BadSignature
+        return None
+    if not isinstance(data, list) or not data or len(data) > 16:
+        return None
+    try:
+        keys = [bytes.fromhex(k) for k in data if isinstance(k, str)]
+    except ValueError:
+        return None
+    return keys if len(keys) == len(data) and all(len(k) == 32 for k in keys) else None
+
+
+def request_link(
+    session: Session, *, email: str, lang: str, keyring: Keyring, composer: mail.Composer, settings: Settings,
+    now: datetime,
+) -> bool:
+    """Queue a mail with the erase link to the address if it has signed anything. The return value is for the
+    CLI and tests only: a page must answer the same either way."""
+    keys = email_keys(keyring, email)
+    rows = list(session.scalars(select(Signature).where(Signature.email_key.in_(keys)).order_by(Signature.id)))
+    if not rows:
+        return False
+    token = link_token(settings, keys)
+    discreet = any(r.discreet for r in rows)
+    sent_to: set[str] = set()
+    for row in rows:
+        address = keyring.open(row.email_enc, "email", row.key_id)
+        if not address or address in sent_to:
+            continue
+        sent_to.add(address)
+        message = composer.erase_link(lang=lang, to=address, token=token, hours=LINK_HOURS, discreet=discreet)
+        outbox.enqueue(session, message, kind="erase", keyring=keyring, signature_id=row.id, now=now)
+    return True
+
+
+# --- removing ---------------------------------------------------------------------------------------------
+
+
+def _chunks(ids: list[int]) -> Iterable[list[int]]:
+    for i in range(0, len(ids), CHUNK):
+        yield ids[i : i + CHUNK]
+
+
+def forget(session: Session, signature_ids: Iterable[int], *, now: datetime) -> Forgotten:
+    """Remove the personal data of these signatures everywhere it is held. Confirmed ones stay anonymous."""
+    done = Forgotten()
+    for ids in _chunks(sorted(set(signature_ids))):
+        done.mails_dropped += outbox.drop_queued_for(session, ids)
+        session.execute(
+            update(OutboxMessage)
+            .where(OutboxMessage.signature_id.in_(ids))
+            .values(recipient_enc=None, message_enc=None, last_error=None)  # an SMTP error may quote the address
+        )
+        session.execute(delete(TargetOptIn).where(TargetOptIn.signature_id.in_(ids)))
+        session.execute(delete(Delivery).where(Delivery.signature_id.in_(ids)))
+        confirmed = list(session.scalars(
+            select(Signature.id).where(Signature.id.in_(ids), Signature.status == CONFIRMED)
+        ))
+        if confirmed:
+            done.kept_anonymous += session.execute(
+                update(Signature)
+                .where(Signature.id.in_(confirmed))
+                .values(
+                    name_enc=None, email_enc=None, city_enc=None, message_enc=None, email_key=None, erased_at=now,
+                    confirm_token_hash=None, confirm_code_hash=None, confirm_expires_at=None,
+                    manage_token_hash=None,
+                )
+                .execution_options(synchronize_session=False)
+            ).rowcount
+        others = [i for i in ids if i not in set(confirmed)]
+        if others:
+            session.execute(
+                update(OutboxMessage).where(OutboxMessage.signature_id.in_(others)).values(signature_id=None)
+            )
+            done.deleted += session.execute(
+                delete(Signature).where(Signature.id.in_(others)).execution_options(synchronize_session=False)
+            ).rowcount
+    return done
+
+
+def erase(session: Session, *, keys: list[bytes], now: datetime) -> Forgotten:
+    """Everything signed with the address these hashes stand for, in every campaign."""
+    ids = list(session.scalars(select(Signature.id).where(Signature.email_key.in_(keys))))
+    return forget(session, ids, now=now)
