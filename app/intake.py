@@ -54,7 +54,7 @@ class Intake:
         keyring: Keyring,
         composer: mail.Composer,
         settings: Settings,
-        batch_size: int = 256,
+        batch_size: int = 16,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.db, self.keyring, self.composer, self.settings = db, keyring, composer, settings
@@ -133,21 +133,13 @@ class Intake:
         live = [item for item in batch if item.future.set_running_or_notify_cancel()]
         if not live:
             return
-        done: list[tuple[_Item, signing.Signed]] = []
-        refused: list[tuple[_Item, BaseException]] = []
         try:
-            with self.db.write.begin() as session:
-                for item in live:
-                    try:
-                        with session.begin_nested():
-                            signed = signing.sign(
-                                session, campaign=item.campaign, data=item.data, keyring=self.keyring,
-                                composer=self.composer, settings=self.settings, now=self.clock(),
-                            )
-                    except Exception as exc:  # this item only; its savepoint is rolled back
-                        refused.append((item, exc))
-                    else:
-                        done.append((item, signed))
+            try:
+                # Refusals are rare (a closed campaign; a database error), so first try the batch without a
+                # savepoint per item; if anything fails, nothing of it is kept and the batch runs again isolated.
+                outcomes = self._commit(live, isolate=False)
+            except Exception:
+                outcomes = self._commit(live, isolate=True)
         except Exception as exc:  # the transaction itself failed: nothing of this batch is durable
             log.exception("sign intake: batch of %d not committed", len(live))
             for item in live:
@@ -155,11 +147,34 @@ class Intake:
             self.totals.failed += len(live)
             return
         # Committed: only now may anyone hear "accepted".
-        for item, signed in done:
-            item.future.set_result(signed)
-        for item, exc in refused:
-            item.future.set_exception(exc)
+        for item, outcome in outcomes:
+            if isinstance(outcome, signing.Signed):
+                item.future.set_result(outcome)
+                self.totals.signed += 1
+            else:
+                item.future.set_exception(outcome)
+                self.totals.failed += 1
         self.totals.batches += 1
-        self.totals.signed += len(done)
-        self.totals.failed += len(refused)
         self.totals.largest_batch = max(self.totals.largest_batch, len(live))
+
+    def _commit(self, items: list[_Item], *, isolate: bool) -> list[tuple[_Item, signing.Signed | Exception]]:
+        """One transaction for every item; with `isolate`, each in its own SAVEPOINT so a refusal (rolled back
+        to its savepoint) leaves the others in place."""
+        outcomes: list[tuple[_Item, signing.Signed | Exception]] = []
+        with self.db.write.begin() as session:
+            for item in items:
+                if not isolate:
+                    outcomes.append((item, self._sign(session, item)))
+                    continue
+                try:
+                    with session.begin_nested():
+                        outcomes.append((item, self._sign(session, item)))
+                except Exception as exc:
+                    outcomes.append((item, exc))
+        return outcomes
+
+    def _sign(self, session, item: _Item) -> signing.Signed:
+        return signing.sign(
+            session, campaign=item.campaign, data=item.data, keyring=self.keyring, composer=self.composer,
+            settings=self.settings, now=self.clock(),
+        )
