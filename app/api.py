@@ -80,7 +80,9 @@ def field_errors(errors: dict[str, str], lang: str) -> list[dict[str, str]]:
     return [{"field": f, "message": i18n.gettext(lang, m)} for f, m in errors.items()]
 
 
-@router.get("/campaigns", response_model=list[CampaignOut])
+# 422 is declared wherever a parameter can be wrong: our handler answers {"detail": [{field, message}]}, not FastAPI's
+# default shape, and the schema must say so.
+@router.get("/campaigns", response_model=list[CampaignOut], responses={422: {"model": ErrorBody}})
 def list_campaigns(svc: ServicesDep, lang: Literal["en", "ru", "kk"] = "en") -> list[CampaignOut]:
     return [
         CampaignOut(
@@ -96,7 +98,8 @@ def list_campaigns(svc: ServicesDep, lang: Literal["en", "ru", "kk"] = "en") -> 
     status_code=202,
     response_model=SignAccepted,
     responses={
-        404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 422: {"model": ErrorBody}, 429: {"model": ErrorBody}
+        400: {"model": ErrorBody}, 404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 422: {"model": ErrorBody},
+        429: {"model": ErrorBody},
     },
 )
 async def sign(slug: str, body: SignRequest, request: Request, svc: ServicesDep):
@@ -118,7 +121,8 @@ async def sign(slug: str, body: SignRequest, request: Request, svc: ServicesDep)
     return SignAccepted()
 
 
-@router.get("/campaigns/{slug}/stats", response_model=StatsOut, responses={404: {"model": ErrorBody}})
+@router.get("/campaigns/{slug}/stats", response_model=StatsOut,
+            responses={404: {"model": ErrorBody}, 422: {"model": ErrorBody}})
 def stats(slug: str, svc: ServicesDep) -> StatsOut:
     """Confirmed signatures; countries and days under the minimum cell size are folded into "other"."""
     campaign = campaign_or_404(svc, slug)

@@ -75,7 +75,8 @@ def _printable_line(value: str) -> bool:
 def _printable_text(value: str) -> bool:
     return all(
         ch in MESSAGE_ALLOWED_CONTROLS
-        or (unicodedata.category(ch) != "Cc" and ch not in BIDI_CONTROLS and ch not in "\u2028\u2029")
+        # Cs: a lone surrogate is not text (it cannot even be encoded to be stored).
+        or (unicodedata.category(ch) not in ("Cc", "Cs") and ch not in BIDI_CONTROLS and ch not in "\u2028\u2029")
         for ch in value
     )
 
