@@ -17,7 +17,12 @@ from app.settings import ROOT
 from tests.conftest import SIGNER, free_port
 from tests.servers import CAMPAIGN_BIN, server_env, upgrade
 
-MARKER_IP = "203.0.113.77"  # TEST-NET-3: never a real client
+
+def marker_ip() -> str:
+    """An address from TEST-NET-3 (never a real client), new per run so shared Redis limits start fresh."""
+    import secrets
+
+    return f"203.0.113.{secrets.randbelow(250) + 2}"
 
 
 def redis_reachable() -> bool:
@@ -44,6 +49,7 @@ def everything_stored(var_dir: Path, db_path: Path) -> str:
 def test_a_marked_client_address_is_found_nowhere(tmp_path, with_redis):
     if with_redis and not redis_reachable():
         pytest.skip("Redis not reachable at 127.0.0.1:6379")
+    marker = marker_ip()
     var_dir = tmp_path / "var"
     db_path = tmp_path / "campaign.db"
     port = free_port()
@@ -59,7 +65,7 @@ def test_a_marked_client_address_is_found_nowhere(tmp_path, with_redis):
         proc = subprocess.Popen([str(CAMPAIGN_BIN), "serve", "--port", str(port)], env=env, cwd=ROOT,
                                 stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
-    headers = {"X-Forwarded-For": MARKER_IP}
+    headers = {"X-Forwarded-For": marker}
     try:
         for _ in range(100):
             try:
@@ -93,14 +99,14 @@ def test_a_marked_client_address_is_found_nowhere(tmp_path, with_redis):
         proc.wait(15)
 
     stored = everything_stored(var_dir, db_path)
-    assert MARKER_IP not in stored, "the client address was written somewhere under var/ or into the database"
-    assert MARKER_IP.replace(".", "") not in stored
+    assert marker not in stored, "the client address was written somewhere under var/ or into the database"
+    assert marker.replace(".", "") not in stored
     assert log_path.read_text(), "the server did log (start-up lines), so the check above means something"
     if with_redis:
         import redis
 
         r = redis.Redis(host="127.0.0.1", port=6379)
         for key in r.scan_iter(count=1000):
-            assert MARKER_IP.encode() not in key
+            assert marker.encode() not in key
             if r.type(key) == b"string":
-                assert MARKER_IP.encode() not in (r.get(key) or b"")
+                assert marker.encode() not in (r.get(key) or b"")
