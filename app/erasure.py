@@ -86,14 +86,13 @@ def request_link(
     if not rows:
         return False
     token = link_token(settings, keys)
-    discreet = any(r.discreet for r in rows)
     sent_to: set[str] = set()
     for row in rows:
         address = keyring.open(row.email_enc, "email", row.key_id)
         if not address or address in sent_to:
             continue
         sent_to.add(address)
-        message = composer.erase_link(lang=lang, to=address, token=token, hours=LINK_HOURS, discreet=discreet)
+        message = composer.erase_link(lang=lang, to=address, token=token, hours=LINK_HOURS)
         outbox.enqueue(session, message, kind="erase", keyring=keyring, signature_id=row.id, now=now)
     return True
 

@@ -111,15 +111,14 @@ class Composer:
             link=f"{self.settings.base_url}/s/{manage_token}?lang={lang}",
         )
 
-    def erase_link(self, *, lang: str, to: str, token: str, hours: int, discreet: bool) -> EmailMessage:
-        """The single-purpose link that removes a signer's data. Names no campaign: it covers all of them."""
+    def erase_link(self, *, lang: str, to: str, token: str, hours: int) -> EmailMessage:
+        """The single-purpose link that removes a signer's data. Always from the neutral sender and naming no
+        campaign: whoever asks to be removed may have become at risk, and the link covers every campaign."""
         _ = i18n.translations(lang).gettext
         body = self._render("erase.txt", lang, lang_code=lang, hours=hours,
                             link=f"{self.settings.base_url}/erase/{token}?lang={lang}")
-        if discreet:
-            return self.build(to=to, subject=_("The link you asked for"), body=body, from_name=_("Notifications"),
-                              from_addr=self.settings.discreet_mail_from or f"noreply@{mail_domain(self.settings)}")
-        return self.build(to=to, subject=_("The link you asked for"), body=body)
+        return self.build(to=to, subject=_("The link you asked for"), body=body, from_name=_("Notifications"),
+                          from_addr=self.settings.discreet_mail_from or f"noreply@{mail_domain(self.settings)}")
 
 
 def stamp(msg: EmailMessage, *, outbox_id: int, domain: str) -> None:
