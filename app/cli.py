@@ -140,6 +140,14 @@ def check() -> None:
     for campaign in svc.campaigns.values():
         console.print(f"{campaign.slug}: {len(campaign.targets)} targets, languages {', '.join(campaign.languages)}")
     console.print("campaigns OK")
+    from app import letters  # every letter template x target x language, with hostile sample signers
+
+    problems = [p for c in svc.campaigns.values() for p in letters.check_campaign(c)]
+    for problem in problems:
+        console.print(problem, style="red", markup=False, highlight=False, soft_wrap=True)
+    if problems:
+        raise typer.Exit(1)
+    console.print("letters OK")
 
 
 @keys_app.command("ensure")
@@ -333,6 +341,62 @@ def retention() -> None:
     svc = services()
     report = retention_mod.run(svc.db, campaigns=svc.campaigns, settings=svc.settings)
     console.print(str(report))
+
+
+@app.command("letters")
+def letters_(
+    slug: str,
+    format: str = typer.Option(..., "--format", "-f", help="txt, mbox, eml, pdf, or pack (delivery pack of --target)"),  # noqa: A002
+    output: Path = typer.Option(..., "--output", "-o", help="File (txt, mbox, pack) or folder (eml, pdf) to write."),
+    lang: str | None = typer.Option(None, "--lang", help="Every letter in this language (default: each signer's)."),
+    target: str | None = typer.Option(None, "--target", help="Only letters to this target (its key)."),
+    since: str | None = typer.Option(None, "--since", help="Confirmed on or after this day (YYYY-MM-DD)."),
+    workers: int = typer.Option(0, "--workers", min=0, help="Processes to render with (0: one per CPU)."),
+) -> None:
+    """Every confirmed signer's letters, exactly as each target will see them; or one target's delivery pack."""
+    import getpass
+    from datetime import UTC, datetime
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+    from rich.text import Text
+
+    from app import exports, letter_batch
+
+    class Rate(ProgressColumn):
+        def render(self, task) -> Text:
+            return Text(f"{task.speed:,.0f} signers/s" if task.speed else "")
+
+    try:
+        since_at = datetime.fromisoformat(since).replace(tzinfo=UTC) if since else None
+    except ValueError as exc:
+        console.print("[red]--since must be a date, YYYY-MM-DD[/red]")
+        raise typer.Exit(2) from exc
+    svc = services()
+    if slug not in svc.campaigns:
+        console.print(f"[red]no campaign {slug!r}[/red]; known: {', '.join(svc.campaigns)}")
+        raise typer.Exit(2)
+    renderer = letter_batch.Renderer(svc.settings, db=svc.db, keyring=svc.keyring, campaign=svc.campaigns[slug])
+    batch = letter_batch.Batch(slug=slug, fmt=format, lang=lang, target=target, since=since_at)
+    log_id = exports.start_log(svc.db, organiser=f"cli:{getpass.getuser()}", campaign=slug,
+                               what=f"letters {format} target={target or 'all'} lang={lang or 'own'} since={since}")
+    written, complete = 0, False
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Rate(), TimeRemainingColumn())
+    try:
+        with Progress(*columns, console=console) as progress:
+            task = progress.add_task(f"{slug} {format}", total=None)
+            written = letter_batch.run(
+                renderer, batch, output, workers=workers,
+                on_plan=lambda total: progress.update(task, total=total),
+                on_progress=lambda n: progress.advance(task, n),
+            )
+        complete = True
+    except letter_batch.BatchError as exc:
+        console.print(str(exc), style="red", markup=False)
+        raise typer.Exit(2) from exc
+    finally:
+        exports.finish_log(svc.db, log_id, rows=written, complete=complete)
+    what = "supporters named in the pack" if format == "pack" else "letters"
+    console.print(f"{written} {what} written to {output}")
 
 
 if __name__ == "__main__":

@@ -112,6 +112,24 @@ def sent_last_hour(session: Session, target: str, now: datetime) -> int:
     ) or 0
 
 
+def hold_target(session: Session, target: str, *, now: datetime) -> datetime:
+    """A target over its hourly cap: move all its queued letters to when a slot frees, so a long queue for one
+    official does not fill every claim and hold back the confirmation mails queued behind it."""
+    oldest = session.scalar(
+        select(func.min(OutboxMessage.sent_at)).where(
+            OutboxMessage.target == target, OutboxMessage.sent_at >= now - timedelta(hours=1)
+        )
+    )
+    free_at = max((oldest or now) + timedelta(hours=1), now + timedelta(minutes=5))
+    session.execute(
+        update(OutboxMessage)
+        .where(OutboxMessage.target == target, OutboxMessage.state == QUEUED, OutboxMessage.next_attempt_at < free_at)
+        .values(next_attempt_at=free_at)
+        .execution_options(synchronize_session=False)
+    )
+    return free_at
+
+
 @dataclass
 class Report:
     sent: int = 0
@@ -142,6 +160,7 @@ def deliver_due(
     with db.write.begin() as session:
         rows = claim(session, now=now, limit=batch)
         sent_per_target: dict[str, int] = {}
+        held: dict[str, datetime] = {}
         plans: list[tuple[int, EmailMessage | None, list[str]]] = []
         for row in rows:
             if row.target:
@@ -150,6 +169,9 @@ def deliver_due(
                     # Over the cap: put it back for later, costs no attempt.
                     row.state, row.lease_until = QUEUED, None
                     row.next_attempt_at = now + timedelta(minutes=5)
+                    if row.target not in held:
+                        held[row.target] = hold_target(session, row.target, now=now)
+                    row.next_attempt_at = max(row.next_attempt_at, held[row.target])
                     report.deferred += 1
                     continue
                 sent_per_target[row.target] = used + 1

@@ -257,7 +257,10 @@ def signer_page(request: Request, token: str, lang: str | None = None) -> HTMLRe
         campaign = campaign_or_404(svc, row.campaign)
         stats = signing.public_stats(session, campaign, k=svc.settings.min_cell)
     lang = campaign.lang(lang or row.language)
-    return page(request, "signer.html", lang, campaign=campaign, stats=stats, token=token)
+    from app import web_letters  # the letters part of this page; web_letters builds on this module
+
+    return page(request, "signer.html", lang, campaign=campaign, stats=stats, token=token,
+                **web_letters.signer_context(request, token=token, lang=lang))
 
 
 @router.get("/privacy", response_class=HTMLResponse)

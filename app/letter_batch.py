@@ -1,0 +1,337 @@
+"""Batch letters for organisers: each confirmed signer's letter to each of their targets as txt, mbox, eml or PDF,
+and the delivery pack of one target.
+
+Signatures stream from the database in id order and are opened one at a time, so memory stays flat however many
+there are. The work is split into id ranges rendered by separate processes and joined in id order, and nothing
+in the output depends on the clock: the same data always gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import binascii
+import hmac
+import multiprocessing
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import format_datetime
+from pathlib import Path
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app import letters, mail, signing
+from app.campaigns import Campaign, Target
+from app.db import Database
+from app.encryption import Keyring, load_keyring
+from app.models import CONFIRMED, Signature, TargetOptIn
+from app.settings import Settings
+
+FORMATS = ("txt", "mbox", "eml", "pdf", "pack")
+CHUNK = {"txt": 5000, "mbox": 5000, "eml": 5000, "pdf": 200}  # signatures per range (a PDF file per range)
+MBOX_FROM_LINE = re.compile(rb"^(>*From )", re.MULTILINE)
+
+
+class BatchError(Exception):
+    """The request cannot be met (unknown campaign or target, a format that needs --target, ...)."""
+
+
+@dataclass(frozen=True)
+class Batch:
+    slug: str
+    fmt: str
+    lang: str | None = None  # None: each signer's own language
+    target: str | None = None  # None: every target of each signer
+    since: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    total: int  # signatures selected
+    ranges: tuple[tuple[int, int], ...]  # inclusive id ranges, in order
+    public: frozenset[str]  # countries an anonymous letter may name
+    dated: datetime | None  # latest confirmation in the selection: the one date the output carries
+
+
+class Renderer:
+    """Everything one process needs to render letters: built once per process."""
+
+    def __init__(self, settings: Settings, *, db: Database, keyring: Keyring, campaign: Campaign) -> None:
+        self.settings, self.db, self.keyring, self.campaign = settings, db, keyring, campaign
+        self.secret = letters.variation_secret(settings.secret_key)
+        self.domain = mail.mail_domain(settings)
+        self._heads: dict[tuple[str, str, str], bytes] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings, slug: str) -> Renderer:
+        from app.campaigns import load_campaigns
+
+        return cls(settings, db=Database(settings.sqlalchemy_url), keyring=load_keyring(settings),
+                   campaign=load_campaigns(settings.letters_dir)[slug])
+
+    def targets(self, batch: Batch) -> list[Target]:
+        if batch.target is None:
+            return list(self.campaign.targets)
+        target = self.campaign.target(batch.target)
+        if target is None:
+            known = ", ".join(t.key for t in self.campaign.targets)
+            raise BatchError(f"no target {batch.target!r} in {self.campaign.slug}; known: {known}")
+        return [target]
+
+    def selection(self, batch: Batch, *, own_country: bool = True) -> list:
+        where = [Signature.campaign == batch.slug, Signature.status == CONFIRMED, Signature.email_key.is_not(None)]
+        if batch.since is not None:
+            where.append(Signature.confirmed_at >= batch.since)
+        targets = self.targets(batch)
+        if own_country and all(t.kind == "embassy" for t in targets):  # an embassy: letters from its country only
+            where.append(Signature.country.in_(sorted({t.country for t in targets if t.country})))
+        return where
+
+    def plan(self, session: Session, batch: Batch, *, size: int) -> Plan:
+        where = self.selection(batch)
+        total, dated = session.execute(select(func.count(), func.max(Signature.confirmed_at)).where(*where)).one()
+        numbered = select(Signature.id, func.row_number().over(order_by=Signature.id).label("n")).where(*where)
+        sub = numbered.subquery()
+        starts = list(session.scalars(select(sub.c.id).where((sub.c.n - 1) % size == 0).order_by(sub.c.id)))
+        last = session.scalar(select(func.max(Signature.id)).where(*where))
+        ranges = tuple(zip(starts, [s - 1 for s in starts[1:]] + [last], strict=True)) if starts else ()
+        by_country, _ = signing.exact_counts(session, batch.slug)
+        return Plan(total, ranges, letters.public_countries(by_country, self.settings.min_cell), dated)
+
+    # --- one id range ---------------------------------------------------------------------------------
+
+    def letters_in(self, batch: Batch, plan: Plan, lo: int, hi: int) -> Iterator[tuple[int, letters.Letter]]:
+        """(signature id, letter) for every selected signer in [lo, hi] and each of their targets, in order."""
+        targets = self.targets(batch)
+        if batch.fmt in ("mbox", "eml"):
+            targets = [t for t in targets if t.email]
+        naming = [t.key for t in targets if t.allows_names()]
+        with self.db.read() as session:
+            named = set()
+            if naming:
+                named = set(session.execute(
+                    select(TargetOptIn.signature_id, TargetOptIn.target).where(
+                        TargetOptIn.signature_id.between(lo, hi), TargetOptIn.target.in_(naming))
+                ).tuples())
+            rows = session.execute(
+                select(Signature.id, Signature.key_id, Signature.name_enc, Signature.city_enc,
+                       Signature.message_enc, Signature.country, Signature.language)
+                .where(*self.selection(batch), Signature.id.between(lo, hi))
+                .order_by(Signature.id)
+                .execution_options(yield_per=1000)
+            )
+            open_ = self.keyring.open
+            for sig_id, key_id, name_enc, city_enc, message_enc, country, language in rows:
+                message = open_(message_enc, "message", key_id) or ""
+                lang = self.campaign.lang(batch.lang or language)
+                for target in targets:
+                    if target.kind == "embassy" and target.country != country:
+                        continue
+                    opted = (sig_id, target.key) in named
+                    # Names are opened only for a letter that will carry them.
+                    view = letters.view_for(
+                        target, variant_key=letters.signer_key(sig_id),
+                        name=open_(name_enc, "name", key_id) if opted else None,
+                        city=open_(city_enc, "city", key_id) if opted else None,
+                        country=country, message=message, opted_in=opted, public_countries=plan.public,
+                    )
+                    yield sig_id, letters.render_letter(self.campaign, target, lang, view, secret=self.secret,
+                                                        html=False)
+
+    def render_range(self, batch: Batch, plan: Plan, index: int, lo: int, hi: int, out: Path) -> int:
+        """Render one range into `out` (a file; for eml and pdf a folder). Returns the letters written."""
+        found = self.letters_in(batch, plan, lo, hi)
+        count = 0
+        if batch.fmt == "eml":
+            for sig_id, letter in found:
+                (out / f"{sig_id:09d}-{letter.target}.eml").write_bytes(self.message(plan, sig_id, letter))
+                count += 1
+        elif batch.fmt == "pdf":
+            from app import pdf  # only this format needs the PDF library in the workers
+
+            chunk = [letter for _, letter in found]
+            if chunk:
+                title = self.campaign.title[self.campaign.lang(batch.lang or self.campaign.languages[0])]
+                (out / f"letters-{index + 1:05d}.pdf").write_bytes(
+                    pdf.letters_pdf(chunk, lang=chunk[0].lang, title=title))
+            count = len(chunk)
+        else:
+            with out.open("wb") as fh:
+                for sig_id, letter in found:
+                    fh.write(self.mbox_entry(plan, sig_id, letter) if batch.fmt == "mbox" else txt_entry(letter))
+                    count += 1
+        return count
+
+    # --- formats --------------------------------------------------------------------------------------
+
+    def head(self, plan: Plan, target: Target, lang: str) -> bytes:
+        """The header block shared by every mail to one target in one language, built once by the email package."""
+        key = (target.key, lang, str(plan.dated))
+        if key not in self._heads:
+            msg = EmailMessage()
+            msg["From"] = Address(self.settings.mail_from_name, addr_spec=self.settings.mail_from)
+            msg["To"] = Address(letters.header_name(target.name[lang]), addr_spec=target.email or "")
+            msg["Subject"] = self.campaign.subject[lang]
+            if plan.dated:
+                msg["Date"] = format_datetime(plan.dated)
+            msg.set_content("\u00e9", charset="utf-8", cte="quoted-printable")
+            self._heads[key] = bytes(msg).partition(b"\n\n")[0]
+        return self._heads[key]
+
+    def message(self, plan: Plan, sig_id: int, letter: letters.Letter) -> bytes:
+        target = self.campaign.target(letter.target)
+        assert target is not None
+        digest = hmac.digest(self.secret, f"{self.campaign.slug}:{sig_id}:{letter.target}".encode(), "sha256")
+        body = binascii.b2a_qp(letter.text.encode(), istext=True)
+        return b"%s\nMessage-ID: <letter-%s@%s>\n\n%s\n" % (
+            self.head(plan, target, letter.lang), digest[:16].hex().encode(), self.domain.encode(), body)
+
+    def mbox_entry(self, plan: Plan, sig_id: int, letter: letters.Letter) -> bytes:
+        stamp = (plan.dated or datetime(2000, 1, 1)).strftime("%a %b %d %H:%M:%S %Y").encode()
+        return b"From MAILER-DAEMON %s\n%s\n" % (stamp, MBOX_FROM_LINE.sub(rb">\1", self.message(plan, sig_id, letter)))
+
+
+def txt_entry(letter: letters.Letter) -> bytes:
+    """Address block, subject and letter; a form feed starts the next letter on a new page when printed."""
+    return ("\n".join(letter.recipient) + f"\n\n{letter.subject}\n\n{letter.text}\n\f\n").encode()
+
+
+# --- running a batch ---------------------------------------------------------------------------------------
+
+_WORKER: Renderer | None = None
+
+
+def _start_worker(settings: Settings, slug: str) -> None:
+    global _WORKER
+    _WORKER = Renderer.from_settings(settings, slug)
+
+
+def _work(batch: Batch, plan: Plan, index: int, lo: int, hi: int, out: str) -> int:
+    assert _WORKER is not None
+    return _WORKER.render_range(batch, plan, index, lo, hi, Path(out))
+
+
+def run(
+    renderer: Renderer, batch: Batch, output: Path, *, workers: int = 0, chunk: int | None = None,
+    on_plan: Callable[[int], None] | None = None, on_progress: Callable[[int], None] | None = None,
+) -> int:
+    """Write the batch to `output` and return how many letters (or, for a pack, named supporters) it holds.
+
+    `chunk` signatures make one id range (and one PDF file); the output does not depend on `workers`."""
+    if batch.fmt not in FORMATS:
+        raise BatchError(f"--format must be one of {', '.join(FORMATS)}")
+    if batch.lang is not None and batch.lang not in renderer.campaign.languages:
+        raise BatchError(f"--lang must be one of {', '.join(renderer.campaign.languages)}")
+    if batch.fmt == "pack":
+        return write_pack(renderer, batch, output, on_plan=on_plan, on_progress=on_progress)
+    if batch.fmt in ("mbox", "eml") and not any(t.email for t in renderer.targets(batch)):
+        raise BatchError(f"target {batch.target} has no email address: use --format pdf or txt")
+    size = chunk or CHUNK.get(batch.fmt, 5000)
+    with renderer.db.read() as session:
+        plan = renderer.plan(session, batch, size=size)
+    if on_plan:
+        on_plan(plan.total)
+    folder = batch.fmt in ("eml", "pdf")
+    # Letters may carry names: what we write is readable by its owner only.
+    if folder:
+        output.mkdir(mode=0o700, parents=True, exist_ok=True)
+    else:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    sizes = [min(size, plan.total - i * size) for i in range(len(plan.ranges))]
+    workers = min(workers or os.cpu_count() or 1, len(plan.ranges))
+    with tempfile.TemporaryDirectory(prefix="letters-", dir=output.parent) as tmp:
+        parts = [output if folder else Path(tmp) / f"{i:06d}" for i in range(len(plan.ranges))]
+        written = 0
+        if workers <= 1:
+            for i, (lo, hi) in enumerate(plan.ranges):
+                written += renderer.render_range(batch, plan, i, lo, hi, parts[i])
+                if on_progress:
+                    on_progress(sizes[i])
+        else:
+            context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload(["app.letter_batch"])
+            with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
+                                     initargs=(renderer.settings, batch.slug)) as pool:
+                futures = [pool.submit(_work, batch, plan, i, lo, hi, str(parts[i]))
+                           for i, (lo, hi) in enumerate(plan.ranges)]
+                for i, future in enumerate(futures):
+                    written += future.result()
+                    if on_progress:
+                        on_progress(sizes[i])
+        if not folder:
+            with os.fdopen(os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out:
+                for part in parts:
+                    with part.open("rb") as fh:
+                        shutil.copyfileobj(fh, out, 1024 * 1024)
+    return written
+
+
+def write_pack(
+    renderer: Renderer, batch: Batch, output: Path, *, on_plan: Callable[[int], None] | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> int:
+    """The delivery pack of one target: the appeal, the total, per-country tallies folded below k (none at all
+    for a `count` target) and the supporters who agreed to be named to it, never an email. Returns how many."""
+    from app import pdf
+
+    if batch.target is None:
+        raise BatchError("--format pack needs --target: a pack is made for one recipient")
+    [target] = renderer.targets(batch)
+    campaign = renderer.campaign
+    lang = campaign.lang(batch.lang or campaign.languages[0])
+    # The total is the whole campaign's, also for an embassy (whose letters come from its own country only).
+    where = renderer.selection(batch, own_country=False)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with renderer.db.read() as session:
+        by_country: dict[str, int] = {}
+        as_of = None
+        for country, n, last in session.execute(
+            select(Signature.country, func.count(), func.max(Signature.confirmed_at)).where(*where)
+            .group_by(Signature.country)
+        ):
+            by_country[country] = n
+            as_of = last if as_of is None or last > as_of else as_of
+        total = sum(by_country.values())
+        if on_plan:
+            on_plan(total)
+        pack = pdf.Pack(
+            lang=lang, title=campaign.title[lang], summary=campaign.summary[lang], asks=tuple(campaign.asks[lang]),
+            recipient=letters.recipient_block(target, lang), level=target.disclosure_level, total=total,
+            tallies=signing.fold_countries(by_country, renderer.settings.min_cell), k=renderer.settings.min_cell,
+            as_of=as_of.date() if as_of else None, since=batch.since.date() if batch.since else None,
+        )
+        named = _named_rows(renderer, session, where, target, lang, on_progress) if target.allows_names() else ()
+        count = pdf.pack_pdf(pack, named, output)
+    output.chmod(0o600)
+    if on_progress:
+        on_progress(total - (count // 1000) * 1000)
+    return count
+
+
+def _named_rows(renderer: Renderer, session: Session, where: list, target: Target, lang: str,
+                on_progress: Callable[[int], None] | None) -> Iterator[tuple[str, ...]]:
+    """(name, [city,] country) of each supporter who said yes to this target, opened one at a time, in id order."""
+    from app import i18n
+
+    rows = session.execute(
+        select(Signature.key_id, Signature.name_enc, Signature.city_enc, Signature.country)
+        .join(TargetOptIn, (TargetOptIn.signature_id == Signature.id) & (TargetOptIn.target == target.key))
+        .where(*where)
+        .order_by(Signature.id)
+        .execution_options(yield_per=1000)
+    )
+    open_ = renderer.keyring.open
+    with_city = target.disclosure_level == "name_city"
+    for i, (key_id, name_enc, city_enc, country) in enumerate(rows, 1):
+        name = open_(name_enc, "name", key_id) or ""
+        place = i18n.country_name(country, lang)
+        yield (name, open_(city_enc, "city", key_id) or "", place) if with_city else (name, place)
+        if on_progress and i % 1000 == 0:
+            on_progress(1000)

@@ -1,0 +1,422 @@
+"""Letters: one signer's appeal to one target, rendered in a sandbox from the campaign's own templates.
+
+User text (name, city, message) is only ever a variable, never template source; the HTML form is autoescaped.
+What a letter says about its signer is decided once, here (`view_for`), from the target's disclosure level and
+the signer's opt-in, so the preview, the signer's page, the mail, the PDF and the batch show a target the same.
+"""
+
+from __future__ import annotations
+
+import hmac
+import traceback
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from email.headerregistry import Address
+from functools import lru_cache
+from pathlib import Path
+
+from jinja2 import FileSystemLoader, StrictUndefined, TemplateError, TemplateSyntaxError, select_autoescape
+from jinja2.sandbox import SandboxedEnvironment
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app import i18n, mail, outbox, signing
+from app.campaigns import Campaign, Target
+from app.encryption import Keyring
+from app.models import CONFIRMED, Delivery, Signature, TargetOptIn
+
+KINDS = ("txt", "html")
+PREVIEW_KEY = "preview"
+
+# How an anonymous supporter signs, in the letter's language. Russian and Kazakh put the country in brackets:
+# "from <country>" would need the country's name declined, which Babel does not give.
+ANONYMOUS = {"en": "A supporter of the campaign", "ru": "Сторонник кампании", "kk": "Науқанды қолдаушы"}
+ANONYMOUS_FROM = {
+    "en": "A supporter of the campaign from {country}",
+    "ru": "Сторонник кампании ({country})",
+    "kk": "Науқанды қолдаушы ({country})",
+}
+# What the public preview puts where a signer's own details will go.
+PLACEHOLDER = {
+    "en": {"name": "[Your name]", "city": "[your city]", "country": "[your country]"},
+    "ru": {"name": "[Ваше имя]", "city": "[ваш город]", "country": "[ваша страна]"},
+    "kk": {"name": "[Сіздің атыңыз]", "city": "[қалаңыз]", "country": "[еліңіз]"},
+}
+
+
+@dataclass(frozen=True)
+class SignerView:
+    """What one target may learn about one signer: `name` None means anonymous; `country` None means unnamed.
+
+    `variant_key` is stable per signer (never shown): it picks the opening and closing."""
+
+    variant_key: str
+    name: str | None = None
+    city: str | None = None
+    country: str | None = None  # ISO code
+    message: str = ""
+    placeholder: bool = False
+
+    @property
+    def named(self) -> bool:
+        return self.name is not None
+
+
+@dataclass(frozen=True)
+class Letter:
+    subject: str
+    text: str
+    html: str
+    recipient: tuple[str, ...]  # the address block: name, title, postal address lines
+    lang: str
+    target: str
+    signed_as: tuple[str, ...]  # the signature lines, as the target sees them
+
+
+def view_for(
+    target: Target,
+    *,
+    variant_key: str,
+    name: str | None,
+    city: str | None,
+    country: str,
+    message: str | None,
+    opted_in: bool,
+    public_countries: frozenset[str] | set[str],
+) -> SignerView:
+    """Named only where the target's level allows names AND the signer said yes for this target; otherwise
+    anonymous, with the country only when that country's public cell is at least k."""
+    if opted_in and target.allows_names() and name:
+        with_city = target.disclosure_level == "name_city" and bool(city)
+        return SignerView(variant_key, name=name, city=city if with_city else None, country=country,
+                          message=message or "")
+    return SignerView(variant_key, country=country if country in public_countries else None, message=message or "")
+
+
+def preview_view(target: Target) -> SignerView:
+    """A placeholder signer who said yes wherever that is possible: the preview shows the most a target sees."""
+    return SignerView(
+        PREVIEW_KEY, name="" if target.allows_names() else None,
+        city="" if target.disclosure_level == "name_city" else None, country="", placeholder=True,
+    )
+
+
+def signature_lines(view: SignerView, lang: str) -> list[str]:
+    holder = PLACEHOLDER.get(lang, PLACEHOLDER["en"])
+    if view.placeholder:
+        country = holder["country"]
+        name, city = holder["name"], holder["city"] if view.city is not None else None
+    else:
+        country = i18n.country_name(view.country, lang) if view.country else None
+        name, city = view.name, view.city
+    if view.named:
+        place = ", ".join(part for part in (city, country) if part)
+        return [name or "", place] if place else [name or ""]
+    if country:
+        return [ANONYMOUS_FROM.get(lang, ANONYMOUS_FROM["en"]).format(country=country)]
+    return [ANONYMOUS.get(lang, ANONYMOUS["en"])]
+
+
+def variation_secret(secret_key: str) -> bytes:
+    return hmac.digest(secret_key.encode(), b"letter variation v1", "sha256")
+
+
+def variant(campaign: Campaign, target: Target, lang: str, key: str, *, secret: bytes) -> tuple[int, int]:
+    """(opening, closing) indexes from a keyed hash of (signer, target): the same signer always gets the same
+    letter, different signers spread over every combination, and nobody can steer their own pick."""
+    digest = hmac.digest(secret, f"{campaign.slug}\x1f{target.key}\x1f{key}".encode(), "sha256")
+    n = int.from_bytes(digest[:8], "big")
+    openings, closings = len(campaign.openings[lang]), len(campaign.closings[lang])
+    return n % openings, (n // openings) % closings
+
+
+@lru_cache(maxsize=32)
+def environment(folder: Path) -> SandboxedEnvironment:
+    """One sandbox per campaign folder; it keeps its compiled templates, so a batch compiles each once."""
+    return SandboxedEnvironment(
+        loader=FileSystemLoader(folder),
+        undefined=StrictUndefined,
+        autoescape=select_autoescape(enabled_extensions=("html.j2",), default_for_string=False, default=False),
+        auto_reload=False,
+    )
+
+
+def template_name(lang: str, kind: str) -> str:
+    return f"letter.{lang}.{kind}.j2"
+
+
+def recipient_block(target: Target, lang: str) -> tuple[str, ...]:
+    lines = [target.name[lang], target.title[lang]]
+    if target.address:
+        lines += [line.strip() for line in target.address.strip().splitlines() if line.strip()]
+    return tuple(lines)
+
+
+def render_letter(
+    campaign: Campaign, target: Target, lang: str, signer: SignerView, *, secret: bytes, html: bool = True
+) -> Letter:
+    lang = campaign.lang(lang)
+    opening, closing = variant(campaign, target, lang, signer.variant_key, secret=secret)
+    lines = signature_lines(signer, lang)
+    context = {
+        "salutation": target.salutation[lang],
+        "opening": campaign.openings[lang][opening],
+        "closing": campaign.closings[lang][closing],
+        "signoff": campaign.signoff[lang],
+        "asks": list(campaign.asks[lang]),
+        "signer_message": signer.message,
+        "signature_lines": lines,
+        "target_name": target.name[lang],
+        "target_title": target.title[lang],
+    }
+    env = environment(campaign.folder)
+    text = env.get_template(template_name(lang, "txt")).render(context)
+    html_text = env.get_template(template_name(lang, "html")).render(context) if html else ""
+    return Letter(
+        subject=campaign.subject[lang], text=text, html=html_text, recipient=recipient_block(target, lang),
+        lang=lang, target=target.key, signed_as=tuple(lines),
+    )
+
+
+def targets_for(campaign: Campaign, country: str) -> list[Target]:
+    """A signer writes to every authority, and to the Kazakh embassy in their own country where there is one."""
+    return [t for t in campaign.targets if t.kind != "embassy" or t.country == country]
+
+
+def public_countries(by_country: Mapping[str, int], k: int) -> frozenset[str]:
+    """Countries whose folded public cell holds at least k supporters: only these may sign a letter."""
+    return frozenset(signing.fold_countries(by_country, k)) - {"other"}
+
+
+# --- a signer's choices: opt-ins and "send it for me" -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Supporter:
+    """A confirmed signature, opened. Lives only in memory, for the length of one letter or page."""
+
+    id: int
+    name: str
+    email: str
+    city: str
+    country: str
+    message: str
+    language: str
+
+
+def open_supporter(row: Signature, keyring: Keyring) -> Supporter:
+    return Supporter(
+        id=row.id,
+        name=keyring.open(row.name_enc, "name", row.key_id) or "",
+        email=keyring.open(row.email_enc, "email", row.key_id) or "",
+        city=keyring.open(row.city_enc, "city", row.key_id) or "",
+        country=row.country,
+        message=keyring.open(row.message_enc, "message", row.key_id) or "",
+        language=row.language,
+    )
+
+
+def signer_key(signature_id: int) -> str:
+    return f"s{signature_id}"
+
+
+def supporter_view(target: Target, supporter: Supporter, *, opted_in: bool, public: frozenset[str]) -> SignerView:
+    return view_for(
+        target, variant_key=signer_key(supporter.id), name=supporter.name, city=supporter.city,
+        country=supporter.country, message=supporter.message, opted_in=opted_in, public_countries=public,
+    )
+
+
+def current_public_countries(session: Session, campaign: str, *, k: int) -> frozenset[str]:
+    by_country, _ = signing.exact_counts(session, campaign)
+    return public_countries(by_country, k)
+
+
+def opt_ins(session: Session, signature_id: int) -> set[str]:
+    return set(session.scalars(select(TargetOptIn.target).where(TargetOptIn.signature_id == signature_id)))
+
+
+def deliveries(session: Session, signature_id: int) -> dict[str, datetime]:
+    rows = session.execute(
+        select(Delivery.target, Delivery.created_at).where(Delivery.signature_id == signature_id)
+    )
+    return {target: at for target, at in rows}
+
+
+class LetterRefused(Exception):
+    """`reason`: not_confirmed, unknown_target, no_names (the target never sees names), no_email, already_sent."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _signers_target(campaign: Campaign, row: Signature, target_key: str) -> Target:
+    if row.status != CONFIRMED or row.email_key is None:
+        raise LetterRefused("not_confirmed")
+    target = campaign.target(target_key)
+    if target is None or target not in targets_for(campaign, row.country):
+        raise LetterRefused("unknown_target")
+    return target
+
+
+def set_named(session: Session, *, campaign: Campaign, row: Signature, target_key: str, named: bool,
+              now: datetime) -> None:
+    """Record (or withdraw) the signer's consent to be named to one target. Off unless they say yes."""
+    target = _signers_target(campaign, row, target_key)
+    if not target.allows_names():
+        raise LetterRefused("no_names")
+    existing = session.get(TargetOptIn, (row.id, target.key))
+    if named and existing is None:
+        session.add(TargetOptIn(signature_id=row.id, target=target.key, created_at=now))
+    elif not named and existing is not None:
+        session.delete(existing)
+    session.flush()
+
+
+def header_name(name: str) -> str:
+    """A display name for a mail header: one line, whatever was stored."""
+    return " ".join(name.split())
+
+
+def send_for_me(
+    session: Session, *, campaign: Campaign, row: Signature, target_key: str, lang: str, keyring: Keyring,
+    composer: mail.Composer, secret: bytes, k: int, now: datetime,
+) -> Letter:
+    """Queue the signer's letter to one target, once. Reply-To and Cc carry the signer only where the target may
+    see names and the signer said yes; otherwise it is signed anonymously and the signer gets a separate copy."""
+    target = _signers_target(campaign, row, target_key)
+    if not target.email:
+        raise LetterRefused("no_email")
+    try:
+        with session.begin_nested():
+            session.add(Delivery(signature_id=row.id, target=target.key, created_at=now))
+    except IntegrityError as exc:
+        raise LetterRefused("already_sent") from exc
+    supporter = open_supporter(row, keyring)
+    opted_in = session.get(TargetOptIn, (row.id, target.key)) is not None
+    view = supporter_view(target, supporter, opted_in=opted_in,
+                          public=current_public_countries(session, campaign.slug, k=k))
+    letter = render_letter(campaign, target, lang, view, secret=secret)
+    to = Address(display_name=header_name(target.name[letter.lang]), addr_spec=target.email)
+    signer = Address(display_name=header_name(supporter.name), addr_spec=supporter.email) if view.named else None
+    msg = composer.build(to=to, subject=letter.subject, body=letter.text, html=letter.html, reply_to=signer,
+                         cc=signer)
+    outbox.enqueue(session, msg, kind="letter", keyring=keyring, now=now, signature_id=row.id, target=target.key)
+    if signer is None:
+        _ = i18n.translations(supporter.language).gettext
+        intro = _("This is a copy of the letter we are sending for you to %(target)s. It is signed as shown; "
+                  "your name and email address are not given to them.") % {"target": target.name[letter.lang]}
+        subject = _("Your copy") if row.discreet else (
+            _("Copy of your letter to %(target)s") % {"target": target.name[letter.lang]})
+        copy = composer.build(to=supporter.email, subject=subject, body=f"{intro}\n\n{letter.text}\n",
+                              from_name=_("Notifications") if row.discreet else None)
+        outbox.enqueue(session, copy, kind="letter_copy", keyring=keyring, now=now, signature_id=row.id)
+    return letter
+
+
+@dataclass(frozen=True)
+class TargetLetter:
+    """One target on a signer's own page: the letter exactly as that target would receive it, and the choices."""
+
+    target: Target
+    letter: Letter
+    opted_in: bool
+    delivered_at: datetime | None
+
+
+def signer_letters(
+    session: Session, *, campaign: Campaign, row: Signature, lang: str, keyring: Keyring, secret: bytes, k: int
+) -> list[TargetLetter]:
+    if row.status != CONFIRMED or row.email_key is None:
+        raise LetterRefused("not_confirmed")
+    supporter = open_supporter(row, keyring)
+    named, sent = opt_ins(session, row.id), deliveries(session, row.id)
+    public = current_public_countries(session, campaign.slug, k=k)
+    found = []
+    for target in targets_for(campaign, row.country):
+        view = supporter_view(target, supporter, opted_in=target.key in named, public=public)
+        found.append(TargetLetter(target, render_letter(campaign, target, lang, view, secret=secret),
+                                  target.key in named, sent.get(target.key)))
+    return found
+
+
+def signer_letter(
+    session: Session, *, campaign: Campaign, row: Signature, target_key: str, lang: str, keyring: Keyring,
+    secret: bytes, k: int,
+) -> Letter:
+    """The signer's letter to one target, as that target would see it (for the PDF to print and post)."""
+    target = _signers_target(campaign, row, target_key)
+    view = supporter_view(target, open_supporter(row, keyring),
+                          opted_in=session.get(TargetOptIn, (row.id, target.key)) is not None,
+                          public=current_public_countries(session, campaign.slug, k=k))
+    return render_letter(campaign, target, lang, view, secret=secret)
+
+
+# --- campaign check ------------------------------------------------------------------------------------------
+
+HOSTILE_NAME = "{{ config }}<script>alert(1)</script>\r\nBcc: victim@example.org"
+HOSTILE_CITY = "{% for x in ().__class__.__base__.__subclasses__() %}{{ x }}{% endfor %}"
+HOSTILE_MESSAGE = "{{ 7 * 7 }} <b>bold</b> & \"quotes\"\r\nSubject: injected"
+
+
+def _where(exc: BaseException, folder: Path) -> str:
+    if isinstance(exc, TemplateSyntaxError):
+        return f"{exc.filename or exc.name}:{exc.lineno}"
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename.endswith(".j2")]
+    if frames:
+        return f"{frames[-1].filename}:{frames[-1].lineno}"
+    return str(folder)
+
+
+def check_campaign(campaign: Campaign, *, secret: bytes = b"check") -> list[str]:
+    """Render every template for every target and language, with a named and an anonymous hostile signer.
+
+    Returns the problems, each naming the file and line; an empty list means every letter renders safely."""
+    problems: list[str] = []
+    for lang in campaign.languages:
+        for kind in KINDS:
+            path = campaign.folder / template_name(lang, kind)
+            if not path.is_file():
+                problems.append(f"{path}: missing (every language needs a .txt.j2 and an .html.j2 letter)")
+    if problems:
+        return problems
+    env = environment(campaign.folder)
+    for lang in campaign.languages:
+        for kind in KINDS:
+            try:
+                env.get_template(template_name(lang, kind))
+            except TemplateError as exc:
+                problems.append(f"{_where(exc, campaign.folder)}: {type(exc).__name__}: {exc}")
+    if problems:
+        return problems
+    for target in campaign.targets:
+        views = [
+            SignerView("check-named", name=HOSTILE_NAME, city=HOSTILE_CITY, country="KZ", message=HOSTILE_MESSAGE),
+            SignerView("check-anon", country="KZ", message=HOSTILE_MESSAGE),
+            preview_view(target),
+        ]
+        for lang in campaign.languages:
+            for view in views:
+                try:
+                    letter = render_letter(campaign, target, lang, view, secret=secret)
+                except (TemplateError, TypeError, ValueError, KeyError, AttributeError) as exc:
+                    problems.append(f"{_where(exc, campaign.folder)}: target {target.key}, {lang}: "
+                                    f"{type(exc).__name__}: {exc}")
+                    continue
+                problems += _unsafe(letter, view, campaign.folder / template_name(lang, "html"))
+    return list(dict.fromkeys(problems))
+
+
+def _unsafe(letter: Letter, view: SignerView, html_path: Path) -> Iterable[str]:
+    if view.message and view.message.strip() not in letter.text:
+        yield f"{html_path.with_name(html_path.name.replace('.html.', '.txt.'))}: the signer's message is missing"
+    if view.name and not view.placeholder:
+        if "<script>" in letter.html or "<b>bold</b>" in letter.html:
+            yield f"{html_path}: signer text is not escaped (is autoescape off, or a `|safe` used?)"
+        if "&lt;script&gt;" not in letter.html:
+            yield f"{html_path}: the signer's name does not appear in the letter"
+        if view.name not in letter.text:
+            yield f"{html_path.with_name(html_path.name.replace('.html.', '.txt.'))}: the signer's name is missing"

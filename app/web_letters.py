@@ -1,0 +1,163 @@
+"""Letter pages: the public preview of a campaign's letter, and on the signer's own page their letter to each
+target with the three ways to deliver it (own mailbox, sent for them, print and post) and the opt-ins.
+
+Each page shows a letter exactly as its target would receive it: the same function renders the mail, the PDF and
+the batch. Everything works without JavaScript; forms carry the CSRF token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from app import letters, pdf, web
+from app.campaigns import Campaign
+from app.db import utcnow
+from app.models import Signature
+from app.state import Services, services
+
+router = APIRouter(include_in_schema=False)
+MAILTO_LIMIT = 1800  # longer mailto: links are cut or refused by some mail programs and browsers
+DONE = ("named", "unnamed", "sent")
+
+
+def mailto(to: str, subject: str, body: str | None = None) -> str:
+    """A mailto: URL (RFC 6068): every part percent-encoded as UTF-8, line breaks as CRLF."""
+    url = f"mailto:{quote(to, safe='@')}?subject={quote(subject, safe='')}"
+    if body is not None:
+        url += "&body=" + quote(body.replace("\r\n", "\n").replace("\n", "\r\n"), safe="")
+    return url
+
+
+@dataclass(frozen=True)
+class Card:
+    """What the signer's page shows for one target."""
+
+    item: letters.TargetLetter
+    mailto: str | None  # the whole letter pre-filled, when short enough
+    mailto_short: str | None  # address and subject only; the text is then given to copy
+
+
+def card(item: letters.TargetLetter) -> Card:
+    email = item.target.email
+    if not email:
+        return Card(item, None, None)
+    full = mailto(email, item.letter.subject, item.letter.text)
+    if len(full) <= MAILTO_LIMIT:
+        return Card(item, full, None)
+    return Card(item, None, mailto(email, item.letter.subject))
+
+
+@router.get("/c/{slug}/letter", response_class=HTMLResponse)
+def preview(request: Request, slug: str, lang: str | None = None, target: str | None = None) -> HTMLResponse:
+    svc = services(request)
+    campaign = web.campaign_or_404(svc, slug)
+    lang = web.pick_lang(request, lang, campaign)
+    chosen = campaign.target(target) if target else campaign.targets[0]
+    if chosen is None:
+        raise HTTPException(404, "No such recipient in this campaign")
+    letter = letters.render_letter(campaign, chosen, lang, letters.preview_view(chosen),
+                                   secret=letters.variation_secret(svc.settings.secret_key))
+    return web.page(request, "letter_preview.html", lang, campaign=campaign, target=chosen, letter=letter,
+                    variants=len(campaign.openings[lang]) * len(campaign.closings[lang]))
+
+
+def signer_context(request: Request, *, token: str, lang: str) -> dict[str, object]:
+    """The letters part of the signer's page (GET /s/{token} in web.py renders it into signer.html)."""
+    svc = services(request)
+    done = request.query_params.get("done")
+    with svc.db.read() as session:
+        row = web.signer_by_manage_token(session, token)
+        campaign = web.campaign_or_404(svc, row.campaign)
+        try:
+            items = letters.signer_letters(
+                session, campaign=campaign, row=row, lang=campaign.lang(lang), keyring=svc.keyring,
+                secret=letters.variation_secret(svc.settings.secret_key), k=svc.settings.min_cell,
+            )
+        except letters.LetterRefused:
+            items = []
+    return {"cards": [card(item) for item in items], "done": done if done in DONE else None}
+
+
+def _done_url(token: str, lang: str, done: str, target: str) -> str:
+    return f"/s/{token}?lang={lang}&done={done}#t-{target}"
+
+
+def _refused(request: Request, token: str, lang: str, campaign: Campaign, exc: letters.LetterRefused) -> HTMLResponse:
+    return web.page(request, "letter_refused.html", lang, status=409 if exc.reason == "already_sent" else 400,
+                    campaign=campaign, reason=exc.reason, back=f"/s/{token}?lang={lang}")
+
+
+async def _signer_form(request: Request, token: str) -> tuple[Services, Campaign, dict, str]:
+    svc = services(request)
+    form = await web.read_form(request)
+    with svc.db.read() as session:
+        row = web.signer_by_manage_token(session, token)
+    campaign = web.campaign_or_404(svc, row.campaign)
+    return svc, campaign, form, campaign.lang(str(form.get("lang") or row.language))
+
+
+@router.post("/s/{token}/named")
+async def named(request: Request, token: str) -> Response:
+    """Say yes (box ticked) or no (box not ticked) to being named to one target. Off unless ticked."""
+    svc, campaign, form, lang = await _signer_form(request, token)
+    target_key, yes = str(form.get("target", ""))[:64], form.get("named") == "on"
+
+    def run() -> None:
+        with svc.db.write.begin() as session:
+            row = web.signer_by_manage_token(session, token)
+            letters.set_named(session, campaign=campaign, row=row, target_key=target_key, named=yes, now=utcnow())
+
+    try:
+        await run_in_threadpool(run)
+    except letters.LetterRefused as exc:
+        return _refused(request, token, lang, campaign, exc)
+    return RedirectResponse(_done_url(token, lang, "named" if yes else "unnamed", target_key), status_code=303)
+
+
+@router.post("/s/{token}/send")
+async def send(request: Request, token: str) -> Response:
+    """"Send it for me": queue the letter to one target, once, through the outbox."""
+    svc, campaign, form, lang = await _signer_form(request, token)
+    target_key = str(form.get("target", ""))[:64]
+
+    def run() -> None:
+        with svc.db.write.begin() as session:
+            row = web.signer_by_manage_token(session, token)
+            letters.send_for_me(
+                session, campaign=campaign, row=row, target_key=target_key, lang=lang, keyring=svc.keyring,
+                composer=svc.composer, secret=letters.variation_secret(svc.settings.secret_key),
+                k=svc.settings.min_cell, now=utcnow(),
+            )
+
+    try:
+        await run_in_threadpool(run)
+    except letters.LetterRefused as exc:
+        return _refused(request, token, lang, campaign, exc)
+    return RedirectResponse(_done_url(token, lang, "sent", target_key), status_code=303)
+
+
+@router.get("/s/{token}/letter.pdf")
+def letter_pdf(request: Request, token: str, target: str, lang: str | None = None) -> Response:
+    """Print and post: the signer's own letter to one target, with the address block, in their language."""
+    svc = services(request)
+    with svc.db.read() as session:
+        row: Signature = web.signer_by_manage_token(session, token)
+        campaign = web.campaign_or_404(svc, row.campaign)
+        try:
+            letter = letters.signer_letter(
+                session, campaign=campaign, row=row, target_key=target[:64], lang=campaign.lang(lang or row.language),
+                keyring=svc.keyring, secret=letters.variation_secret(svc.settings.secret_key),
+                k=svc.settings.min_cell,
+            )
+        except letters.LetterRefused as exc:
+            raise HTTPException(404, "No such recipient for this signature") from exc
+    content = pdf.letters_pdf([letter], lang=letter.lang, title=letter.subject)
+    return Response(content, media_type="application/pdf", headers={
+        "Content-Disposition": f'attachment; filename="letter-{letter.target}-{letter.lang}.pdf"',
+        "Cache-Control": "no-store",
+    })
