@@ -109,7 +109,7 @@ def day_chart(
     start = max(min(first, end - timedelta(days=13)), end - timedelta(days=days - 1))
     span = [start + timedelta(days=i) for i in range((end - start).days + 1)]
     top = _nice_ceiling(max((counts.get(d, 0) for d in span), default=0))
-    left, right, upper, lower = 44, 8, 12, 28
+    left, right, upper, lower = 60, 8, 14, 34
     plot_w, plot_h = width - left - right, height - upper - lower
     slot = plot_w / len(span)
     parts = [
