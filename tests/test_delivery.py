@@ -1,0 +1,253 @@
+"""Delivery, as a confirmed signer takes it: their letters on their own page exactly as each target will see
+them, the opt-in per target, "from my own mailbox" (mailto), "send it for me" (through the outbox to a real
+SMTP server, with Reply-To/Cc only where the signer agreed to be named) and the per-target hourly cap.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from datetime import timedelta
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import pytest
+from sqlalchemy import select
+
+from app import letters, web_letters
+from app.db import utcnow
+from app.models import Delivery, OutboxMessage, Signature
+from tests.conftest import body, csrf_token, deliver, link_in, make_settings, sign_form
+from tests.test_letters import add_signer, letters_dir_with_named_targets
+
+PRESIDENT = "udp@udp-rk.kz"  # count level (an authority of the country concerned)
+LONDON = "London@mfa.kz"  # embassy-gb: `name` level in these tests
+
+
+@pytest.fixture
+def settings(tmp_path, sqlite_url):
+    """The shipped campaign with two embassies that accept names (GB: name, CA: name_city)."""
+    return make_settings(tmp_path, sqlite_url, letters_dir=letters_dir_with_named_targets(tmp_path))
+
+
+def plain(msg) -> str:
+    """The text part as the reader sees it (SMTP carries CRLF line ends)."""
+    return body(msg).replace("\r\n", "\n")
+
+
+def page_letter(client, token: str, lang: str = "en") -> str:
+    return html.unescape(client.get(f"/s/{token}?lang={lang}").text)
+
+
+def post(client, token: str, action: str, **fields: str):
+    data = {"csrf_token": csrf_token(client, "/c/mamay"), "lang": "en", **fields}  # one token per browser
+    return client.post(f"/s/{token}/{action}", data=data, follow_redirects=False)
+
+
+def expected_letter(svc, signature_id: int, target: str, lang: str = "en") -> letters.Letter:
+    with svc.db.read() as session:
+        row = session.get(Signature, signature_id)
+        return letters.signer_letter(
+            session, campaign=svc.campaigns["mamay"], row=row, target_key=target, lang=lang, keyring=svc.keyring,
+            secret=letters.variation_secret(svc.settings.secret_key), k=svc.settings.min_cell,
+        )
+
+
+def test_a_confirmed_signer_takes_their_letter_each_of_the_three_ways(client, svc, smtp):
+    """The real path: sign, confirm by the mailed link, land on the own page; mailto, send for me, PDF."""
+    sign_form(client, email="walk@example.org", country="GB", name="Walker Kim")
+    deliver(svc, smtp.url)
+    link = link_in(body(smtp.sink.to("walk@example.org")[0]), "/confirm/")
+    done = client.post(link, data={"csrf_token": csrf_token(client, link), "lang": "en"}, follow_redirects=False)
+    own_page = done.headers["location"]
+    token = own_page.split("/s/")[1].split("?")[0]
+    page = client.get(own_page).text
+    # Every authority, and the embassy in the signer's own country; not the other embassies.
+    for key in ("president", "prosecutor-general", "human-rights-commissioner", "embassy-gb"):
+        assert f'id="t-{key}"' in page
+    assert 'id="t-embassy-de"' not in page and 'id="t-embassy-ca"' not in page
+    assert "mailto:udp@udp-rk.kz?subject=" in page  # (a) own mailbox
+    assert f'action="/s/{token}/send"' in page  # (b) send it for me
+    pdf = client.get(f"/s/{token}/letter.pdf?target=president&lang=ru")  # (c) print and post
+    assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF") and pdf.headers["cache-control"] == "no-store"
+    sent = post(client, token, "send", target="president")
+    assert sent.status_code == 303 and "done=sent" in sent.headers["location"]
+    assert "Your letter is queued" in client.get(sent.headers["location"]).text
+    deliver(svc, smtp.url)
+    assert len(smtp.sink.to(PRESIDENT)) == 1
+
+
+def test_named_target_with_opt_in_gets_reply_to_and_cc_of_the_signer(client, svc, smtp):
+    sig, token = add_signer(svc, name="Ann Smith", email="ann@example.org", country="GB", city="Leeds")
+    assert post(client, token, "named", target="embassy-gb", named="on").status_code == 303
+    assert post(client, token, "send", target="embassy-gb").status_code == 303
+    deliver(svc, smtp.url)
+    [received] = [r for r in smtp.sink.messages if LONDON in r.envelope_to]
+    msg = received.message
+    assert sorted(received.envelope_to) == sorted([LONDON, "ann@example.org"])
+    assert msg["From"].addresses[0].addr_spec == svc.settings.mail_from
+    assert msg["To"].addresses[0].addr_spec == LONDON
+    assert msg["Reply-To"].addresses[0].addr_spec == "ann@example.org"
+    assert msg["Reply-To"].addresses[0].display_name == "Ann Smith"
+    assert msg["Cc"].addresses[0].addr_spec == "ann@example.org"
+    text = plain(msg)
+    assert text.rstrip().endswith("Ann Smith\nUnited Kingdom")  # `name` level: no city
+    assert "Leeds" not in text
+    assert text.strip() == expected_letter(svc, sig, "embassy-gb").text.strip()
+    assert not [r for r in smtp.sink.messages if r.envelope_to == ["ann@example.org"]]  # the Cc is the copy
+
+
+def test_count_target_gets_an_anonymous_letter_without_reply_to_and_the_signer_a_copy(client, svc, smtp):
+    sig, token = add_signer(svc, name="Dana Weiss", email="dana@example.org", country="DE", city="Köln",
+                            message="I have followed this case since 2022.")
+    assert post(client, token, "send", target="president").status_code == 303
+    deliver(svc, smtp.url)
+    [received] = [r for r in smtp.sink.messages if PRESIDENT in r.envelope_to]
+    msg = received.message
+    assert received.envelope_to == [PRESIDENT]
+    assert msg["Reply-To"] is None and msg["Cc"] is None
+    raw = msg.as_bytes()
+    assert b"dana@example.org" not in raw and b"Dana" not in raw and "Köln" not in msg.as_string()
+    text = plain(msg)
+    # One signer in Germany: under k, so not even the country is named.
+    assert text.rstrip().endswith("Yours respectfully,\nA supporter of the campaign")
+    assert "I have followed this case since 2022." in text  # their own paragraph goes in
+    [copy] = smtp.sink.to("dana@example.org")
+    assert copy["Subject"].startswith("Copy of your letter to") and text.strip() in plain(copy)
+    assert copy["To"].addresses[0].addr_spec == "dana@example.org"
+    assert expected_letter(svc, sig, "president").text.strip() == text.strip()
+
+
+def test_the_country_signs_an_anonymous_letter_once_its_cell_reaches_k(client, svc, smtp):
+    for i in range(4):
+        add_signer(svc, country="DE", name=f"Other {i}")
+    _, token = add_signer(svc, country="DE", name="Fifth Person")
+    post(client, token, "send", target="president")
+    deliver(svc, smtp.url)
+    [msg] = smtp.sink.to(PRESIDENT)
+    assert plain(msg).rstrip().endswith("A supporter of the campaign from Germany")
+
+
+def test_opt_in_is_off_by_default_and_can_be_withdrawn(client, svc):
+    _, token = add_signer(svc, name="Carl Ng", country="CA", city="Ottawa")
+    page = page_letter(client, token)
+    optin = re.search(r'<input type="checkbox" name="named" value="on"[^>]*>', page).group(0)
+    assert "checked" not in optin
+    assert "officials may keep a record of who writes to them" in page.lower()
+    assert "Carl Ng" not in page  # anonymous until they say yes
+
+    assert post(client, token, "named", target="embassy-ca", named="on").status_code == 303
+    page = page_letter(client, token)
+    assert re.search(r'name="named" value="on" checked', page)
+    assert "Carl Ng\nOttawa, Canada" in page  # `name_city` level: the letter now carries name and city
+
+    assert post(client, token, "named", target="embassy-ca").status_code == 303  # box not ticked: withdrawn
+    page = page_letter(client, token)
+    assert "checked" not in re.search(r'<input type="checkbox" name="named" value="on"[^>]*>', page).group(0)
+    assert "Carl Ng" not in page
+    # A target that never sees names offers nothing to agree to.
+    assert post(client, token, "named", target="president", named="on").status_code == 400
+
+
+def test_signer_page_shows_each_letter_exactly_as_its_target_will_receive_it(client, svc):
+    sig, token = add_signer(svc, name="Mira <b>Bold</b>", country="GB", city="York", lang="kk",
+                            message="Менің өз сөзім: {{ config }}")
+    post(client, token, "named", target="embassy-gb", named="on")
+    for lang in ("kk", "ru", "en"):
+        raw = client.get(f"/s/{token}?lang={lang}").text
+        assert "<b>Bold</b>" not in raw and "&lt;b&gt;Bold&lt;/b&gt;" in raw
+        page = html.unescape(raw)
+        for target in ("president", "prosecutor-general", "human-rights-commissioner", "embassy-gb"):
+            letter = expected_letter(svc, sig, target, lang)
+            assert letter.text in page, (lang, target)
+            assert "\n".join(letter.recipient[:2]) in page.replace("<br>", "\n")
+        assert "{{ config }}" in page
+    assert "Mira <b>Bold</b>\nҰлыбритания" in page_letter(client, token, "kk")
+    president = expected_letter(svc, sig, "president", "kk").text
+    assert "Mira" not in president and president.rstrip().endswith("Науқанды қолдаушы")
+
+
+def test_mailto_link_is_percent_encoded_and_long_letters_fall_back_to_text_to_copy(client, svc):
+    body_text = "Dear Sir,\nA&B=C?D#E+F 100% «ё» әғқ\n\nYours"
+    url = web_letters.mailto("udp@udp-rk.kz", "Appeal: Mamay & others?", body_text)
+    parts = urlsplit(url)
+    assert parts.scheme == "mailto" and parts.path == "udp@udp-rk.kz"
+    assert " " not in url and "\n" not in url and "&B" not in url and "#" not in url
+    query = parse_qs(parts.query, keep_blank_values=True)
+    assert query["subject"] == ["Appeal: Mamay & others?"]
+    assert query["body"] == [body_text.replace("\n", "\r\n")]
+
+    _, token = add_signer(svc, country="KZ", lang="ru")
+    raw = client.get(f"/s/{token}?lang=ru").text
+    page = html.unescape(raw)
+    # A Russian letter is far longer than a mail program takes in one link: address and subject, then the text.
+    assert "<textarea" in raw and "readonly" in raw
+    short = re.search(r'href="(mailto:udp@udp-rk\.kz\?[^"]*)"', raw).group(1)
+    short = html.unescape(short)
+    assert len(short) < web_letters.MAILTO_LIMIT and "body=" not in short
+    subject = svc.campaigns["mamay"].subject["ru"]
+    assert unquote(parse_qs(urlsplit(short).query)["subject"][0]) == subject
+    assert "udp@udp-rk.kz" in page  # the address is shown too, to type in by hand
+    assert "увидит ваш адрес электронной почты" in page  # told plainly that the target sees their address
+
+
+def test_send_for_me_only_once_per_target_only_with_an_email_only_when_confirmed(client, svc, smtp):
+    sig, token = add_signer(svc, country="DE")
+    assert post(client, token, "send", target="president").status_code == 303
+    again = post(client, token, "send", target="president")
+    assert again.status_code == 409 and "already asked" in again.text
+    assert post(client, token, "send", target="prosecutor-general").status_code == 400  # no email known
+    assert post(client, token, "send", target="embassy-gb").status_code == 400  # not the signer's country
+    with svc.db.read() as session:
+        assert session.scalars(select(Delivery.target).where(Delivery.signature_id == sig)).all() == ["president"]
+        assert len(session.scalars(select(OutboxMessage).where(OutboxMessage.target == "president")).all()) == 1
+    page = page_letter(client, token)
+    assert "Done: you asked us to send it on" in page
+
+    pending, _ = add_signer(svc, country="DE", status="pending")
+    with svc.db.write.begin() as session, pytest.raises(letters.LetterRefused) as refused:
+        letters.send_for_me(
+            session, campaign=svc.campaigns["mamay"], row=session.get(Signature, pending), target_key="president",
+            lang="en", keyring=svc.keyring, composer=svc.composer, secret=b"x", k=5, now=utcnow(),
+        )
+    assert refused.value.reason == "not_confirmed"
+
+
+def test_hostile_name_comes_out_literally_and_adds_no_mail_header(client, svc, smtp):
+    name = "Eve {{ config }} <script>alert(1)</script>\r\nBcc: spy@example.org"
+    sig, token = add_signer(svc, name=name, email="eve@example.org", country="GB")
+    post(client, token, "named", target="embassy-gb", named="on")
+    post(client, token, "send", target="embassy-gb")
+    deliver(svc, smtp.url)
+    everyone = [addr for r in smtp.sink.messages for addr in r.envelope_to]
+    assert "spy@example.org" not in everyone
+    [received] = [r for r in smtp.sink.messages if LONDON in r.envelope_to]
+    msg = received.message
+    assert msg["Bcc"] is None and msg.get_all("Subject") == [svc.campaigns["mamay"].subject["en"]]
+    assert msg["Reply-To"].addresses[0].display_name == "Eve {{ config }} <script>alert(1)</script> Bcc: " \
+                                                       "spy@example.org"
+    text = plain(msg)
+    assert "Eve {{ config }} <script>alert(1)</script>\nBcc: spy@example.org" in text
+    html_part = msg.get_body(preferencelist=("html",)).get_content()
+    assert "<script>" not in html_part and "&lt;script&gt;alert(1)&lt;/script&gt;" in html_part
+
+
+def test_hourly_cap_per_target_defers_the_third_letter_and_other_mail_still_flows(client, svc, smtp):
+    for i in range(3):
+        _, token = add_signer(svc, country="DE", email=f"cap{i}@example.org")
+        post(client, token, "send", target="president")
+    sign_form(client, email="newcomer@example.org")  # a confirmation mail queued after the letters
+    report = deliver(svc, smtp.url, target_hourly_cap=2)
+    assert len(smtp.sink.to(PRESIDENT)) == 2 and report.deferred == 1
+    assert len(smtp.sink.to("newcomer@example.org")) == 1
+    assert all(len(smtp.sink.to(f"cap{i}@example.org")) == 1 for i in range(3))  # every copy went
+    with svc.db.read() as session:
+        [held] = session.scalars(
+            select(OutboxMessage).where(OutboxMessage.target == "president", OutboxMessage.state == "queued")
+        ).all()
+        first_sent = min(session.scalars(select(OutboxMessage.sent_at).where(OutboxMessage.target == "president")
+                                         .where(OutboxMessage.sent_at.is_not(None))))
+    assert held.attempts == 0  # a deferral costs no attempt
+    assert held.next_attempt_at >= first_sent + timedelta(hours=1) - timedelta(seconds=1)
+    # An hour on, the cap has room again and the third letter goes.
+    later = deliver(svc, smtp.url, target_hourly_cap=2, now=held.next_attempt_at + timedelta(seconds=1))
+    assert later.sent == 1 and len(smtp.sink.to(PRESIDENT)) == 3
