@@ -7,6 +7,7 @@ The clock is moved by passing `now=` to the sender, never by sleeping.
 
 from __future__ import annotations
 
+import re
 import socket
 import socketserver
 import threading
@@ -20,6 +21,7 @@ from app import outbox, signing
 from app.db import utcnow
 from app.models import OutboxMessage
 from tests.conftest import SIGNER, SMTPServer, SMTPSink, deliver, free_port
+from tests.seed import bearer, organiser
 from tests.servers import record_figures
 
 
@@ -126,6 +128,28 @@ def test_5xx_answer_marks_the_mail_failed_with_the_reason_and_never_retries(svc,
     smtp.sink.fail_with = None  # even once the server would accept, a permanent failure is not resent
     assert not deliver(svc, smtp.url, now=t0 + timedelta(days=2))
     assert smtp.sink.messages == []
+
+
+def test_organisers_see_failed_and_waiting_mails_with_the_reason_on_their_dashboard(client, svc, smtp):
+    t0 = utcnow()
+    sign_many(svc, 2, "bounced", now=t0)
+    smtp.sink.fail_with = "550 5.1.1 No such user here"
+    deliver(svc, smtp.url, now=t0)
+    token = organiser(svc)
+    page = client.get("/organiser?lang=en", headers=bearer(token))
+    assert page.status_code == 200
+    failed = re.search(r"<dt>Failed</dt><dd class=\"num\">(\d+)</dd>", page.text)
+    assert failed and failed.group(1) == "2"
+    assert "550 5.1.1 No such user here" in page.text
+
+    # A server answering 4xx: the mail waits (queued) and the dashboard says why.
+    sign_many(svc, 1, "waiting", now=t0)
+    smtp.sink.fail_with = "451 4.3.0 Mailbox busy, try later"
+    deliver(svc, smtp.url, now=t0 + timedelta(minutes=1))
+    page = client.get("/organiser?lang=en", headers=bearer(token))
+    queued = re.search(r"<dt>Queued</dt><dd class=\"num\">(\d+)</dd>", page.text)
+    assert queued and queued.group(1) == "1"
+    assert "451 4.3.0 Mailbox busy, try later" in page.text
 
 
 class RejectsOneRecipient(SMTPSink):
