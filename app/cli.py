@@ -70,7 +70,7 @@ def serve(
     s = settings()
     svc = services()  # fail here, with a clear message, on a broken campaign file or a missing key
     console.print(f"Serving on http://{host}:{port}  (mail: {s.smtp_url or s.mail_dir})")
-    _announce_organiser_token(svc)
+    _announce_organiser_token(svc, f"http://{host}:{port}/organiser/login")
     # Access logs are off: they would hold client IP addresses.
     uvicorn.run(
         "app.main:create_app", factory=True, host=host, port=port, workers=workers,
@@ -208,17 +208,17 @@ organiser_app = typer.Typer(help="Organiser accounts (tokens for the dashboard a
 app.add_typer(organiser_app, name="organiser")
 
 
-def _announce_organiser_token(svc) -> None:
+def _announce_organiser_token(svc, login_url: str) -> None:
     """In development, make sure someone can sign in to /organiser at once, and say how."""
     from app import organisers
     from app.db import utcnow
 
     if svc.settings.organiser_token:
-        console.print("Organiser sign-in: /organiser/login with CAMPAIGN_ORGANISER_TOKEN")
+        console.print(f"Organiser sign-in: {login_url} with CAMPAIGN_ORGANISER_TOKEN", soft_wrap=True)
         return
     path = organisers.ensure_dev_token(svc.db, settings=svc.settings, now=utcnow())
     if path:
-        console.print(f"Organiser sign-in: /organiser/login with the token in {path}")
+        console.print(f"Organiser sign-in: {login_url} with the token in {path}", soft_wrap=True)
 
 
 @organiser_app.command("add")
