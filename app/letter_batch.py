@@ -27,7 +27,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app import letters, mail, signing
+from app import letters, mail, outbox, signing
 from app.campaigns import Campaign, Target
 from app.db import Database
 from app.encryption import Keyring, load_keyring
@@ -116,10 +116,10 @@ class Renderer:
         with self.db.read() as session:
             named = set()
             if naming:
-                named = set(session.execute(
+                named = {(sig, key) for sig, key in session.execute(
                     select(TargetOptIn.signature_id, TargetOptIn.target).where(
                         TargetOptIn.signature_id.between(lo, hi), TargetOptIn.target.in_(naming))
-                ).tuples())
+                )}
             rows = session.execute(
                 select(Signature.id, Signature.key_id, Signature.name_enc, Signature.city_enc,
                        Signature.message_enc, Signature.country, Signature.language)
@@ -182,7 +182,7 @@ class Renderer:
             if plan.dated:
                 msg["Date"] = format_datetime(plan.dated)
             msg.set_content("\u00e9", charset="utf-8", cte="quoted-printable")
-            self._heads[key] = bytes(msg).partition(b"\n\n")[0]
+            self._heads[key] = msg.as_bytes(policy=outbox.UNFOLDED).partition(b"\n\n")[0]
         return self._heads[key]
 
     def message(self, plan: Plan, sig_id: int, letter: letters.Letter) -> bytes:

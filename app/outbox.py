@@ -27,6 +27,9 @@ from app.models import OutboxMessage
 
 log = logging.getLogger(__name__)
 QUEUED, SENDING, SENT, FAILED = "queued", "sending", "sent", "failed"
+# Mails are stored and sent with header lines unfolded up to RFC 5322's 998: Python 3.11 folds a long
+# encoded (Cyrillic) subject or name at 78 by moving a space out of the encoded words, where readers drop it.
+UNFOLDED = policy.default.clone(max_line_length=998)
 LEASE = timedelta(minutes=5)
 BACKOFF_BASE = timedelta(seconds=30)
 BACKOFF_MAX = timedelta(hours=2)
@@ -52,7 +55,7 @@ def enqueue(
         kind=kind,
         key_id=keyring.primary,
         recipient_enc=keyring.seal(",".join(recipients_of(msg)), "recipient"),
-        message_enc=keyring.seal_bytes(bytes(msg), "message"),
+        message_enc=keyring.seal_bytes(msg.as_bytes(policy=UNFOLDED), "message"),
         signature_id=signature_id,
         target=target,
         state=QUEUED,
@@ -179,7 +182,7 @@ def deliver_due(
                 plans.append((row.id, None, []))
                 continue
             raw = keyring.open_bytes(row.message_enc, "message", row.key_id)
-            msg = message_from_bytes(raw, policy=policy.default)
+            msg = message_from_bytes(raw, policy=UNFOLDED)
             assert isinstance(msg, EmailMessage)
             mail.stamp(msg, outbox_id=row.id, domain=domain)
             recipients = (keyring.open(row.recipient_enc, "recipient", row.key_id) or "").split(",")

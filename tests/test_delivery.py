@@ -251,3 +251,16 @@ def test_hourly_cap_per_target_defers_the_third_letter_and_other_mail_still_flow
     # An hour on, the cap has room again and the third letter goes.
     later = deliver(svc, smtp.url, target_hourly_cap=2, now=held.next_attempt_at + timedelta(seconds=1))
     assert later.sent == 1 and len(smtp.sink.to(PRESIDENT)) == 3
+
+
+@pytest.mark.parametrize("lang", ["kk", "ru"])
+def test_a_long_cyrillic_subject_and_name_arrive_intact(client, svc, smtp, lang):
+    """Python 3.11 loses the space at a fold between encoded words; the outbox keeps header lines unfolded."""
+    _, token = add_signer(svc, country="DE", lang=lang, email=f"{lang}-subject@example.org")
+    data = {"csrf_token": csrf_token(client, "/c/mamay"), "lang": lang, "target": "president"}
+    assert client.post(f"/s/{token}/send", data=data, follow_redirects=False).status_code == 303
+    deliver(svc, smtp.url)
+    [msg] = smtp.sink.to(PRESIDENT)
+    president = svc.campaigns["mamay"].target("president")
+    assert msg["Subject"] == svc.campaigns["mamay"].subject[lang]
+    assert msg["To"].addresses[0].display_name == president.name[lang]
