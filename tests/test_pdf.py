@@ -70,7 +70,7 @@ def test_batch_cli_writes_n_letters_for_n_confirmed_signers_and_none_for_pending
     out = tmp_path / "out"
     run_cli(settings, "--format", "mbox", "-o", str(out / "p.mbox"), "--target", "president")
     box = mailbox.mbox(out / "p.mbox")
-    mails = [message_from_bytes(box.get_bytes(key), policy=policy.default) for key in box]
+    mails = [message_from_bytes(box.get_bytes(key), policy=policy.default) for key in box.iterkeys()]
     assert len(mails) == 6
     assert {str(m["To"]) for m in mails} == {"Kassym-Jomart Tokayev <udp@udp-rk.kz>",
                                              "Тоқаев Қасым-Жомарт Кемелұлы <udp@udp-rk.kz>",
