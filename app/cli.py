@@ -399,5 +399,31 @@ def letters_(
     console.print(f"{written} {what} written to {output}")
 
 
+@app.command("demo-data")
+def demo_data(
+    slug: str,
+    count: int = typer.Option(..., "--count", min=1, help="How many fake signers to add."),
+    confirmed_share: float = typer.Option(0.8, "--confirmed-share", min=0, max=1,
+                                          help="Share of them already confirmed."),
+    days: int = typer.Option(30, "--days", min=1, help="Spread their signing over this many days up to now."),
+    processes: int = typer.Option(0, "--processes", min=0, help="Row-making processes (0: one per core)."),
+) -> None:
+    """Fill a campaign with realistic fake signers (for demos and benchmarks; addresses @example.org)."""
+    from app import demo
+    from app.db import utcnow
+
+    svc = services()
+    if slug not in svc.campaigns:
+        console.print(f"[red]no campaign {slug!r}[/red]; known: {', '.join(svc.campaigns)}")
+        raise typer.Exit(2)
+    if svc.settings.env == "production":
+        console.print("[red]refused: demo data is for development and test databases[/red]")
+        raise typer.Exit(2)
+    filled = demo.fill(svc.db, campaign=slug, count=count, keyring=svc.keyring, now=utcnow(),
+                       confirmed_share=confirmed_share, days=days, processes=processes or None)
+    console.print(f"{filled.rows} signers ({filled.confirmed} confirmed) added to {slug} in {filled.seconds:.1f} s "
+                  f"({filled.rows_per_second:,.0f} rows/s, {filled.processes} processes)")
+
+
 if __name__ == "__main__":
     app()
