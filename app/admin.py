@@ -4,6 +4,8 @@ the dashboard. Every page but the sign-in form needs an organiser; all of them w
 
 from __future__ import annotations
 
+import html
+
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
@@ -85,7 +87,8 @@ def dashboard_page(request: Request, who: CurrentOrganiser, lang: str | None = N
     snippets = {
         o.campaign.slug: (
             f'<iframe src="{base}/c/{o.campaign.slug}/embed?lang={o.campaign.lang(lang)}" '
-            f'title="{o.campaign.title[o.campaign.lang(lang)]}" width="360" height="560" loading="lazy"></iframe>'
+            f'title="{html.escape(o.campaign.title[o.campaign.lang(lang)])}" width="360" height="560" '
+            'loading="lazy"></iframe>'
         )
         for o in overviews
     }
