@@ -7,6 +7,7 @@ SQLite file passes PRAGMA integrity_check. Run on SQLite and on PostgreSQL.
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections import Counter
@@ -34,6 +35,7 @@ class Load:
     """Sign requests from several threads, each with a distinct address, and what became of each."""
 
     url: str
+    prefix: str = "crash"
     attempted: list[str] = field(default_factory=list)
     acknowledged: list[str] = field(default_factory=list)
     refused: list[tuple[str, int]] = field(default_factory=list)  # answered, but not 2xx
@@ -46,7 +48,7 @@ class Load:
         with httpx.Client(base_url=self.url, timeout=30) as client:
             i = 0
             while not self.stopping.is_set():
-                email = f"crash-{n}-{i}@example.org"
+                email = f"{self.prefix}-{n}-{i}@example.org"
                 i += 1
                 with self.lock:
                     self.attempted.append(email)
@@ -67,13 +69,13 @@ class Load:
                         self.refused.append((email, answer.status_code))
 
 
-def run_and_kill(server: AppProcess) -> tuple[Load, int]:
-    load = Load(server.url)
+def run_and_kill(server: AppProcess, *, prefix: str = "crash", acks: int = KILL_AFTER_ACKS) -> tuple[Load, int]:
+    load = Load(server.url, prefix)
     threads = [threading.Thread(target=load.worker, args=(n,), daemon=True) for n in range(THREADS)]
     for t in threads:
         t.start()
     deadline = time.monotonic() + KILL_AFTER_SECONDS
-    while time.monotonic() < deadline and len(load.acknowledged) < KILL_AFTER_ACKS:
+    while time.monotonic() < deadline and len(load.acknowledged) < acks:
         time.sleep(0.02)
     with load.lock:  # nobody records an answer while we count and kill
         in_flight = load.in_flight
@@ -162,3 +164,43 @@ def test_sigkill_mid_load_loses_no_acknowledged_signature_sqlite(tmp_path, smtp)
 @pytest.mark.postgres
 def test_sigkill_mid_load_loses_no_acknowledged_signature_postgres(tmp_path, pg_url, smtp):
     crash_and_restart(tmp_path, pg_url, smtp, "crash-postgres")
+
+
+# --- soak: many kills in a row (make soak) -----------------------------------------------------------------
+
+
+def kill_again_and_again(tmp_path: Path, database_url: str, smtp, name: str, cycles: int) -> None:
+    env = server_env(var_dir=tmp_path / "var", database_url=database_url)
+    if database_url.startswith("sqlite"):
+        upgrade(env)
+    server = AppProcess(env).start()
+    total, in_flight = Load(server.url), 0
+    rng = random.Random(cycles)
+    try:
+        for cycle in range(cycles):
+            load, flying = run_and_kill(server, prefix=f"c{cycle}", acks=rng.randint(5, 400))
+            in_flight += flying
+            for part in ("attempted", "acknowledged", "refused", "broken"):
+                getattr(total, part).extend(getattr(load, part))
+            server.start()
+        after = httpx.post(f"{server.url}/api/v1/campaigns/mamay/signatures",
+                           json={**SIGNER, "email": AFTER_RESTART, "consent": True}, timeout=30)
+        assert after.status_code == 202
+    finally:
+        server.stop()
+    svc = Services.build(make_settings(tmp_path, database_url))
+    try:
+        check_after_restart(svc, total, in_flight, smtp, name)
+    finally:
+        svc.db.dispose()
+
+
+@pytest.mark.slow
+def test_soak_twenty_kills_in_a_row_lose_nothing_sqlite(tmp_path, smtp):
+    kill_again_and_again(tmp_path, f"sqlite:///{tmp_path / 'soak.db'}", smtp, "crash-soak-sqlite", 20)
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_soak_twenty_kills_in_a_row_lose_nothing_postgres(tmp_path, pg_url, smtp):
+    kill_again_and_again(tmp_path, pg_url, smtp, "crash-soak-postgres", 20)
