@@ -22,6 +22,7 @@ from app.security import CODE_ALPHABET
 from app.state import Services
 from tests.conftest import SMTPServer, make_settings, migrate
 from tests.servers import ARTIFACTS, AppProcess, server_env
+from tests.test_letters import letters_dir_with_named_targets
 
 CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = ARTIFACTS / "screenshots"
@@ -50,12 +51,13 @@ def site(tmp_path_factory, mail_sink) -> Iterator[tuple[AppProcess, str]]:
     tmp = tmp_path_factory.mktemp("browser")
     url = f"sqlite:///{tmp / 'campaign.db'}"
     migrate(url)
-    svc = Services.build(make_settings(tmp, url))
+    letters_dir = letters_dir_with_named_targets(tmp)  # the shipped campaign; the GB embassy may see names
+    svc = Services.build(make_settings(tmp, url, letters_dir=letters_dir))
     with svc.db.write.begin() as session:
         _, token = organisers.add(session, name="reviewer", now=utcnow())
     svc.db.dispose()
     env = server_env(var_dir=tmp / "var", database_url=url, smtp_url=mail_sink.url, outbox_in_process=1,
-                     outbox_poll_seconds=0.2)
+                     outbox_poll_seconds=0.2, letters_dir=letters_dir)
     with AppProcess(env) as server:
         yield server, token
 
@@ -222,13 +224,13 @@ def test_kazakh_from_the_browser_language_confirmed_by_typing_the_code(chromium,
     visit.close()
 
 
-def test_without_javascript_sign_code_confirm_choose_delivery_and_erase(chromium, site, mail_sink):
+def test_without_javascript_sign_code_confirm_opt_in_choose_delivery_and_erase(chromium, site, mail_sink):
     server, _ = site
     visit = Visit(chromium, server, javascript=False)
     email = "nojs@example.org"
     visit.goto("/c/mamay?lang=ru")
     assert visit.lang() == "ru" and visit.cookie_names() == {"csrf"}
-    fill_and_sign(visit, name="Без Скриптов", email=email, country="KZ")
+    fill_and_sign(visit, name="Без Скриптов", email=email, country="GB")
     assert visit.cookie_names() == {"csrf", "ticket"}
     code = CODE.search(wait_for_mail(mail_sink, email)).group(1)
     visit.page.fill("#f-code", code)
@@ -237,12 +239,20 @@ def test_without_javascript_sign_code_confirm_choose_delivery_and_erase(chromium
     assert "/s/" in visit.page.url and visit.lang() == "ru"
     visit.shoot("signer-nojs-ru")
 
-    # Choose a delivery: "send it for me" to the President's office.
+    # Opt in to be named to the embassy in their country (off until ticked), and save.
+    visit.page.check("#t-embassy-gb form.optin input[name=named]")
     with visit.page.expect_navigation():
-        visit.page.click("#t-president form.send button")
-    assert "done=sent" in visit.page.url or visit.page.locator("p.notice[role=status]").count() == 1
-    letter = wait_for_mail(mail_sink, "udp@udp-rk.kz")
-    assert "Без Скриптов" not in letter  # the President's office sees the count level only: no name
+        visit.page.click("#t-embassy-gb form.optin button")
+    assert visit.page.locator("p.notice[role=status]").count() == 1
+    assert visit.page.is_checked("#t-embassy-gb form.optin input[name=named]")
+
+    # Choose deliveries: "send it for me" to the embassy (named) and to the President's office (count only).
+    for target in ("embassy-gb", "president"):
+        with visit.page.expect_navigation():
+            visit.page.click(f"#t-{target} form.send button")
+        assert visit.page.locator("p.notice[role=status]").count() == 1
+    assert "Без Скриптов" in wait_for_mail(mail_sink, "London@mfa.kz")
+    assert "Без Скриптов" not in wait_for_mail(mail_sink, "udp@udp-rk.kz")  # never a name to the authorities
 
     # And leave again: ask for the erase link, open it, press the button.
     visit.goto("/erase?lang=ru")
