@@ -371,30 +371,47 @@ def letters_(
     except ValueError as exc:
         console.print("[red]--since must be a date, YYYY-MM-DD[/red]")
         raise typer.Exit(2) from exc
-    svc = services()
-    if slug not in svc.campaigns:
-        console.print(f"[red]no campaign {slug!r}[/red]; known: {', '.join(svc.campaigns)}")
+    # Not services(): the web stack is not needed here, and every megabyte counts in a million-letter batch.
+    from app.campaigns import load_campaigns
+    from app.db import Database
+    from app.encryption import KeyError_, load_keyring
+
+    s = settings()
+    try:
+        campaigns, keyring = load_campaigns(s.letters_dir), load_keyring(s)
+    except (CampaignError, KeyError_) as exc:
+        console.print(str(exc), style="red", markup=False)
+        raise typer.Exit(2) from exc
+    if slug not in campaigns:
+        console.print(f"[red]no campaign {slug!r}[/red]; known: {', '.join(campaigns)}")
         raise typer.Exit(2)
-    renderer = letter_batch.Renderer(svc.settings, db=svc.db, keyring=svc.keyring, campaign=svc.campaigns[slug])
+    db = Database(s.sqlalchemy_url)
+    renderer = letter_batch.Renderer(s, db=db, keyring=keyring, campaign=campaigns[slug])
     batch = letter_batch.Batch(slug=slug, fmt=format, lang=lang, target=target, since=since_at)
-    log_id = exports.start_log(svc.db, organiser=f"cli:{getpass.getuser()}", campaign=slug,
+    log_id = exports.start_log(db, organiser=f"cli:{getpass.getuser()}", campaign=slug,
                                what=f"letters {format} target={target or 'all'} lang={lang or 'own'} since={since}")
     written, complete = 0, False
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Rate(), TimeRemainingColumn())
     try:
-        with Progress(*columns, console=console) as progress:
+        # Refreshed by hand, not by rich's thread: the batch forks its workers while the bar is shown.
+        with Progress(*columns, console=console, auto_refresh=False) as progress:
             task = progress.add_task(f"{slug} {format}", total=None)
+
+            def advance(n: int) -> None:
+                progress.advance(task, n)
+                progress.refresh()
+
             written = letter_batch.run(
                 renderer, batch, output, workers=workers,
-                on_plan=lambda total: progress.update(task, total=total),
-                on_progress=lambda n: progress.advance(task, n),
+                on_plan=lambda total: progress.update(task, total=total, refresh=True), on_progress=advance,
             )
         complete = True
     except letter_batch.BatchError as exc:
         console.print(str(exc), style="red", markup=False)
         raise typer.Exit(2) from exc
     finally:
-        exports.finish_log(svc.db, log_id, rows=written, complete=complete)
+        exports.finish_log(db, log_id, rows=written, complete=complete)
+        db.dispose()
     what = "supporters named in the pack" if format == "pack" else "letters"
     console.print(f"{written} {what} written to {output}")
 
