@@ -17,6 +17,7 @@ from app.encryption import Keyring, load_keyring
 from app.intake import Intake
 from app.ratelimit import Limiter
 from app.settings import Settings
+from app.stats_cache import StatsCache
 
 
 @dataclass
@@ -30,10 +31,14 @@ class Services:
     login_limiter: Limiter
     # The sign path's group-commit writer; create_app's lifespan starts and stops it.
     intake: Intake = field(default=None)  # type: ignore[assignment]  # built from the fields above
+    # The public stats answer, served from memory while the counters have not moved.
+    stats_cache: StatsCache = field(default=None)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         if self.intake is None:
             self.intake = Intake(self.db, keyring=self.keyring, composer=self.composer, settings=self.settings)
+        if self.stats_cache is None:
+            self.stats_cache = StatsCache(self.db, min_cell=self.settings.min_cell)
 
     @classmethod
     def build(cls, settings: Settings, *, db: Database | None = None) -> Services:
