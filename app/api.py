@@ -103,8 +103,9 @@ def list_campaigns(svc: ServicesDep, lang: Literal["en", "ru", "kk"] = "en") -> 
         429: {"model": ErrorBody},
     },
 )
-async def sign(slug: str, body: SignRequest, request: Request, svc: ServicesDep):
+async def sign(slug: str, body: SignRequest, request: Request):
     """Sign a petition. New and repeat signers get the same answer; the mail differs."""
+    svc = services(request)  # not a dependency: a sync dependency costs a thread hop on every request
     campaign = campaign_or_404(svc, slug)
     retry_after = svc.sign_limiter.hit("sign", client_address(request))
     if retry_after:
@@ -124,8 +125,9 @@ async def sign(slug: str, body: SignRequest, request: Request, svc: ServicesDep)
 
 @router.get("/campaigns/{slug}/stats", response_model=StatsOut,
             responses={404: {"model": ErrorBody}, 422: {"model": ErrorBody}})
-async def stats(slug: str, svc: ServicesDep) -> Response:
+async def stats(slug: str, request: Request) -> Response:
     """Confirmed signatures; countries and days under the minimum cell size are folded into "other"."""
+    svc = services(request)  # not a dependency: a sync dependency costs a thread hop on every request
     campaign = campaign_or_404(svc, slug)
 
     def render(s: signing.Stats) -> bytes:
