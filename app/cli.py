@@ -367,7 +367,9 @@ def letters_(
             return Text(f"{task.speed:,.0f} signers/s" if task.speed else "")
 
     try:
-        since_at = datetime.fromisoformat(since).replace(tzinfo=UTC) if since else None
+        since_at = datetime.fromisoformat(since) if since else None
+        if since_at is not None and since_at.tzinfo is None:
+            since_at = since_at.replace(tzinfo=UTC)
     except ValueError as exc:
         console.print("[red]--since must be a date, YYYY-MM-DD[/red]")
         raise typer.Exit(2) from exc

@@ -9,6 +9,7 @@ in the output depends on the clock: the same data always gives the same bytes.
 from __future__ import annotations
 
 import binascii
+import contextlib
 import hmac
 import multiprocessing
 import os
@@ -86,8 +87,17 @@ class Renderer:
             raise BatchError(f"no target {batch.target!r} in {self.campaign.slug}; known: {known}")
         return [target]
 
-    def selection(self, batch: Batch, *, own_country: bool = True) -> list:
-        where = [Signature.campaign == batch.slug, Signature.status == CONFIRMED, Signature.email_key.is_not(None)]
+    def selection(self, batch: Batch, *, own_country: bool = True, erased: bool = False, in_range: bool = False
+                  ) -> list:
+        """Confirmed signatures of the batch; `erased` ones (kept as anonymous units) only where counted.
+
+        `in_range`: the query also bounds the id, and must walk the primary key. Written plainly, SQLite takes the
+        (campaign, status) index instead and scans every confirmed row for each range; `|| ''` rules that out."""
+        campaign, status = (Signature.campaign + "", Signature.status + "") if in_range else (
+            Signature.campaign, Signature.status)
+        where = [campaign == batch.slug, status == CONFIRMED]
+        if not erased:
+            where.append(Signature.email_key.is_not(None))
         if batch.since is not None:
             where.append(Signature.confirmed_at >= batch.since)
         targets = self.targets(batch)
@@ -124,7 +134,7 @@ class Renderer:
             rows = session.execute(
                 select(Signature.id, Signature.key_id, Signature.name_enc, Signature.city_enc,
                        Signature.message_enc, Signature.country, Signature.language)
-                .where(*self.selection(batch), Signature.id.between(lo, hi))
+                .where(*self.selection(batch, in_range=True), Signature.id.between(lo, hi))
                 .order_by(Signature.id)
                 .execution_options(yield_per=1000)
             )
@@ -211,6 +221,22 @@ def base64_lines(data: bytes) -> bytes:
     return b"\n".join([flat[i:i + 76] for i in range(0, len(flat), 76)]) + b"\n"
 
 
+def _append(part: Path, out) -> None:
+    """Copy a rendered range onto the end of the output, inside the kernel where it can."""
+    out.flush()
+    with part.open("rb") as fh:
+        left = os.fstat(fh.fileno()).st_size
+        try:
+            while left > 0:
+                copied = os.copy_file_range(fh.fileno(), out.fileno(), left)
+                if copied == 0:
+                    break
+                left -= copied
+        except (AttributeError, OSError):  # no copy_file_range here: copy through user space
+            fh.seek(os.fstat(fh.fileno()).st_size - left)
+            shutil.copyfileobj(fh, out, 1024 * 1024)
+
+
 def txt_entry(letter: letters.Letter) -> bytes:
     """Address block, subject and letter; a form feed starts the next letter on a new page when printed."""
     return ("\n".join(letter.recipient) + f"\n\n{letter.subject}\n\n{letter.text}\n\f\n").encode()
@@ -259,14 +285,25 @@ def run(
         output.parent.mkdir(parents=True, exist_ok=True)
     sizes = [min(size, plan.total - i * size) for i in range(len(plan.ranges))]
     workers = min(workers or os.cpu_count() or 1, len(plan.ranges))
-    with tempfile.TemporaryDirectory(prefix="letters-", dir=output.parent) as tmp:
+    with tempfile.TemporaryDirectory(prefix="letters-", dir=output.parent) as tmp, contextlib.ExitStack() as stack:
         parts = [output if folder else Path(tmp) / f"{i:06d}" for i in range(len(plan.ranges))]
+        out = None if folder else stack.enter_context(
+            os.fdopen(os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb"))
         written = 0
+
+        def done(i: int, letters_written: int) -> None:
+            """Range i is rendered: append it to the output now (ranges finish about in order), then drop it."""
+            nonlocal written
+            written += letters_written
+            if out is not None:
+                _append(parts[i], out)
+                parts[i].unlink()
+            if on_progress:
+                on_progress(sizes[i])
+
         if workers <= 1:
             for i, (lo, hi) in enumerate(plan.ranges):
-                written += renderer.render_range(batch, plan, i, lo, hi, parts[i])
-                if on_progress:
-                    on_progress(sizes[i])
+                done(i, renderer.render_range(batch, plan, i, lo, hi, parts[i]))
         else:
             # Workers are forked: they share this process's loaded code instead of importing it again (less
             # memory, faster start). Nothing here may hold a connection across the fork, and the caller must not
@@ -279,14 +316,7 @@ def run(
                 futures = [pool.submit(_work, batch, plan, i, lo, hi, str(parts[i]))
                            for i, (lo, hi) in enumerate(plan.ranges)]
                 for i, future in enumerate(futures):
-                    written += future.result()
-                    if on_progress:
-                        on_progress(sizes[i])
-        if not folder:
-            with os.fdopen(os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out:
-                for part in parts:
-                    with part.open("rb") as fh:
-                        shutil.copyfileobj(fh, out, 1024 * 1024)
+                    done(i, future.result())
     return written
 
 
@@ -303,8 +333,9 @@ def write_pack(
     [target] = renderer.targets(batch)
     campaign = renderer.campaign
     lang = campaign.lang(batch.lang or campaign.languages[0])
-    # The total is the whole campaign's, also for an embassy (whose letters come from its own country only).
-    where = renderer.selection(batch, own_country=False)
+    # The total is the whole campaign's, also for an embassy (whose letters come from its own country only), and
+    # like the public count it keeps those who erased their data as anonymous units.
+    where = renderer.selection(batch, own_country=False, erased=True)
     output.parent.mkdir(parents=True, exist_ok=True)
     with renderer.db.read() as session:
         by_country: dict[str, int] = {}
@@ -340,7 +371,7 @@ def _named_rows(renderer: Renderer, session: Session, where: list, target: Targe
     rows = session.execute(
         select(Signature.key_id, Signature.name_enc, Signature.city_enc, Signature.country)
         .join(TargetOptIn, (TargetOptIn.signature_id == Signature.id) & (TargetOptIn.target == target.key))
-        .where(*where)
+        .where(*where, Signature.email_key.is_not(None))
         .order_by(Signature.id)
         .execution_options(yield_per=1000)
     )

@@ -14,7 +14,7 @@ import pytest
 from pypdf import PdfReader
 from typer.testing import CliRunner
 
-from app import letter_batch, letters
+from app import erasure, letter_batch, letters
 from app.cli import app as cli_app
 from app.models import PENDING
 from tests.conftest import csrf_token, make_settings
@@ -131,12 +131,15 @@ def test_batch_output_is_the_same_bytes_every_run_and_with_any_number_of_process
 def test_pack_names_only_opted_in_supporters_counts_the_rest_and_folds_small_countries(client, settings, svc,
                                                                                        tmp_path):
     named = []
-    for i in range(5):
+    for i in range(6):
         _, token = add_signer(svc, name=f"Briton {i}", email=f"briton{i}@example.org", country="GB",
                               city=f"Town {i}")
-        if i < 3:
+        if i < 4:
             opt_in(client, token, "embassy-gb")
             named.append(f"Briton {i}")
+    with svc.db.write.begin() as session:  # one who agreed, then erased their data: counted, never named
+        erasure.erase(session, keys=erasure.email_keys(svc.keyring, "briton3@example.org"), now=NOW)
+    named.remove("Briton 3")
     for i in range(4):
         add_signer(svc, name=f"German {i}", country="DE")
     _, lone = add_signer(svc, name="Lone Kazakh", country="KZ")
@@ -146,18 +149,19 @@ def test_pack_names_only_opted_in_supporters_counts_the_rest_and_folds_small_cou
     text = pdf_text(out.read_bytes())
     for name in named:
         assert name in text
-    assert "Briton 3" not in text and "Briton 4" not in text and "German" not in text and "Lone" not in text
+    assert "Briton 3" not in text and "Briton 4" not in text and "Briton 5" not in text
+    assert "German" not in text and "Lone" not in text
     assert "@" not in text.replace("London@mfa.kz", "") and "Town" not in text  # never emails; `name`: no city
-    assert "Confirmed signatures: 10" in text
-    assert "Other supporters, who did not ask to be named: 7" in text
-    assert "United Kingdom 5" in text and "Other countries 5" in text  # DE 4 + KZ 1 folded together
+    assert "Confirmed signatures: 11" in text
+    assert "Other supporters, who did not ask to be named: 8" in text
+    assert "United Kingdom 6" in text and "Other countries 5" in text  # DE 4 + KZ 1 folded together
     assert "Kazakhstan" not in text.split("Signatures by country")[1] and "Germany" not in text
     assert "Page 1 of" in text
 
     count_pack = tmp_path / "president.pdf"
     run_cli(settings, "--format", "pack", "-o", str(count_pack), "--target", "president", "--lang", "kk")
     text = pdf_text(count_pack.read_bytes())
-    assert "Расталған қолдар саны: 10" in text and "Бұл құжаттарда қолдардың жалпы саны ғана көрсетілген." in text
+    assert "Расталған қолдар саны: 11" in text and "Бұл құжаттарда қолдардың жалпы саны ғана көрсетілген." in text
     assert "Briton" not in text and "Ұлыбритания" not in text  # a count target: the total only
 
 
@@ -180,3 +184,16 @@ def test_letter_pdf_is_deterministic_for_the_same_letter(svc):
     assert first == pdf.letters_pdf([letter], lang="kk", title="x")
     assert b"/CreationDate (D:20000101" in first
     assert datetime(2000, 1, 1, tzinfo=UTC) == pdf.FIXED_DATE
+
+
+def test_pack_for_a_name_city_target_lists_the_city_too(client, settings, svc, tmp_path):
+    for i in range(5):
+        _, token = add_signer(svc, name=f"Canadian {i}", country="CA", city=f"Ville {i}")
+        if i == 0:
+            opt_in(client, token, "embassy-ca")
+    out = tmp_path / "ca.pdf"
+    run_cli(settings, "--format", "pack", "-o", str(out), "--target", "embassy-ca", "--lang", "ru")
+    text = pdf_text(out.read_bytes())
+    assert "Canadian 0 Ville 0 Канада" in text and "Canadian 1" not in text and "Ville 1" not in text
+    assert "Других сторонников, не пожелавших назвать своё имя: 4" in text
+    assert "Страница 1 из" in text
