@@ -34,8 +34,9 @@ def letters_dir_with_named_targets(tmp_path: Path) -> Path:
     shutil.copytree(MAMAY, folder)
     toml = folder / "campaign.toml"
     text = toml.read_text(encoding="utf-8")
-    text = text.replace('key = "embassy-gb"\n', 'key = "embassy-gb"\ndisclosure = "name"\n')
-    text = text.replace('key = "embassy-ca"\n', 'key = "embassy-ca"\ndisclosure = "name_city"\n')
+    for key, level in (("embassy-gb", "name"), ("embassy-ca", "name_city")):
+        text = re.sub(rf'(key = "{key}"\n(?:[^\[]*?))disclosure = "\w+"\n', r"\1", text)  # drop the shipped level
+        text = text.replace(f'key = "{key}"\n', f'key = "{key}"\ndisclosure = "{level}"\n')
     toml.write_text(text, encoding="utf-8")
     return folder.parent
 
