@@ -17,6 +17,8 @@ import json
 import time
 from urllib.parse import urlsplit
 
+LANGS = ("en", "ru", "kk")  # {lang} in a body cycles through these, as bench/sign.lua does
+
 
 class Pool:
     def __init__(self, host: str, port: int, limit: int) -> None:
@@ -97,7 +99,8 @@ async def run(url: str, rate: float, seconds: float, body: str | None, tag: str,
             late += 1  # the generator itself fell behind (its latency still counts from `due`)
         payload = request_bytes(
             "POST" if body else "GET", host, path,
-            body.replace("{n}", str(i)).replace("{tag}", tag).encode() if body else None,
+            body.replace("{n}", str(i)).replace("{tag}", tag).replace("{lang}", LANGS[i % 3]).encode()
+            if body else None,
         )
         task = asyncio.create_task(one(pool, payload, due, out))
         tasks.add(task)
@@ -124,7 +127,8 @@ def main() -> None:
     parser.add_argument("--url", required=True)
     parser.add_argument("--rate", type=float, required=True, help="requests per second")
     parser.add_argument("--seconds", type=float, default=10)
-    parser.add_argument("--body", help="JSON body to POST; {n} becomes the request number, {tag} the tag")
+    parser.add_argument("--body", help="JSON body to POST; {n} becomes the request number, {tag} the tag, "
+                        "{lang} en/ru/kk in turn")
     parser.add_argument("--tag", default="ol")
     parser.add_argument("--connections", type=int, default=64)
     args = parser.parse_args()

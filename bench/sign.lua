@@ -19,13 +19,14 @@ function init(args)
   ok = 0
   bad = 0
   headers = { ["Content-Type"] = "application/json" }
+  langs = { "en", "ru", "kk" }  -- the mails differ in cost (Cyrillic subjects are encoded words)
 end
 
 function request()
   n = n + 1
   local body = string.format(
     '{"name":"Bench Signer %d","email":"%s-%d-%d@example.org","country":"DE","city":"Berlin",' ..
-    '"message":"Free him now.","consent":true,"lang":"en"}', n, tag, tid, n)
+    '"message":"Free him now.","consent":true,"lang":"%s"}', n, tag, tid, n, langs[n % 3 + 1])
   return wrk.format("POST", path, headers, body)
 end
 

@@ -6,6 +6,7 @@ Goals (issue 6): sign >= 0.5x baseline req/s; p99 < 50 ms at 80 % of the achieve
 bench/openloop.py); 0 errors; rows stored == 202s answered.
 
     python -m bench.sign            BENCH_SECONDS=8 (per run)  BENCH_WORKERS=1 (SQLite)  BENCH_PG_WORKERS=2
+                                    BENCH_SIGN_SQLITE_ONLY=1 (skip the PostgreSQL run)
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ SLUG = "mamay"
 SECONDS = int(os.environ.get("BENCH_SECONDS", "8"))
 OPEN_LOOP_BODY = json.dumps({
     "name": "Open Loop {n}", "email": "{tag}-{n}@example.org", "country": "KZ", "city": "Almaty",
-    "message": "", "consent": True, "lang": "ru",
+    "message": "Free him now.", "consent": True, "lang": "{lang}",
 })
 
 
@@ -120,7 +121,9 @@ def main() -> Report:
             workers=int(os.environ.get("BENCH_WORKERS", "1")), connections=32,
         )
     with harness.postgres_database("sign") as pg_url:
-        if pg_url is None:
+        if os.environ.get("BENCH_SIGN_SQLITE_ONLY"):
+            report.details["postgresql"] = "skipped: BENCH_SIGN_SQLITE_ONLY is set"
+        elif pg_url is None:
             print("  PostgreSQL not reachable on 127.0.0.1:5432: PostgreSQL run skipped", flush=True)
             report.details["postgresql"] = "skipped: no server on 127.0.0.1:5432"
         else:
