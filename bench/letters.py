@@ -44,7 +44,10 @@ def letters_dir(base: Path) -> Path:
     folder = base / "letters" / "mamay"
     shutil.copytree(MAMAY, folder)
     toml = folder / "campaign.toml"
-    toml.write_text(toml.read_text().replace('key = "embassy-gb"\n', 'key = "embassy-gb"\ndisclosure = "name"\n'))
+    text = toml.read_text()
+    if "disclosure" not in text.split('key = "embassy-gb"\n', 1)[1].split("[[", 1)[0]:  # the shipped file may have it
+        text = text.replace('key = "embassy-gb"\n', 'key = "embassy-gb"\ndisclosure = "name"\n')
+    toml.write_text(text)
     return folder.parent
 
 
