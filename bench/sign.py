@@ -68,12 +68,18 @@ def measure(report: Report, *, label: str, database_url: str, var_dir, workers: 
         # wrk stops counting at its deadline while up to one request per connection is still being served;
         # those are stored but never counted as answered, so the exact check is made on the open-loop run,
         # which waits for every answer.
+        rate = 0.8 * best_sign.rps
+        # The open-loop path warms up too (its connections, the first batches of each size), then is measured.
+        harness.open_loop(sign_url, rate=rate / 2, seconds=3, body=OPEN_LOOP_BODY, tag=f"{run}-olwarm")
         time.sleep(1)
         rows_before, mails_before = stored(url)
-        rate = 0.8 * best_sign.rps
         latency = harness.open_loop(sign_url, rate=rate, seconds=max(SECONDS, 10), body=OPEN_LOOP_BODY,
                                     tag=f"{run}-ol")
         rows_after, mails_after = stored(url)
+        # Where the latency goal does hold: the same open loop at 60 % (reported, not a goal).
+        latency_60 = harness.open_loop(sign_url, rate=0.6 * best_sign.rps, seconds=max(SECONDS, 10),
+                                       body=OPEN_LOOP_BODY, tag=f"{run}-ol60")
+        print(f"  [{label}] sign at 60 %: {latency_60.line()}", flush=True)
         print(f"  [{label}] sign at 80 %: {latency.line()}", flush=True)
         ping_latency = harness.open_loop(ping_url, rate=rate, seconds=5)
         print(f"  [{label}] ping at the same rate: {ping_latency.line()}", flush=True)
@@ -81,7 +87,7 @@ def measure(report: Report, *, label: str, database_url: str, var_dir, workers: 
         peak = srv.peak_rss_mb()
     # The server has shut down cleanly (SIGTERM): count what is durable and compare with what was accepted.
     rows, mails = stored(url)
-    errors = sum(r.errors + r.bad for r in signs) + latency.errors + latency.bad
+    errors = sum(r.errors + r.bad for r in signs) + latency.errors + latency.bad + latency_60.errors + latency_60.bad
     in_flight = rows_before - accepted
     report.figure(f"{label}: sign req/s", best_sign.rps, "req/s", best_ping.rps, "GET /api/v1/ping", goal=0.5,
                   notes={"workers": workers, "connections": connections})
@@ -105,6 +111,7 @@ def measure(report: Report, *, label: str, database_url: str, var_dir, workers: 
         "ping_runs": [vars(r) for r in pings],
         "sign_runs": [vars(r) for r in signs],
         "sign_latency_at_80pct": vars(latency),
+        "sign_latency_at_60pct": vars(latency_60),
         "ping_latency_same_rate": vars(ping_latency),
         "rows": rows, "mails": mails, "wrk_counted_202": accepted, "wrk_in_flight_at_cutoff": in_flight,
         "open_loop_rows": ol_rows, "open_loop_202": latency.ok,
