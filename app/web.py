@@ -66,6 +66,13 @@ def page(request: Request, template: str, lang: str, *, status: int = 200, **con
     return response
 
 
+def too_many(request: Request, lang: str, retry_after: int, campaign: Campaign | None = None) -> HTMLResponse:
+    """The rate limit's answer: 429 with Retry-After, in the visitor's language."""
+    response = page(request, "error.html", lang, status=429, message_id="too_many", campaign=campaign)
+    response.headers["Retry-After"] = str(retry_after)
+    return response
+
+
 def check_csrf(request: Request, form: dict[str, Any]) -> None:
     svc = services(request)
     if not security.csrf_valid(
@@ -129,9 +136,7 @@ async def sign_form(request: Request, slug: str) -> Response:
         return thanks  # a bot filled the hidden field: same answer, nothing stored
     retry_after = svc.sign_limiter.hit("sign", client_address(request))
     if retry_after:
-        response = page(request, "error.html", lang, status=429, message_id="too_many", campaign=campaign)
-        response.headers["Retry-After"] = str(retry_after)
-        return response
+        return too_many(request, lang, retry_after, campaign)
     try:
         data = signing.validate(form)
         signed = await svc.intake.sign(campaign, data)  # answers after the batch holding it is committed
@@ -179,9 +184,7 @@ async def confirm_code(request: Request, slug: str) -> Response:
         return page(request, "thanks.html", lang, status=400, campaign=campaign, has_ticket=False, problem=None)
     retry_after = svc.sign_limiter.hit("code", client_address(request))
     if retry_after:
-        response = page(request, "error.html", lang, status=429, message_id="too_many", campaign=campaign)
-        response.headers["Retry-After"] = str(retry_after)
-        return response
+        return too_many(request, lang, retry_after, campaign)
 
     def run() -> signing.Confirmed | signing.ConfirmProblem:
         with svc.db.write.begin() as session:

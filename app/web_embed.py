@@ -20,7 +20,7 @@ from app.campaigns import Campaign
 from app.db import utcnow
 from app.settings import Settings
 from app.state import Services, services
-from app.web import HONEYPOT_FIELD, campaign_or_404, client_address, page, pick_lang
+from app.web import HONEYPOT_FIELD, campaign_or_404, client_address, page, pick_lang, too_many
 
 log = logging.getLogger(__name__)
 router = APIRouter(include_in_schema=False)
@@ -96,9 +96,7 @@ async def embed_sign(request: Request, slug: str) -> Response:
                               errors={"form": "This form has expired. Go back, reload the page and send it again."})
     retry_after = svc.sign_limiter.hit("sign", client_address(request))
     if retry_after:
-        response = page(request, "error.html", lang, status=429, message_id="too_many", campaign=campaign)
-        response.headers["Retry-After"] = str(retry_after)
-        return response
+        return too_many(request, lang, retry_after, campaign)
     try:
         data = signing.validate(form)
         await svc.intake.sign(campaign, data)  # answers after the batch holding it is committed

@@ -14,7 +14,7 @@ from fastapi.responses import HTMLResponse, Response
 from app import erasure
 from app.db import utcnow
 from app.state import services
-from app.web import client_address, page, pick_lang, read_form
+from app.web import client_address, page, pick_lang, read_form, too_many
 
 router = APIRouter(include_in_schema=False)
 
@@ -31,9 +31,7 @@ async def erase_request(request: Request) -> Response:
     lang = pick_lang(request, form.get("lang"))
     retry_after = svc.sign_limiter.hit("erase", client_address(request))
     if retry_after:
-        response = page(request, "error.html", lang, status=429, message_id="too_many", campaign=None)
-        response.headers["Retry-After"] = str(retry_after)
-        return response
+        return too_many(request, lang, retry_after, None)
     email = str(form.get("email", "")).strip()
     try:
         if len(email) > 254:
