@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import smtplib
 import ssl
+from dataclasses import dataclass
 from email.headerregistry import Address
 from email.message import EmailMessage
-from email.utils import formatdate, make_msgid
+from email.utils import formatdate, getaddresses
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -121,10 +122,41 @@ class Composer:
                           from_addr=self.settings.discreet_mail_from or f"noreply@{mail_domain(self.settings)}")
 
 
-def stamp(msg: EmailMessage, *, outbox_id: int, domain: str) -> None:
-    """A Message-ID derived from the outbox row, so a receiver can drop a duplicate of a retried send."""
-    del msg["Message-ID"]
-    msg["Message-ID"] = f"<outbox-{outbox_id}@{domain}>"
+@dataclass(frozen=True)
+class Envelope:
+    """A stored message ready for the wire: its bytes, the envelope sender and recipients, its Message-ID."""
+
+    raw: bytes
+    sender: str
+    recipients: list[str]
+    message_id: str
+
+
+def envelope(raw: bytes, *, recipients: list[str], outbox_id: int, domain: str) -> Envelope:
+    """Stamp a stored message without parsing it again: a Message-ID derived from the outbox row (so a receiver
+    can drop a duplicate of a retried send) replaces any other, and the From address becomes the envelope
+    sender (a discreet mail's bounce address must not name the campaign either)."""
+    head, sep, body = raw.partition(b"\n\n")
+    lines: list[bytes] = []
+    sender = ""
+    skipping = False
+    for line in head.split(b"\n"):
+        if line[:1] in (b" ", b"\t"):  # a folded continuation belongs to the header before it
+            if not skipping:
+                lines.append(line)
+            continue
+        name = line.split(b":", 1)[0].strip().lower()
+        skipping = name == b"message-id"
+        if not skipping:
+            lines.append(line)
+    for line in lines:
+        if line.lower().startswith(b"from:"):
+            sender = getaddresses([line[5:].decode("ascii", "replace")])[0][1]
+    message_id = f"<outbox-{outbox_id}@{domain}>"
+    lines.append(f"Message-ID: {message_id}".encode())
+    # SMTP wants CRLF line ends, and smtplib converts them only for str, never for bytes.
+    wire = (b"\n".join(lines) + sep + body).replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    return Envelope(wire, sender, recipients, message_id)
 
 
 class SMTPTransport:
@@ -163,10 +195,11 @@ class SMTPTransport:
             self._conn = conn
         return self._conn
 
-    def send(self, msg: EmailMessage, recipients: list[str]) -> None:
+    def send(self, env: Envelope) -> None:
         conn = self._connect()
+        recipients = env.recipients
         try:
-            refused = conn.send_message(msg, to_addrs=recipients)
+            refused = conn.sendmail(env.sender, recipients, env.raw)
         except smtplib.SMTPRecipientsRefused as exc:
             self._reset()
             codes = [code for code, _ in exc.recipients.values()]
@@ -220,12 +253,11 @@ class FileTransport:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
 
-    def send(self, msg: EmailMessage, recipients: list[str]) -> None:
+    def send(self, env: Envelope) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        msg_id = (msg["Message-ID"] or make_msgid()).strip("<>").replace("/", "_")
-        path = self.folder / f"{msg_id}.eml"
+        path = self.folder / f"{env.message_id.strip('<>').replace('/', '_')}.eml"
         tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(bytes(msg))
+        tmp.write_bytes(env.raw)
         tmp.replace(path)
 
     def close(self) -> None:

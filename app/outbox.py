@@ -13,7 +13,7 @@ import random
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from email import message_from_bytes, policy
+from email import policy
 from email.message import EmailMessage
 from email.utils import getaddresses
 
@@ -145,6 +145,9 @@ class Report:
         return bool(self.sent or self.retried or self.failed or self.deferred)
 
 
+RECORD_EVERY = 25  # outcomes are committed in groups: a crash resends at most this many (same Message-IDs)
+
+
 def deliver_due(
     db: Database,
     *,
@@ -156,7 +159,7 @@ def deliver_due(
     target_hourly_cap: int = 30,
     max_attempts: int = 12,
 ) -> Report:
-    """Claim one batch, send it over one connection, record each outcome. Returns what happened."""
+    """Claim one batch, send it over one connection, record the outcomes. Returns what happened."""
     clock_given = now is not None  # a caller's clock (tests, replays) also times outcomes and the next attempt
     now = now or utcnow()
     report = Report()
@@ -164,7 +167,7 @@ def deliver_due(
         rows = claim(session, now=now, limit=batch)
         sent_per_target: dict[str, int] = {}
         held: dict[str, datetime] = {}
-        plans: list[tuple[int, EmailMessage | None, list[str]]] = []
+        plans: list[tuple[int, mail.Envelope | None]] = []
         for row in rows:
             if row.target:
                 used = sent_per_target.setdefault(row.target, sent_last_hour(session, row.target, now))
@@ -178,58 +181,65 @@ def deliver_due(
                     report.deferred += 1
                     continue
                 sent_per_target[row.target] = used + 1
-            if row.message_enc is None:
-                plans.append((row.id, None, []))
+            recipients = [r for r in (keyring.open(row.recipient_enc, "recipient", row.key_id) or "").split(",") if r]
+            if row.message_enc is None or not recipients:
+                plans.append((row.id, None))
                 continue
             raw = keyring.open_bytes(row.message_enc, "message", row.key_id)
-            msg = message_from_bytes(raw, policy=UNFOLDED)
-            assert isinstance(msg, EmailMessage)
-            mail.stamp(msg, outbox_id=row.id, domain=domain)
-            recipients = (keyring.open(row.recipient_enc, "recipient", row.key_id) or "").split(",")
-            plans.append((row.id, msg, [r for r in recipients if r]))
+            plans.append((row.id, mail.envelope(raw, recipients=recipients, outbox_id=row.id, domain=domain)))
 
     # Sending happens outside any transaction: a slow SMTP server never holds a database lock.
-    for row_id, msg, recipients in plans:
-        outcome: tuple[str, str | None]
-        if msg is None or not recipients:
-            outcome = (FAILED, "nothing to send (erased or empty)")
+    outcomes: list[tuple[int, str, str | None]] = []
+    for row_id, env in plans:
+        if env is None:
+            outcomes.append((row_id, FAILED, "nothing to send (erased or empty)"))
         else:
             try:
-                transport.send(msg, recipients)
-                outcome = (SENT, None)
+                transport.send(env)
+                outcomes.append((row_id, SENT, None))
             except mail.PermanentFailure as exc:
-                outcome = (FAILED, str(exc)[:1000])
+                outcomes.append((row_id, FAILED, str(exc)[:1000]))
             except mail.TemporaryFailure as exc:
-                outcome = (QUEUED, str(exc)[:1000])
-        _record(db, row_id, outcome, now=now if clock_given else utcnow(), max_attempts=max_attempts,
-                report=report)
+                outcomes.append((row_id, QUEUED, str(exc)[:1000]))
+        if len(outcomes) >= RECORD_EVERY:
+            _record(db, outcomes, now=now if clock_given else utcnow(), max_attempts=max_attempts, report=report)
+            outcomes = []
+    if outcomes:
+        _record(db, outcomes, now=now if clock_given else utcnow(), max_attempts=max_attempts, report=report)
     return report
 
 
 def _record(
-    db: Database, row_id: int, outcome: tuple[str, str | None], *, now: datetime, max_attempts: int,
-    report: Report,
+    db: Database, outcomes: list[tuple[int, str, str | None]], *, now: datetime, max_attempts: int, report: Report,
 ) -> None:
-    state, error = outcome
+    """One transaction for a group of outcomes; the sent ones (nearly all) in a single UPDATE."""
+    sent = [row_id for row_id, state, _ in outcomes if state == SENT]
     with db.write.begin() as session:
-        row = session.get(OutboxMessage, row_id)
-        if row is None:  # erased while we were sending
-            return
-        row.attempts += 1
-        row.lease_until = None
-        if state == SENT:
-            row.state, row.sent_at, row.last_error = SENT, now, None
-            report.sent += 1
-        elif state == QUEUED and row.attempts < max_attempts:
-            row.state, row.last_error = QUEUED, error
-            row.next_attempt_at = now + backoff(row.attempts)
-            report.retried += 1
-            report.errors.append(error or "")
-        else:
-            if state == QUEUED:
-                error = f"gave up after {row.attempts} attempts: {error}"
-            row.state, row.last_error = FAILED, error
-            report.failed += 1
+        if sent:
+            report.sent += session.execute(
+                update(OutboxMessage)
+                .where(OutboxMessage.id.in_(sent))  # a row erased meanwhile is simply gone
+                .values(state=SENT, sent_at=now, last_error=None, lease_until=None,
+                        attempts=OutboxMessage.attempts + 1)
+                .execution_options(synchronize_session=False)
+            ).rowcount
+        for row_id, state, error in outcomes:
+            if state == SENT:
+                continue
+            row = session.get(OutboxMessage, row_id)
+            if row is None:
+                continue
+            row.attempts += 1
+            row.lease_until = None
+            if state == QUEUED and row.attempts < max_attempts:
+                row.state, row.last_error = QUEUED, error
+                row.next_attempt_at = now + backoff(row.attempts)
+                report.retried += 1
+            else:
+                if state == QUEUED:
+                    error = f"gave up after {row.attempts} attempts: {error}"
+                row.state, row.last_error = FAILED, error
+                report.failed += 1
             report.errors.append(error or "")
 
 
