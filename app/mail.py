@@ -151,7 +151,11 @@ def envelope(raw: bytes, *, recipients: list[str], outbox_id: int, domain: str) 
             lines.append(line)
     for line in lines:
         if line.lower().startswith(b"from:"):
-            sender = getaddresses([line[5:].decode("ascii", "replace")])[0][1]
+            value = line[5:].decode("ascii", "replace")
+            # We wrote this header: "Name <addr>" (the cheap path), else let the parser decide.
+            inner = value.rpartition("<")[2].partition(">")[0] if value.rstrip().endswith(">") else ""
+            sender = inner or getaddresses([value])[0][1]
+            break
     message_id = f"<outbox-{outbox_id}@{domain}>"
     lines.append(f"Message-ID: {message_id}".encode())
     # SMTP wants CRLF line ends, and smtplib converts them only for str, never for bytes.

@@ -145,7 +145,7 @@ class Report:
         return bool(self.sent or self.retried or self.failed or self.deferred)
 
 
-RECORD_EVERY = 25  # outcomes are committed in groups: a crash resends at most this many (same Message-IDs)
+RECORD_EVERY = 50  # outcomes are committed in groups: a crash resends at most this many (same Message-IDs)
 
 
 def deliver_due(
