@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -27,6 +28,10 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         svc.intake.start()
+        # Everything built so far lives as long as the process: keep it out of the collector's full passes,
+        # which otherwise stall requests for ~100 ms now and then under load (bench/sign.py, p99).
+        gc.collect()
+        gc.freeze()
         worker = None
         if settings.outbox_in_process:
             worker = outbox.Worker(svc.db, keyring=svc.keyring, settings=settings,
@@ -37,6 +42,7 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
             yield
         finally:
             svc.intake.stop()  # commits and answers every signature already queued
+            gc.unfreeze()  # an app built again in this process (tests) lets the old one be collected
             if worker:
                 worker.stop()
             if db is None:
