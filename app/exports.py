@@ -72,11 +72,14 @@ def signature_records(db: Database, keyring: Keyring, query: SignatureQuery, *, 
         Signature.message_enc, Signature.country, Signature.language, Signature.status, Signature.created_at,
         Signature.confirmed_at,
     )
-    where = [Signature.campaign == query.campaign, Signature.erased_at.is_(None)]
+    # `|| ''` keeps these filters off the (campaign, status) index: paging must walk the primary key, or SQLite
+    # without planner statistics re-reads the whole campaign for every page (quadratic on a big export).
+    campaign, status = Signature.campaign.concat(""), Signature.status.concat("")
+    where = [campaign == query.campaign, Signature.erased_at.is_(None)]
     if query.status == "confirmed":
-        where.append(Signature.status == CONFIRMED)
+        where.append(status == CONFIRMED)
     elif query.status == "pending":
-        where.append(Signature.status == PENDING)
+        where.append(status == PENDING)
     if query.since:
         where.append(Signature.created_at >= datetime.combine(query.since, time(), tzinfo=UTC))
     last_id = 0
