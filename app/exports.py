@@ -39,9 +39,12 @@ BATCH = 500
 FORMULA_LEADS = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")
 
 
+LEAD_SET = frozenset(FORMULA_LEADS)
+
+
 def inert(value: Any) -> Any:
     """A text cell that a spreadsheet would evaluate gets a leading apostrophe; other values pass unchanged."""
-    if isinstance(value, str) and value.startswith(FORMULA_LEADS):
+    if isinstance(value, str) and value[:1] in LEAD_SET:
         return "'" + value
     if isinstance(value, list):
         return [inert(v) for v in value]
@@ -144,11 +147,18 @@ def csv_chunks(columns: Iterable[str], records: Iterable[dict], *, rows_per_chun
     buf.write("\ufeff")
     writer.writerow(columns)
     pending = 0
+    leads = LEAD_SET
     for record in records:
-        writer.writerow(
-            [";".join(inert(v)) if isinstance(v, list) else inert("" if v is None else str(v))
-             for v in (record[c] for c in columns)]
-        )
+        cells = []
+        for value in map(record.__getitem__, columns):
+            if value is None:
+                value = ""
+            elif isinstance(value, list):
+                value = ";".join(value)
+            elif not isinstance(value, str):
+                value = str(value)
+            cells.append("'" + value if value[:1] in leads else value)  # a formula a spreadsheet would run
+        writer.writerow(cells)
         pending += 1
         if pending >= rows_per_chunk:
             yield buf.getvalue()
