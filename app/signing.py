@@ -16,7 +16,6 @@ import pycountry
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app import mail, outbox, security
@@ -184,41 +183,44 @@ def sign(
     if not campaign.is_open(now.date()):
         raise CampaignClosed(campaign.slug)
     normalised = normalise_email(data.email)
-    email_key = keyring.email_key(normalised)
     same_signer = select(Signature).where(
         Signature.campaign == campaign.slug, Signature.email_key.in_(keyring.email_keys(normalised))
     )
-    existing = session.scalar(same_signer)
+    # While a key rotation is under way a repeat signer's row may carry the old key's hash, which the
+    # conflict below cannot see: look first. Otherwise the insert itself finds the repeat signer.
+    existing = session.scalar(same_signer) if len(keyring.index_keys) > 1 else None
     if existing is None:
         token, code, columns = _confirmation(settings, now)
-        row = Signature(
-            campaign=campaign.slug,
-            email_key=email_key,
-            key_id=keyring.primary,
-            name_enc=keyring.seal(data.name, "name"),
-            email_enc=keyring.seal(data.email, "email"),
-            city_enc=keyring.seal(data.city, "city") if data.city else None,
-            message_enc=keyring.seal(data.message, "message") if data.message else None,
-            country=data.country,
-            language=data.lang,
-            status=PENDING,
-            discreet=data.discreet,
-            created_at=now,
-            **columns,
+        # One statement, no savepoint: ON CONFLICT makes a concurrent twin (or a repeat) return no id.
+        new_id = session.scalar(
+            _insert(session, Signature)
+            .values(
+                campaign=campaign.slug,
+                email_key=keyring.email_key(normalised),
+                key_id=keyring.primary,
+                name_enc=keyring.seal(data.name, "name"),
+                email_enc=keyring.seal(data.email, "email"),
+                city_enc=keyring.seal(data.city, "city") if data.city else None,
+                message_enc=keyring.seal(data.message, "message") if data.message else None,
+                country=data.country,
+                language=data.lang,
+                status=PENDING,
+                discreet=data.discreet,
+                created_at=now,
+                **columns,
+            )
+            .on_conflict_do_nothing(index_elements=["campaign", "email_key"])
+            .returning(Signature.id)
         )
-        try:
-            with session.begin_nested():  # a concurrent twin on PostgreSQL fails here, not the whole request
-                session.add(row)
-        except IntegrityError:
-            existing = session.scalar(same_signer)
-            if existing is None:
-                raise
-        else:
+        if new_id is not None:
             message = composer.confirmation(
                 campaign=campaign, lang=data.lang, to=data.email, token=token, code=code, discreet=data.discreet
             )
-            outbox.enqueue(session, message, kind="confirm", keyring=keyring, signature_id=row.id, now=now)
-            return Signed(row.id, created=True)
+            outbox.enqueue(session, message, kind="confirm", keyring=keyring, signature_id=new_id, now=now)
+            return Signed(new_id, created=True)
+        existing = session.scalar(same_signer)
+        if existing is None:  # cannot happen: the conflict names this very row
+            raise RuntimeError("sign: insert conflicted but no signature was found")
     _tell_repeat_signer(
         session, existing, campaign=campaign, data=data, keyring=keyring, composer=composer,
         settings=settings, now=now,
@@ -342,11 +344,15 @@ def _confirm(
     return Confirmed(row.id, row.campaign, manage_token)
 
 
+def _insert(session: Session, table):
+    """INSERT with ON CONFLICT support, in the dialect of the session's database."""
+    dialect = session.get_bind().dialect.name
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+
+
 def _count(session: Session, *, campaign: str, country: str, now: datetime, delta: int = 1) -> None:
     values = {"campaign": campaign, "country": country, "day": now.date(), "confirmed": delta}
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = insert(SignatureCount).values(**values)
+    stmt = _insert(session, SignatureCount).values(**values)
     stmt = stmt.on_conflict_do_update(
         index_elements=["campaign", "country", "day"],
         set_={"confirmed": SignatureCount.confirmed + stmt.excluded.confirmed},

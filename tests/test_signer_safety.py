@@ -212,3 +212,21 @@ def test_confirmation_link_and_code_expire_after_the_configured_days(svc, smtp):
         # Two minutes earlier it was still valid.
         earlier = later - timedelta(minutes=2)
         assert signing.find_by_token(session, token, now=earlier).id == signed.signature_id
+
+
+def test_repeat_signer_is_found_mid_rotation_when_the_row_still_has_the_old_hash(tmp_path, sqlite_url):
+    old = encryption.new_key()
+    before = Services.build(make_settings(tmp_path, sqlite_url, data_key=f"k1:{old}"))
+    first = sign_and_confirm(before, PEOPLE[0])
+    before.db.dispose()
+    # A new primary key has been added, but the row has not been re-sealed yet.
+    during = Services.build(make_settings(tmp_path, sqlite_url, data_key=f"k2:{encryption.new_key()},k1:{old}"))
+    with during.db.write.begin() as session:
+        again = signing.sign(session, campaign=during.campaigns["mamay"],
+                             data=signing.validate({**SIGNER, **PEOPLE[0], "consent": True}),
+                             keyring=during.keyring, composer=during.composer, settings=during.settings,
+                             now=utcnow())
+    assert again.signature_id == first and not again.created
+    with during.db.read() as session:
+        assert session.query(Signature).count() == 1
+    during.db.dispose()
