@@ -9,6 +9,7 @@ database sees one write transaction where it would have seen hundreds competing 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -30,7 +31,8 @@ log = logging.getLogger(__name__)
 class _Item:
     campaign: Campaign
     data: signing.SignatureIn
-    future: Future[signing.Signed]
+    future: Future[signing.Signed] | asyncio.Future[signing.Signed]
+    loop: asyncio.AbstractEventLoop | None = None  # a request handler's future, settled on its own loop
 
 
 @dataclass
@@ -102,7 +104,12 @@ class Intake:
 
     async def sign(self, campaign: Campaign, data: signing.SignatureIn) -> signing.Signed:
         """Sign from a request handler; returns after the signature is committed, raises what signing raised."""
-        return await asyncio.wrap_future(self.submit(campaign, data))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[signing.Signed] = loop.create_future()
+        with self._lock:
+            self._start_locked()
+            self._queue.put(_Item(campaign, data, future, loop))
+        return await future
 
     # --- the writer ----------------------------------------------------------------------------------------
 
@@ -130,51 +137,74 @@ class Intake:
 
     def _write(self, batch: list[_Item]) -> None:
         # A request that went away before its turn is dropped unanswered: it was never acknowledged.
-        live = [item for item in batch if item.future.set_running_or_notify_cancel()]
+        live = [item for item in batch if (not item.future.cancelled() if item.loop
+                                           else item.future.set_running_or_notify_cancel())]
         if not live:
             return
         try:
             try:
-                # Refusals are rare (a closed campaign; a database error), so first try the batch without a
-                # savepoint per item; if anything fails, nothing of it is kept and the batch runs again isolated.
+                # A database error is rare, so first try the batch without a savepoint per item; if anything
+                # fails, nothing of it is kept and the batch runs again with each item isolated.
                 outcomes = self._commit(live, isolate=False)
             except Exception:
                 outcomes = self._commit(live, isolate=True)
         except Exception as exc:  # the transaction itself failed: nothing of this batch is durable
             log.exception("sign intake: batch of %d not committed", len(live))
-            for item in live:
-                item.future.set_exception(exc)
+            self._answer([(item, exc) for item in live])
             self.totals.failed += len(live)
             return
         # Committed: only now may anyone hear "accepted".
-        for item, outcome in outcomes:
-            if isinstance(outcome, signing.Signed):
-                item.future.set_result(outcome)
-                self.totals.signed += 1
-            else:
-                item.future.set_exception(outcome)
-                self.totals.failed += 1
+        self._answer(outcomes)
+        signed = sum(isinstance(outcome, signing.Signed) for _, outcome in outcomes)
+        self.totals.signed += signed
+        self.totals.failed += len(outcomes) - signed
         self.totals.batches += 1
         self.totals.largest_batch = max(self.totals.largest_batch, len(live))
 
+    @staticmethod
+    def _answer(outcomes: list[tuple[_Item, signing.Signed | Exception]]) -> None:
+        """Settle every future of a batch: each event loop is woken once for the lot, not once per request."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, signing.Signed | Exception]]] = {}
+        for item, outcome in outcomes:
+            if item.loop is None:
+                _settle(item.future, outcome)
+            else:
+                by_loop.setdefault(item.loop, []).append((item.future, outcome))
+        for loop, pairs in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # that loop has closed: nobody is waiting any more
+                loop.call_soon_threadsafe(_settle_all, pairs)
+
     def _commit(self, items: list[_Item], *, isolate: bool) -> list[tuple[_Item, signing.Signed | Exception]]:
-        """One transaction for every item; with `isolate`, each in its own SAVEPOINT so a refusal (rolled back
+        """One transaction for every item; with `isolate`, each in its own SAVEPOINT so a failure (rolled back
         to its savepoint) leaves the others in place."""
-        outcomes: list[tuple[_Item, signing.Signed | Exception]] = []
         with self.db.write.begin() as session:
+            if not isolate:
+                return list(zip(items, self._sign(session, items), strict=True))
+            outcomes: list[tuple[_Item, signing.Signed | Exception]] = []
             for item in items:
-                if not isolate:
-                    outcomes.append((item, self._sign(session, item)))
-                    continue
                 try:
                     with session.begin_nested():
-                        outcomes.append((item, self._sign(session, item)))
+                        outcomes.append((item, self._sign(session, [item])[0]))
                 except Exception as exc:
                     outcomes.append((item, exc))
-        return outcomes
+            return outcomes
 
-    def _sign(self, session, item: _Item) -> signing.Signed:
-        return signing.sign(
-            session, campaign=item.campaign, data=item.data, keyring=self.keyring, composer=self.composer,
-            settings=self.settings, now=self.clock(),
+    def _sign(self, session, items: list[_Item]) -> list[signing.Signed | signing.SigningError]:
+        return signing.sign_many(
+            session, [(item.campaign, item.data) for item in items], keyring=self.keyring,
+            composer=self.composer, settings=self.settings, now=self.clock(),
         )
+
+
+def _settle(future: Future | asyncio.Future, outcome: signing.Signed | Exception) -> None:
+    if future.done():  # a request handler's future cancelled meanwhile
+        return
+    if isinstance(outcome, Exception):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
+
+
+def _settle_all(pairs: list[tuple[asyncio.Future, signing.Signed | Exception]]) -> None:
+    for future, outcome in pairs:
+        _settle(future, outcome)

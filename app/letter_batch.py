@@ -8,7 +8,6 @@ in the output depends on the clock: the same data always gives the same bytes.
 
 from __future__ import annotations
 
-import binascii
 import contextlib
 import hmac
 import multiprocessing
@@ -28,7 +27,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app import letters, mail, outbox, signing
+from app import letters, mail, signing
 from app.campaigns import Campaign, Target
 from app.db import Database
 from app.encryption import Keyring, load_keyring
@@ -193,14 +192,14 @@ class Renderer:
             if plan.dated:
                 msg["Date"] = format_datetime(plan.dated)
             msg.set_content("\u00e9", charset="utf-8", cte="base64")  # Cyrillic: a third of quoted-printable
-            self._heads[key] = msg.as_bytes(policy=outbox.UNFOLDED).partition(b"\n\n")[0]
+            self._heads[key] = msg.as_bytes(policy=mail.STORED).partition(b"\n\n")[0]
         return self._heads[key]
 
     def message(self, plan: Plan, sig_id: int, letter: letters.Letter) -> bytes:
         target = self.campaign.target(letter.target)
         assert target is not None
         digest = hmac.digest(self.secret, f"{self.campaign.slug}:{sig_id}:{letter.target}".encode(), "sha256")
-        body = base64_lines(letter.text.encode())
+        body = mail.base64_lines(letter.text.encode())
         return b"%s\nMessage-ID: <letter-%s@%s>\n\n%s\n" % (
             self.head(plan, target, letter.lang), digest[:16].hex().encode(), self.domain.encode(), body)
 
@@ -213,12 +212,6 @@ class Renderer:
         if b"From " in message:  # rare (a base64 body never has it): quote mbox separators (mboxrd)
             message = MBOX_FROM_LINE.sub(rb">\1", message)
         return b"From MAILER-DAEMON %s\n%s\n" % (stamp, message)
-
-
-def base64_lines(data: bytes) -> bytes:
-    """Base64 in lines of 76 (RFC 2045), encoded in one call: base64.encodebytes loops in Python per line."""
-    flat = binascii.b2a_base64(data, newline=False)
-    return b"\n".join([flat[i:i + 76] for i in range(0, len(flat), 76)]) + b"\n"
 
 
 def _append(part: Path, out) -> None:

@@ -6,9 +6,12 @@ classified once, here: a 5xx answer is permanent, everything else (4xx, refused,
 
 from __future__ import annotations
 
+import binascii
+import re
 import smtplib
 import ssl
 from dataclasses import dataclass
+from email import policy
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import formatdate, getaddresses
@@ -18,6 +21,16 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from app import i18n
 from app.campaigns import Campaign
 from app.settings import Settings
+
+# Mails are stored and sent with header lines unfolded up to RFC 5322's 998: Python 3.11 folds a long
+# encoded (Cyrillic) subject or name at 78 by moving a space out of the encoded words, where readers drop it.
+STORED = policy.default.clone(max_line_length=998)
+# An address that needs no encoding in a header (nearly every signer's): `prepare` writes it as it is. Anything
+# else, such as an internationalised address, goes through EmailMessage like every other header.
+_PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}@[A-Za-z0-9.-]{1,253}")
+# Stand-ins for the per-mail values while a signer mail's template is rendered once per language.
+_SLOTS = ("\x00link\x00", "\x00code\x00")
+_SLOT_SPLIT = re.compile("(" + "|".join(map(re.escape, _SLOTS)) + ")")
 
 
 class TemporaryFailure(Exception):
@@ -32,11 +45,27 @@ def mail_domain(settings: Settings) -> str:
     return settings.mail_from.rpartition("@")[2] or "localhost"
 
 
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A mail already in the bytes it is stored and sent as (see `envelope`), with its recipients."""
+
+    raw: bytes
+    recipients: tuple[str, ...]
+
+
 class Composer:
-    """Renders the product's mails in the signer's language."""
+    """Renders the product's mails in the signer's language.
+
+    Signer mails are on the sign path, where EmailMessage (parsing every header it is given, then folding it
+    again) cost more than storing the signature. So their constant headers are made once per subject and
+    sender through EmailMessage, their bodies rendered once per language with stand-ins for the link and
+    code, and each mail is those parts around its own address, date, link and code.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self._heads: dict[tuple[str, str, str], bytes] = {}
+        self._bodies: dict[tuple, list[str]] = {}
 
     def build(
         self,
@@ -64,6 +93,23 @@ class Composer:
             msg.add_alternative(html, subtype="html")
         return msg
 
+    def prepare(self, *, to: str, subject: str, body: str, from_name: str | None = None,
+                from_addr: str | None = None) -> Prepared | EmailMessage:
+        """A plain-text mail to one address, as `build` would make it, in the form the outbox stores."""
+        if not _PLAIN_ADDRESS.fullmatch(to):
+            return self.build(to=to, subject=subject, body=body, from_name=from_name, from_addr=from_addr)
+        sender = (from_name or self.settings.mail_from_name, from_addr or self.settings.mail_from)
+        head = self._heads.get((subject, *sender))
+        if head is None:
+            proto = EmailMessage()
+            proto["From"] = Address(sender[0], addr_spec=sender[1])
+            proto["Subject"] = subject
+            proto.set_content("\u00e9", cte="base64")  # the body's headers: any non-ASCII text gives these
+            head = self._heads[(subject, *sender)] = proto.as_bytes(policy=STORED).partition(b"\n\n")[0]
+        raw = b"".join((head, b"\nTo: ", to.encode(), b"\nDate: ", formatdate().encode(), b"\n\n",
+                        base64_lines(body.encode())))
+        return Prepared(raw, (to,))
+
     def _render(self, template: str, lang: str, **context: object) -> str:
         return i18n.page_env(lang).get_template(f"mail/{template}").render(
             base_url=self.settings.base_url, **context
@@ -72,17 +118,30 @@ class Composer:
     def _signer_mail(
         self, template: str, *, campaign: Campaign, lang: str, to: str, subject: str, discreet: bool,
         **context: object,
-    ) -> EmailMessage:
+    ) -> Prepared | EmailMessage:
         _ = i18n.translations(lang).gettext
-        body = self._render(template, lang, campaign=None if discreet else campaign, lang_code=lang, **context)
+        body = self._body(template, lang, None if discreet else campaign, **context)
         if discreet:
-            return self.build(to=to, subject=_("Your confirmation code"), body=body, from_name=_("Notifications"),
-                              from_addr=self.settings.discreet_mail_from or f"noreply@{mail_domain(self.settings)}")
-        return self.build(to=to, subject=subject, body=body)
+            return self.prepare(to=to, subject=_("Your confirmation code"), body=body, from_name=_("Notifications"),
+                                from_addr=self.settings.discreet_mail_from or f"noreply@{mail_domain(self.settings)}")
+        return self.prepare(to=to, subject=subject, body=body)
+
+    def _body(self, template: str, lang: str, campaign: Campaign | None, *, link: str | None = None,
+              code: str | None = None, **context: object) -> str:
+        """The template rendered once per language and campaign with stand-ins, then filled for this mail."""
+        key = (template, lang, campaign.slug if campaign else None, link is None, code is None, *context.items())
+        parts = self._bodies.get(key)
+        if parts is None:
+            rendered = self._render(template, lang, campaign=campaign, lang_code=lang,
+                                    link=None if link is None else _SLOTS[0], code=None if code is None else _SLOTS[1],
+                                    **context)
+            parts = self._bodies[key] = _SLOT_SPLIT.split(rendered)
+        values = {_SLOTS[0]: link, _SLOTS[1]: code}
+        return "".join(values.get(part, part) for part in parts)  # type: ignore[misc]
 
     def confirmation(
         self, *, campaign: Campaign, lang: str, to: str, token: str, code: str, discreet: bool
-    ) -> EmailMessage:
+    ) -> Prepared | EmailMessage:
         _ = i18n.translations(lang).gettext
         return self._signer_mail(
             "confirm.txt", campaign=campaign, lang=lang, to=to, discreet=discreet,
@@ -93,7 +152,7 @@ class Composer:
 
     def already_signed(
         self, *, campaign: Campaign, lang: str, to: str, token: str | None, code: str | None, discreet: bool
-    ) -> EmailMessage:
+    ) -> Prepared | EmailMessage:
         _ = i18n.translations(lang).gettext
         return self._signer_mail(
             "already.txt", campaign=campaign, lang=lang, to=to, discreet=discreet,
@@ -104,7 +163,7 @@ class Composer:
 
     def confirmed(
         self, *, campaign: Campaign, lang: str, to: str, manage_token: str, discreet: bool
-    ) -> EmailMessage:
+    ) -> Prepared | EmailMessage:
         _ = i18n.translations(lang).gettext
         return self._signer_mail(
             "confirmed.txt", campaign=campaign, lang=lang, to=to, discreet=discreet,
@@ -112,14 +171,20 @@ class Composer:
             link=f"{self.settings.base_url}/s/{manage_token}?lang={lang}",
         )
 
-    def erase_link(self, *, lang: str, to: str, token: str, hours: int) -> EmailMessage:
+    def erase_link(self, *, lang: str, to: str, token: str, hours: int) -> Prepared | EmailMessage:
         """The single-purpose link that removes a signer's data. Always from the neutral sender and naming no
         campaign: whoever asks to be removed may have become at risk, and the link covers every campaign."""
         _ = i18n.translations(lang).gettext
         body = self._render("erase.txt", lang, lang_code=lang, hours=hours,
                             link=f"{self.settings.base_url}/erase/{token}?lang={lang}")
-        return self.build(to=to, subject=_("The link you asked for"), body=body, from_name=_("Notifications"),
-                          from_addr=self.settings.discreet_mail_from or f"noreply@{mail_domain(self.settings)}")
+        return self.prepare(to=to, subject=_("The link you asked for"), body=body, from_name=_("Notifications"),
+                            from_addr=self.settings.discreet_mail_from or f"noreply@{mail_domain(self.settings)}")
+
+
+def base64_lines(data: bytes) -> bytes:
+    """Base64 in lines of 76 (RFC 2045), encoded in one call: base64.encodebytes loops in Python per line."""
+    flat = binascii.b2a_base64(data, newline=False)
+    return b"\n".join([flat[i:i + 76] for i in range(0, len(flat), 76)]) + b"\n"
 
 
 @dataclass(frozen=True)

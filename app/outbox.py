@@ -13,11 +13,10 @@ import random
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from email import policy
 from email.message import EmailMessage
 from email.utils import getaddresses
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from app import mail
@@ -27,9 +26,6 @@ from app.models import OutboxMessage
 
 log = logging.getLogger(__name__)
 QUEUED, SENDING, SENT, FAILED = "queued", "sending", "sent", "failed"
-# Mails are stored and sent with header lines unfolded up to RFC 5322's 998: Python 3.11 folds a long
-# encoded (Cyrillic) subject or name at 78 by moving a space out of the encoded words, where readers drop it.
-UNFOLDED = policy.default.clone(max_line_length=998)
 LEASE = timedelta(minutes=5)
 BACKOFF_BASE = timedelta(seconds=30)
 BACKOFF_MAX = timedelta(hours=2)
@@ -39,9 +35,8 @@ def recipients_of(msg: EmailMessage) -> list[str]:
     return [addr for _, addr in getaddresses(msg.get_all("To", []) + msg.get_all("Cc", [])) if addr]
 
 
-def enqueue(
-    session: Session,
-    msg: EmailMessage,
+def row_values(
+    msg: EmailMessage | mail.Prepared,
     *,
     kind: str,
     keyring: Keyring,
@@ -49,22 +44,37 @@ def enqueue(
     signature_id: int | None = None,
     target: str | None = None,
     not_before: datetime | None = None,
-) -> OutboxMessage:
-    """Add a mail to the caller's transaction. Recipients and body are sealed like any personal data."""
-    row = OutboxMessage(
-        kind=kind,
-        key_id=keyring.primary,
-        recipient_enc=keyring.seal(",".join(recipients_of(msg)), "recipient"),
-        message_enc=keyring.seal_bytes(msg.as_bytes(policy=UNFOLDED), "message"),
-        signature_id=signature_id,
-        target=target,
-        state=QUEUED,
-        attempts=0,
-        next_attempt_at=not_before or now,
-        created_at=now,
-    )
+) -> dict[str, object]:
+    """A mail as an outbox row's columns. Recipients and body are sealed like any personal data."""
+    if isinstance(msg, mail.Prepared):
+        recipients, raw = msg.recipients, msg.raw
+    else:
+        recipients, raw = recipients_of(msg), msg.as_bytes(policy=mail.STORED)
+    return {
+        "kind": kind,
+        "key_id": keyring.primary,
+        "recipient_enc": keyring.seal(",".join(recipients), "recipient"),
+        "message_enc": keyring.seal_bytes(raw, "message"),
+        "signature_id": signature_id,
+        "target": target,
+        "state": QUEUED,
+        "attempts": 0,
+        "next_attempt_at": not_before or now,
+        "created_at": now,
+    }
+
+
+def enqueue(session: Session, msg: EmailMessage | mail.Prepared, **how) -> OutboxMessage:
+    """Add a mail to the caller's transaction (`how`: the keywords of `row_values`)."""
+    row = OutboxMessage(**row_values(msg, **how))
     session.add(row)
     return row
+
+
+def enqueue_many(session: Session, rows: list[dict[str, object]]) -> None:
+    """Add many mails (made by `row_values`) to the caller's transaction in one statement."""
+    if rows:
+        session.execute(insert(OutboxMessage), rows)
 
 
 def backoff(attempts: int) -> timedelta:

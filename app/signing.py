@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -180,35 +180,108 @@ def sign(
     settings: Settings,
     now: datetime,
 ) -> Signed:
-    if not campaign.is_open(now.date()):
-        raise CampaignClosed(campaign.slug)
+    outcome = sign_many(session, [(campaign, data)], keyring=keyring, composer=composer, settings=settings, now=now)[0]
+    if isinstance(outcome, SigningError):
+        raise outcome
+    return outcome
+
+
+def sign_many(
+    session: Session,
+    requests: Sequence[tuple[Campaign, SignatureIn]],
+    *,
+    keyring: Keyring,
+    composer: mail.Composer,
+    settings: Settings,
+    now: datetime,
+) -> list[Signed | SigningError]:
+    """Sign each request in the caller's transaction, as one after the other would; outcomes in request order.
+
+    New signers (nearly all) take one INSERT ... ON CONFLICT DO NOTHING for the lot and one more for their
+    mails. A conflict is a repeat signer (or the same address twice in this batch); those, and every request
+    while a key rotation is under way, go one by one through `_sign_one`."""
+    outcomes: list[Signed | SigningError | None] = [None] * len(requests)
+    one_by_one: list[int] = []
+    fresh: dict[tuple[str, bytes], tuple[int, str, str]] = {}  # (campaign, email key) -> (request, token, code)
+    rows: list[dict[str, object]] = []
+    rotating = len(keyring.index_keys) > 1
+    for i, (campaign, data) in enumerate(requests):
+        if not campaign.is_open(now.date()):
+            outcomes[i] = CampaignClosed(campaign.slug)
+            continue
+        email_key = keyring.email_key(normalise_email(data.email))
+        if rotating or (campaign.slug, email_key) in fresh:
+            one_by_one.append(i)
+            continue
+        token, code, columns = _confirmation(settings, now)
+        fresh[(campaign.slug, email_key)] = (i, token, code)
+        rows.append(_new_row(campaign, data, email_key, keyring, now) | columns)
+    if rows:
+        # ON CONFLICT makes a concurrent twin or a repeat signer return no id, with no savepoint and no lookup.
+        inserted = session.connection().execute(
+            _insert(session, Signature)
+            .on_conflict_do_nothing(index_elements=["campaign", "email_key"])
+            .returning(Signature.id, Signature.campaign, Signature.email_key),
+            rows,
+        )
+        mails: list[dict[str, object]] = []
+        for new_id, slug, email_key in inserted:
+            i, token, code = fresh.pop((slug, email_key))
+            campaign, data = requests[i]
+            message = composer.confirmation(
+                campaign=campaign, lang=data.lang, to=data.email, token=token, code=code, discreet=data.discreet
+            )
+            mails.append(outbox.row_values(message, kind="confirm", keyring=keyring, signature_id=new_id, now=now))
+            outcomes[i] = Signed(new_id, created=True)
+        outbox.enqueue_many(session, mails)
+        one_by_one.extend(i for i, _, _ in fresh.values())  # conflicted: already signed
+    for i in sorted(one_by_one):
+        campaign, data = requests[i]
+        outcomes[i] = _sign_one(
+            session, campaign=campaign, data=data, keyring=keyring, composer=composer, settings=settings, now=now
+        )
+    return outcomes  # type: ignore[return-value]
+
+
+def _new_row(campaign: Campaign, data: SignatureIn, email_key: bytes, keyring: Keyring, now: datetime) -> dict:
+    return {
+        "campaign": campaign.slug,
+        "email_key": email_key,
+        "key_id": keyring.primary,
+        "name_enc": keyring.seal(data.name, "name"),
+        "email_enc": keyring.seal(data.email, "email"),
+        "city_enc": keyring.seal(data.city, "city") if data.city else None,
+        "message_enc": keyring.seal(data.message, "message") if data.message else None,
+        "country": data.country,
+        "language": data.lang,
+        "status": PENDING,
+        "discreet": data.discreet,
+        "created_at": now,
+    }
+
+
+def _sign_one(
+    session: Session,
+    *,
+    campaign: Campaign,
+    data: SignatureIn,
+    keyring: Keyring,
+    composer: mail.Composer,
+    settings: Settings,
+    now: datetime,
+) -> Signed:
     normalised = normalise_email(data.email)
     same_signer = select(Signature).where(
         Signature.campaign == campaign.slug, Signature.email_key.in_(keyring.email_keys(normalised))
     )
     # While a key rotation is under way a repeat signer's row may carry the old key's hash, which the
-    # conflict below cannot see: look first. Otherwise the insert itself finds the repeat signer.
-    existing = session.scalar(same_signer) if len(keyring.index_keys) > 1 else None
+    # conflict below cannot see: look first.
+    existing = session.scalar(same_signer)
     if existing is None:
         token, code, columns = _confirmation(settings, now)
-        # One statement, no savepoint: ON CONFLICT makes a concurrent twin (or a repeat) return no id.
         new_id = session.scalar(
             _insert(session, Signature)
-            .values(
-                campaign=campaign.slug,
-                email_key=keyring.email_key(normalised),
-                key_id=keyring.primary,
-                name_enc=keyring.seal(data.name, "name"),
-                email_enc=keyring.seal(data.email, "email"),
-                city_enc=keyring.seal(data.city, "city") if data.city else None,
-                message_enc=keyring.seal(data.message, "message") if data.message else None,
-                country=data.country,
-                language=data.lang,
-                status=PENDING,
-                discreet=data.discreet,
-                created_at=now,
-                **columns,
-            )
+            .values(**_new_row(campaign, data, keyring.email_key(normalised), keyring, now), **columns)
             .on_conflict_do_nothing(index_elements=["campaign", "email_key"])
             .returning(Signature.id)
         )
