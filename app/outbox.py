@@ -74,7 +74,7 @@ def enqueue(session: Session, msg: EmailMessage | mail.Prepared, **how) -> Outbo
 def enqueue_many(session: Session, rows: list[dict[str, object]]) -> None:
     """Add many mails (made by `row_values`) to the caller's transaction in one statement."""
     if rows:
-        session.execute(insert(OutboxMessage), rows)
+        session.connection().execute(insert(OutboxMessage), rows)  # Core: no ORM bookkeeping per row
 
 
 def backoff(attempts: int) -> timedelta:

@@ -30,7 +30,13 @@ def token_hash(token: str) -> bytes:
 
 
 def new_code() -> str:
-    return "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
+    # One draw for the whole code, spelled in base len(CODE_ALPHABET): uniform, like a draw per character.
+    n, base = secrets.randbelow(len(CODE_ALPHABET) ** CODE_LENGTH), len(CODE_ALPHABET)
+    digits = []
+    for _ in range(CODE_LENGTH):
+        n, digit = divmod(n, base)
+        digits.append(CODE_ALPHABET[digit])
+    return "".join(digits)
 
 
 def normalise_code(typed: str) -> str:
