@@ -16,11 +16,11 @@ from datetime import datetime, timedelta
 from email.message import EmailMessage
 from email.utils import getaddresses
 
-from sqlalchemy import delete, func, insert, or_, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app import mail
-from app.db import Database, utcnow
+from app.db import Database, driver_rows, utcnow
 from app.encryption import Keyring
 from app.models import OutboxMessage
 
@@ -73,8 +73,7 @@ def enqueue(session: Session, msg: EmailMessage | mail.Prepared, **how) -> Outbo
 
 def enqueue_many(session: Session, rows: list[dict[str, object]]) -> None:
     """Add many mails (made by `row_values`) to the caller's transaction in one statement."""
-    if rows:
-        session.connection().execute(insert(OutboxMessage), rows)  # Core: no ORM bookkeeping per row
+    driver_rows(session.connection(), OutboxMessage.__table__, rows)
 
 
 def backoff(attempts: int) -> timedelta:

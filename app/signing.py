@@ -18,7 +18,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from app import mail, outbox, security
+from app import db, mail, outbox, security
 from app.campaigns import LANGUAGES, Campaign
 from app.encryption import Keyring
 from app.models import CONFIRMED, PENDING, Signature, SignatureCount
@@ -218,11 +218,9 @@ def sign_many(
         rows.append(_new_row(campaign, data, email_key, keyring, now) | columns)
     if rows:
         # ON CONFLICT makes a concurrent twin or a repeat signer return no id, with no savepoint and no lookup.
-        inserted = session.connection().execute(
-            _insert(session, Signature)
-            .on_conflict_do_nothing(index_elements=["campaign", "email_key"])
-            .returning(Signature.id, Signature.campaign, Signature.email_key),
-            rows,
+        inserted = db.driver_rows(
+            session.connection(), Signature.__table__, rows,
+            suffix=" ON CONFLICT (campaign, email_key) DO NOTHING RETURNING id, campaign, email_key",
         )
         mails: list[dict[str, object]] = []
         for new_id, slug, email_key in inserted:
