@@ -56,7 +56,7 @@ class Intake:
         keyring: Keyring,
         composer: mail.Composer,
         settings: Settings,
-        batch_size: int = 16,
+        batch_size: int = 128,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.db, self.keyring, self.composer, self.settings = db, keyring, composer, settings

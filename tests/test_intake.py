@@ -58,16 +58,20 @@ def test_no_answer_before_commit_and_the_row_is_there_when_it_comes(svc, intake)
 def test_signatures_waiting_on_the_lock_are_committed_together_in_one_batch(svc, intake):
     blocker = hold_write_lock(svc)
     try:
-        futures = [intake.submit(svc.campaigns["mamay"], signer(i)) for i in range(40)]
+        # The writer takes the first and waits for the lock with it; the rest queue up meanwhile.
+        first = intake.submit(svc.campaigns["mamay"], signer(0))
+        time.sleep(0.2)
+        n = intake.batch_size + 24
+        futures = [first, *(intake.submit(svc.campaigns["mamay"], signer(i)) for i in range(1, n))]
         time.sleep(0.2)
     finally:
         blocker.rollback()
         blocker.close()
     ids = {f.result(timeout=10).signature_id for f in futures}
-    assert len(ids) == 40 and rows(svc) == 40 and rows(svc, OutboxMessage) == 40
-    # The first may have gone alone (it was taken before the rest arrived); the rest filled whole batches.
+    assert len(ids) == n and rows(svc) == n and rows(svc, OutboxMessage) == n
+    # The first went alone; the rest filled whole batches.
     assert intake.totals.largest_batch == intake.batch_size
-    assert intake.totals.batches <= 1 + math.ceil(39 / intake.batch_size)
+    assert intake.totals.batches == 1 + math.ceil((n - 1) / intake.batch_size)
 
 
 def test_a_refused_item_does_not_sink_the_rest_of_its_batch(svc, intake):
@@ -100,6 +104,29 @@ def test_the_same_signer_twice_in_one_batch_is_one_row_and_two_mails(svc, intake
     a, b = first.result(timeout=10), again.result(timeout=10)
     assert a.signature_id == b.signature_id and a.created and not b.created
     assert rows(svc) == 1 and rows(svc, OutboxMessage) == 2
+
+
+def test_repeat_signers_in_a_batch_of_new_ones_get_their_own_answer_and_mail_in_order(svc, intake):
+    earlier = intake.submit(svc.campaigns["mamay"], signer(1)).result(timeout=10)
+    blocker = hold_write_lock(svc)
+    try:
+        mixed = [signer(1), signer(2), signer(1, email="Intake1+again@example.org"), signer(3), signer(2)]
+        futures = [intake.submit(svc.campaigns["mamay"], data) for data in mixed]
+        time.sleep(0.2)
+    finally:
+        blocker.rollback()
+        blocker.close()
+    answers = [f.result(timeout=10) for f in futures]
+    assert [a.created for a in answers] == [False, True, False, True, False]
+    assert answers[0].signature_id == answers[2].signature_id == earlier.signature_id
+    assert answers[1].signature_id == answers[4].signature_id != answers[3].signature_id
+    with svc.db.read() as s:
+        kinds = s.execute(select(OutboxMessage.signature_id, OutboxMessage.kind).order_by(OutboxMessage.id)).all()
+    assert rows(svc) == 3
+    one, two, three = earlier.signature_id, answers[1].signature_id, answers[3].signature_id
+    assert sorted(kinds) == sorted([
+        (one, "confirm"), (one, "already"), (one, "already"), (two, "confirm"), (two, "already"), (three, "confirm"),
+    ])
 
 
 def test_stop_commits_and_answers_everything_already_queued(svc):
