@@ -1,8 +1,10 @@
 """Exports for organisers: counts and signatures as CSV or JSON, streamed in constant memory, each one logged.
 
-Signatures are read in keyset-paginated batches through a read session of the export's own and opened one row at a
-time, so a million rows cost what one batch costs. Every cell a spreadsheet could run as a formula is made inert,
-in CSV and in JSON alike, and erased signatures are never exported.
+Signatures are read with the driver's own cursor in keyset pages along the primary key and opened a page at a
+time, so a million rows cost what one page costs. A big export is cut into id ranges that forked worker processes
+read and render while the parent writes their text in id order: the bytes never depend on how many processes made
+them. Every cell a spreadsheet could run as a formula is made inert, in CSV and in JSON alike, and erased
+signatures are never exported.
 """
 
 from __future__ import annotations
@@ -11,18 +13,23 @@ import csv
 import io
 import json
 import logging
+import multiprocessing
+import os
+import sys
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
-from typing import Any, Literal
+from itertools import islice
+from typing import Any, BinaryIO, Literal
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app import i18n, signing
 from app.db import Database, utcnow
-from app.encryption import Keyring
-from app.models import CONFIRMED, PENDING, ExportLog, Signature, TargetOptIn
+from app.encryption import NONCE_BYTES, KeyError_, Keyring
+from app.models import CONFIRMED, PENDING, ExportLog, Signature
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +41,9 @@ SIGNATURE_COLUMNS = (
     "id", "name", "email", "city", "country", "language", "status", "created_at", "confirmed_at", "message",
     "opt_in_targets",
 )
-BATCH = 500
+BATCH = 500  # rows per page read, and per chunk streamed, in one process (the web route)
+SPAN = 20_000  # signature ids per range that a worker process reads and renders in one go
+SPAN_PAGE = 5_000  # rows per page inside a range
 # A spreadsheet runs a cell that starts with one of these (the full-width forms too, in some locales).
 FORMULA_LEADS = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")
 
@@ -64,59 +73,187 @@ class SignatureQuery:
         return f"signatures {self.status} {fmt}" + (f" since {self.since.isoformat()}" if self.since else "")
 
 
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat(timespec="seconds") if value else None
+def _stamper(parse: Callable[[Any], Any] | None) -> Callable[[Any], str | None]:
+    """ISO 8601 text (seconds, UTC) of a timestamp as the driver hands it back. SQLite gives SQLAlchemy's own
+    text form ("YYYY-MM-DD HH:MM:SS.ffffff", UTC), which is cut instead of parsed; anything else goes through the
+    column type, as an ORM read would."""
+    parse = parse or (lambda value: value)
+
+    def stamp(value: Any) -> str | None:
+        if value is None:
+            return None
+        if value.__class__ is str and len(value) == 26 and value[10] == " " and value[19] == ".":
+            return value[:10] + "T" + value[11:19] + "+00:00"
+        return parse(value).isoformat(timespec="seconds")
+
+    return stamp
 
 
-def signature_records(db: Database, keyring: Keyring, query: SignatureQuery, *, batch: int = BATCH) -> Iterator[dict]:
-    """One dict per signature, opened on the fly. Opens (and closes) its own read session."""
-    columns = (
-        Signature.id, Signature.key_id, Signature.name_enc, Signature.email_enc, Signature.city_enc,
-        Signature.message_enc, Signature.country, Signature.language, Signature.status, Signature.created_at,
-        Signature.confirmed_at,
-    )
-    # `|| ''` keeps these filters off the (campaign, status) index: paging must walk the primary key, or SQLite
-    # without planner statistics re-reads the whole campaign for every page (quadratic on a big export).
-    campaign, status = Signature.campaign.concat(""), Signature.status.concat("")
-    where = [campaign == query.campaign, Signature.erased_at.is_(None)]
-    if query.status == "confirmed":
-        where.append(status == CONFIRMED)
-    elif query.status == "pending":
-        where.append(status == PENDING)
-    if query.since:
-        where.append(Signature.created_at >= datetime.combine(query.since, time(), tzinfo=UTC))
-    last_id = 0
-    with db.read() as session:
-        while True:
-            rows = session.execute(
-                select(*columns).where(*where, Signature.id > last_id).order_by(Signature.id).limit(batch)
-            ).all()
+class Reader:
+    """Reads and opens the signatures of one query in one process: the driver's plain tuples (no ORM rows), one
+    opt-in query per page, and each key's cipher called directly in the loop."""
+
+    def __init__(self, db: Database, keyring: Keyring, query: SignatureQuery) -> None:
+        self.db, self.keyring, self.query = db, keyring, query
+        dialect = db.engine.dialect
+        mark = "?" if dialect.paramstyle == "qmark" else "%s"
+        # `|| ''` keeps these filters off the (campaign, status) index: paging must walk the primary key, or SQLite
+        # without planner statistics re-reads the whole campaign for every page (quadratic on a big export).
+        where = [f"campaign || '' = {mark}", "erased_at IS NULL"]
+        params: list[Any] = [query.campaign]
+        if query.status != "all":
+            where.append(f"status || '' = {mark}")
+            params.append(CONFIRMED if query.status == "confirmed" else PENDING)
+        created = Signature.__table__.c.created_at.type
+        if query.since:
+            bind = created.bind_processor(dialect) or (lambda value: value)
+            where.append(f"created_at >= {mark}")
+            params.append(bind(datetime.combine(query.since, time(), tzinfo=UTC)))
+        self.params = tuple(params)
+        self.page_sql = (
+            "SELECT id, key_id, name_enc, email_enc, city_enc, message_enc, country, language, status, created_at,"
+            f" confirmed_at FROM signatures WHERE {' AND '.join(where)} AND id > {mark} AND id <= {mark}"
+            f" ORDER BY id LIMIT {mark}"
+        )
+        self.opt_in_sql = (f"SELECT signature_id, target FROM target_opt_ins WHERE signature_id >= {mark}"
+                           f" AND signature_id <= {mark} ORDER BY signature_id, target")
+        self.stamp = _stamper(created.result_processor(dialect, None))
+
+    @staticmethod
+    def bounds(cursor) -> tuple[int, int]:
+        """The lowest and highest signature id of any campaign (both cheap: the ends of the primary key)."""
+        cursor.execute("SELECT min(id), max(id) FROM signatures")
+        low, high = cursor.fetchone()
+        return (low or 1), (high or 0)
+
+    def pages(self, cursor, after: int, last: int, size: int) -> Iterator[tuple[list, dict[int, list[str]]]]:
+        """(rows, opt-in targets by signature id) a page at a time, for the ids in (after, last]."""
+        while after < last:
+            cursor.execute(self.page_sql, (*self.params, after, last, size))
+            rows = cursor.fetchall()
             if not rows:
                 return
             opt_ins: dict[int, list[str]] = {}
-            for signature_id, target in session.execute(
-                select(TargetOptIn.signature_id, TargetOptIn.target)
-                .where(TargetOptIn.signature_id.in_([r.id for r in rows]))
-                .order_by(TargetOptIn.signature_id, TargetOptIn.target)
-            ):
+            cursor.execute(self.opt_in_sql, (rows[0][0], rows[-1][0]))
+            for signature_id, target in cursor.fetchall():
                 opt_ins.setdefault(signature_id, []).append(target)
-            for r in rows:
-                yield {
-                    "id": r.id,
-                    "name": keyring.open(r.name_enc, "name", r.key_id),
-                    "email": keyring.open(r.email_enc, "email", r.key_id),
-                    "city": keyring.open(r.city_enc, "city", r.key_id) or "",
-                    "country": r.country,
-                    "language": r.language,
-                    "status": r.status,
-                    "created_at": _iso(r.created_at),
-                    "confirmed_at": _iso(r.confirmed_at),
-                    "message": keyring.open(r.message_enc, "message", r.key_id) or "",
-                    "opt_in_targets": opt_ins.get(r.id, []),
-                }
-            last_id = rows[-1].id
-            if len(rows) < batch:
+            yield rows, opt_ins
+            if len(rows) < size:
                 return
+            after = rows[-1][0]
+
+    def _decrypt(self, key_id: str) -> Callable[[bytes, bytes, bytes], bytes]:
+        """The cipher of one data key, called directly (keyring.open per field costs more than the AES itself)."""
+        aead = self.keyring.keys.get(key_id)
+        if aead is None:
+            raise KeyError_(f"data key {key_id!r} is not in CAMPAIGN_DATA_KEY")
+        return aead.decrypt
+
+    def opened(self, rows: list, opt_ins: dict[int, list[str]]) -> Iterator[tuple]:
+        """Each row opened, as a tuple in SIGNATURE_COLUMNS order (name and email None where absent)."""
+        stamp, n, none = self.stamp, NONCE_BYTES, ()
+        current, decrypt = None, None
+        for sid, key_id, name, email, city, message, country, language, status, created, confirmed in rows:
+            if key_id != current:
+                current, decrypt = key_id, self._decrypt(key_id)
+            yield (
+                sid,
+                None if name is None else decrypt(name[:n], name[n:], b"name").decode(),
+                None if email is None else decrypt(email[:n], email[n:], b"email").decode(),
+                "" if city is None else decrypt(city[:n], city[n:], b"city").decode(),
+                country, language, status, stamp(created), stamp(confirmed),
+                "" if message is None else decrypt(message[:n], message[n:], b"message").decode(),
+                opt_ins.get(sid, none),
+            )
+
+    def csv_text(self, rows: list, opt_ins: dict[int, list[str]]) -> str:
+        """CSV lines of one page, as csv.writer writes them; a cell a spreadsheet would run as a formula gets a
+        leading apostrophe. The loop of opened() is repeated here, inline: this is the hot path of a big export."""
+        n, leads = NONCE_BYTES, LEAD_SET
+        buf = io.StringIO()
+        writerow = csv.writer(buf).writerow
+        lines: list[str] = []
+        current, decrypt = None, None
+        for sid, key_id, name, email, city, message, country, language, status, created, confirmed in rows:
+            if key_id != current:
+                current, decrypt = key_id, self._decrypt(key_id)
+            name = "" if name is None else decrypt(name[:n], name[n:], b"name").decode()
+            email = "" if email is None else decrypt(email[:n], email[n:], b"email").decode()
+            city = "" if city is None else decrypt(city[:n], city[n:], b"city").decode()
+            message = "" if message is None else decrypt(message[:n], message[n:], b"message").decode()
+            targets = opt_ins.get(sid)
+            targets = ";".join(targets) if targets else ""
+            # SQLite hands back SQLAlchemy's text form of UTC ("YYYY-MM-DD HH:MM:SS.ffffff"): cut, not parsed.
+            if created.__class__ is str and len(created) == 26 and created[10] == " " and created[19] == ".":
+                created = f"{created[:10]}T{created[11:19]}+00:00"
+            else:
+                created = self.stamp(created)
+            if confirmed is None:
+                confirmed = ""
+            elif confirmed.__class__ is str and len(confirmed) == 26 and confirmed[10] == " " and confirmed[19] == ".":
+                confirmed = f"{confirmed[:10]}T{confirmed[11:19]}+00:00"
+            else:
+                confirmed = self.stamp(confirmed)
+            cells = (
+                str(sid),
+                "'" + name if name[:1] in leads else name,
+                "'" + email if email[:1] in leads else email,
+                "'" + city if city[:1] in leads else city,
+                "'" + country if country[:1] in leads else country,
+                "'" + language if language[:1] in leads else language,
+                "'" + status if status[:1] in leads else status,
+                created,  # ISO dates start with a digit
+                confirmed,
+                "'" + message if message[:1] in leads else message,
+                "'" + targets if targets[:1] in leads else targets,
+            )
+            line = ",".join(cells)
+            # Where no cell holds a comma, a quote or a line break, csv.writer would write exactly this line.
+            if line.count(",") == 10 and '"' not in line and "\n" not in line and "\r" not in line:
+                lines.append(line)
+            else:
+                if lines:
+                    buf.write("\r\n".join(lines) + "\r\n")
+                    lines.clear()
+                writerow(cells)
+        if lines:
+            buf.write("\r\n".join(lines) + "\r\n")
+        return buf.getvalue()
+
+    def json_text(self, rows: list, opt_ins: dict[int, list[str]]) -> str:
+        """JSON objects of one page, joined by ",\\n"; every text value made inert."""
+        objects = []
+        for values in self.opened(rows, opt_ins):
+            record = {key: inert(value) for key, value in zip(SIGNATURE_COLUMNS[:-1], values, strict=False)}
+            record["opt_in_targets"] = [inert(target) for target in values[-1]]
+            objects.append(json.dumps(record, ensure_ascii=False))
+        return ",\n".join(objects)
+
+    def text(self, fmt: Format, rows: list, opt_ins: dict[int, list[str]]) -> str:
+        return self.csv_text(rows, opt_ins) if fmt == "csv" else self.json_text(rows, opt_ins)
+
+    def render_range(self, fmt: Format, low: int, high: int) -> tuple[bytes, int]:
+        """The selected signatures with ids in [low, high] as UTF-8 text (JSON objects joined by ",\\n"), and how
+        many there are. One read transaction of its own."""
+        parts: list[str] = []
+        count = 0
+        with self.db.read() as session:
+            cursor = session.connection().connection.cursor()
+            try:
+                for rows, opt_ins in self.pages(cursor, low - 1, high, SPAN_PAGE):
+                    parts.append(self.text(fmt, rows, opt_ins))
+                    count += len(rows)
+            finally:
+                cursor.close()
+        return ("" if fmt == "csv" else ",\n").join(parts).encode(), count
+
+
+# (head, before the first rows, between two pieces of rows, tail) of each format; in CSV a UTF-8 byte-order mark
+# comes first, so spreadsheets read Cyrillic right.
+FRAMES: dict[str, tuple[str, str, str, str]] = {
+    "csv": ("\ufeff" + ",".join(SIGNATURE_COLUMNS) + "\r\n", "", "", ""),
+    "json": ("[", "\n", ",\n", "\n]\n"),
+}
 
 
 def count_records(session: Session, *, campaign: str, by: CountsBy, lang: str = "en") -> list[dict]:
@@ -209,6 +346,13 @@ def finish_log(db: Database, log_id: int, *, rows: int, complete: bool) -> None:
         session.execute(update(ExportLog).where(ExportLog.id == log_id).values(**values))
 
 
+def _finish(db: Database, log_id: int, *, rows: int, complete: bool) -> None:
+    try:
+        finish_log(db, log_id, rows=rows, complete=complete)
+    except Exception:  # the export itself must not fail on its bookkeeping
+        log.exception("could not record the end of export %s", log_id)
+
+
 class _Counted:
     def __init__(self, records: Iterable[dict]) -> None:
         self.records = records
@@ -234,19 +378,110 @@ def logged(
             yield from render(fmt, columns, counted)
             complete = True
         finally:
-            try:
-                finish_log(db, log_id, rows=counted.n, complete=complete)
-            except Exception:  # the export itself must not fail on its bookkeeping
-                log.exception("could not record the end of export %s", log_id)
+            _finish(db, log_id, rows=counted.n, complete=complete)
 
     return stream()
 
 
 def signatures(db: Database, keyring: Keyring, query: SignatureQuery, *, organiser: str, fmt: Format) -> Iterator[str]:
-    return logged(
-        db, organiser=organiser, campaign=query.campaign, what=query.describe(fmt), fmt=fmt,
-        columns=SIGNATURE_COLUMNS, records=lambda: signature_records(db, keyring, query),
-    )
+    """The export as text, one chunk per BATCH rows, read in this process as the consumer asks (the web route).
+    Logged now; the row count is recorded when the stream ends, or is abandoned."""
+    log_id = start_log(db, organiser=organiser, campaign=query.campaign, what=query.describe(fmt))
+
+    def stream() -> Iterator[str]:
+        count, complete = 0, False
+        head, first, between, tail = FRAMES[fmt]
+        prefix = head + first
+        try:
+            reader = Reader(db, keyring, query)
+            with db.read() as session:
+                cursor = session.connection().connection.cursor()
+                try:
+                    _, last = reader.bounds(cursor)
+                    for rows, opt_ins in reader.pages(cursor, 0, last, BATCH):
+                        yield prefix + reader.text(fmt, rows, opt_ins)
+                        prefix = between
+                        count += len(rows)
+                finally:
+                    cursor.close()
+            yield (head if count == 0 else "") + tail
+            complete = True
+        finally:
+            _finish(db, log_id, rows=count, complete=complete)
+
+    return stream()
+
+
+def write_signatures(
+    db: Database, keyring: Keyring, query: SignatureQuery, out: BinaryIO, *, organiser: str, fmt: Format,
+    workers: int = 0, span: int = SPAN,
+) -> int:
+    """Write the export to `out` (binary, UTF-8) and return how many signatures it holds. Id ranges of `span` are
+    rendered by `workers` forked processes (0: one per CPU; 1: this process alone) and written in id order, so the
+    bytes are those of `signatures` whatever the number of processes. Logged like every export.
+
+    Each range is read in a short transaction of its own: a row changed while the export runs is written as it
+    was when its range was read. Rows added after the export started are left out."""
+    log_id = start_log(db, organiser=organiser, campaign=query.campaign, what=query.describe(fmt))
+    count, complete = 0, False
+    try:
+        reader = Reader(db, keyring, query)
+        with db.read() as session:
+            cursor = session.connection().connection.cursor()
+            try:
+                low, high = reader.bounds(cursor)
+            finally:
+                cursor.close()
+        ranges = [(start, min(start + span - 1, high)) for start in range(low, high + 1, span)]
+        head, first, between, tail = (part.encode() for part in FRAMES[fmt])
+        out.write(head)
+        out.flush()  # nothing buffered may be copied into the forked workers
+        before = first
+        for data, n in _rendered(reader, fmt, ranges, workers=workers):
+            if n:
+                out.write(before)
+                out.write(data)
+                before, count = between, count + n
+        out.write(tail)
+        out.flush()
+        complete = True
+    finally:
+        _finish(db, log_id, rows=count, complete=complete)
+    return count
+
+
+_FORKED: Reader | None = None  # the reader a forked worker inherits (its keys never travel through a pipe)
+
+
+def _render_forked(fmt: Format, low: int, high: int) -> tuple[bytes, int]:
+    assert _FORKED is not None, "export workers must be forked"
+    return _FORKED.render_range(fmt, low, high)
+
+
+def _rendered(reader: Reader, fmt: Format, ranges: list[tuple[int, int]], *, workers: int
+              ) -> Iterator[tuple[bytes, int]]:
+    """Each range rendered, in id order: here, or by forked workers with at most two ranges each in flight, so
+    memory stays flat however slowly the output drains."""
+    global _FORKED
+    workers = min(workers or os.cpu_count() or 1, len(ranges))
+    if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+        for low, high in ranges:
+            yield reader.render_range(fmt, low, high)
+        return
+    reader.db.engine.dispose()  # no connection may be shared across the fork
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    _FORKED = reader
+    try:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            todo = iter(ranges)
+            pending = deque(pool.apply_async(_render_forked, (fmt, *bounds)) for bounds in islice(todo, 2 * workers))
+            while pending:
+                result = pending.popleft().get()
+                pending.extend(pool.apply_async(_render_forked, (fmt, *bounds)) for bounds in islice(todo, 1))
+                yield result
+    finally:
+        _FORKED = None
 
 
 def counts(db: Database, *, campaign: str, by: CountsBy, fmt: Format, organiser: str, lang: str = "en"
