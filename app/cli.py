@@ -278,6 +278,7 @@ def export(
     status: str = typer.Option("confirmed", help="confirmed, pending or all"),
     since: str | None = typer.Option(None, help="Only signatures made on or after this day (YYYY-MM-DD)."),
     counts: str | None = typer.Option(None, "--counts", help="Export counts instead: 'country' or 'day'."),
+    workers: int = typer.Option(0, "--workers", min=0, help="Processes to read signatures with (0: one per CPU)."),
 ) -> None:
     """Export signatures (or counts) of a campaign, streamed, formula-safe, and written to the export log."""
     import getpass
@@ -285,6 +286,9 @@ def export(
     from datetime import date
 
     from app import exports
+    from app.campaigns import load_campaigns
+    from app.db import Database
+    from app.encryption import KeyError_, load_keyring
 
     if format not in ("csv", "json") or status not in ("confirmed", "pending", "all") or counts not in (
         None, "country", "day"
@@ -296,24 +300,42 @@ def export(
     except ValueError as exc:
         console.print("[red]--since must be a date, YYYY-MM-DD[/red]")
         raise typer.Exit(2) from exc
-    svc = services()
-    if slug not in svc.campaigns:
-        console.print(f"[red]no campaign {slug!r}[/red]; known: {', '.join(svc.campaigns)}")
+    # Not services(): the web stack is not needed here, and its start-up counts in every export.
+    s = settings()
+    try:
+        campaigns, keyring = load_campaigns(s.letters_dir), load_keyring(s, create=s.env != "production")
+    except (CampaignError, KeyError_) as exc:
+        console.print(str(exc), style="red", markup=False)
+        raise typer.Exit(2) from exc
+    if slug not in campaigns:
+        console.print(f"[red]no campaign {slug!r}[/red]; known: {', '.join(campaigns)}")
         raise typer.Exit(2)
     who = f"cli:{getpass.getuser()}"
-    if counts:
-        chunks = exports.counts(svc.db, campaign=slug, by=counts, fmt=format, organiser=who)  # type: ignore[arg-type]
-    else:
-        query = exports.SignatureQuery(campaign=slug, status=status, since=since_day)  # type: ignore[arg-type]
-        chunks = exports.signatures(svc.db, svc.keyring, query, organiser=who, fmt=format)  # type: ignore[arg-type]
-    if output is None:
-        for chunk in chunks:
-            sys.stdout.write(chunk)
-        return
-    fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-        for chunk in chunks:
-            fh.write(chunk)
+    db = Database(s.sqlalchemy_url)
+    try:
+        if counts:
+            chunks = exports.counts(db, campaign=slug, by=counts, fmt=format, organiser=who)  # type: ignore[arg-type]
+            if output is None:
+                for chunk in chunks:
+                    sys.stdout.write(chunk)
+                return
+            fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+                for chunk in chunks:
+                    fh.write(chunk)
+        else:
+            query = exports.SignatureQuery(campaign=slug, status=status, since=since_day)  # type: ignore[arg-type]
+            if output is None:
+                sys.stdout.flush()
+                exports.write_signatures(db, keyring, query, sys.stdout.buffer, organiser=who, fmt=format,  # type: ignore[arg-type]
+                                         workers=workers)
+                return
+            fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                exports.write_signatures(db, keyring, query, fh, organiser=who, fmt=format,  # type: ignore[arg-type]
+                                         workers=workers)
+    finally:
+        db.dispose()
     console.print(f"written to {output}")
 
 
