@@ -54,34 +54,40 @@ def driver_rows(connection: Connection, table: Table, rows: Sequence[Mapping[str
                 suffix: str = "") -> list[Row]:
     """INSERT `rows` (all with the same keys) with one multi-row statement per few thousand values, straight to
     the driver: SQLAlchemy's per-value bind processing costs more than the insert itself on the sign path. Values
-    are put in the driver's form here (datetimes as SQLAlchemy stores them); `suffix` is SQL after VALUES, e.g.
+    are put in the driver's form here (datetimes as UTCDateTime stores them); `suffix` is SQL after VALUES, e.g.
     an ON CONFLICT or RETURNING clause, and the rows it returns are returned."""
     if not rows:
         return []
     sqlite = connection.dialect.name == "sqlite"
     columns = list(rows[0])
-    for name in columns:
-        table.c[name]  # noqa: B018  (a KeyError here names a column the table does not have)
+    # A KeyError here names a column the table does not have.
+    moments = [i for i, name in enumerate(columns) if isinstance(table.c[name].type, UTCDateTime)]
     one = "(" + ", ".join(["?" if sqlite else "%s"] * len(columns)) + ")"
     head = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES "
     per_statement = max(1, 30_000 // len(columns))  # under SQLite's and PostgreSQL's bound-parameter limits
+    stored: dict[datetime, object] = {}  # a batch shares a few moments: each is converted once
     found: list[Row] = []
     for start in range(0, len(rows), per_statement):
         chunk = rows[start:start + per_statement]
-        params = [_driver_value(row[name], sqlite) for row in chunk for name in columns]
+        params: list[object] = []
+        for row in chunk:
+            values = list(map(row.__getitem__, columns))
+            for i in moments:
+                moment = values[i]
+                if moment is not None:
+                    values[i] = stored.get(moment) or stored.setdefault(moment, _driver_moment(moment, sqlite))
+            params += values
         result = connection.exec_driver_sql(head + ", ".join([one] * len(chunk)) + suffix, tuple(params))
         if result.returns_rows:
             found.extend(result.all())
     return found
 
 
-def _driver_value(value: object, sqlite: bool) -> object:
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given; use timezone-aware UTC")
-        # SQLAlchemy's SQLite form of UTCDateTime (see above): naive UTC, microseconds always written.
-        return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds") if sqlite else value
-    return value
+def _driver_moment(value: datetime, sqlite: bool) -> object:
+    if value.tzinfo is None:
+        raise ValueError("naive datetime given; use timezone-aware UTC")
+    # On SQLite, what UTCDateTime and SQLAlchemy's DateTime store: naive UTC, microseconds always written.
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds") if sqlite else value
 
 
 def make_engine(url: str, **kwargs) -> Engine:

@@ -151,3 +151,25 @@ def test_api_under_concurrent_load_stores_exactly_the_signatures_it_accepted(cli
 
 def test_ping_touches_nothing_and_answers(client):
     assert client.get("/api/v1/ping").json() == {"status": "ok"}
+
+
+def test_batch_written_moments_read_back_exactly_and_are_stored_as_sqlalchemy_stores_them(svc):
+    from datetime import timedelta
+
+    from sqlalchemy import text
+    from sqlalchemy.dialects import sqlite
+
+    from app.db import utcnow
+
+    now = utcnow().replace(microsecond=7)
+    with svc.db.write.begin() as s:
+        [signed] = signing.sign_many(s, [(svc.campaigns["mamay"], signer(1))], keyring=svc.keyring,
+                                     composer=svc.composer, settings=svc.settings, now=now)
+    with svc.db.read() as s:
+        row = s.get(Signature, signed.signature_id)
+        mail = s.scalars(select(OutboxMessage)).one()
+        stored = s.scalar(text("SELECT created_at FROM signatures"))
+    assert row.created_at == now and mail.created_at == mail.next_attempt_at == now
+    assert row.confirm_expires_at == now + timedelta(days=svc.settings.confirm_token_days)
+    as_sqlalchemy = sqlite.DATETIME().bind_processor(sqlite.dialect())(now.replace(tzinfo=None))
+    assert stored == as_sqlalchemy  # so ORM queries compare and sort them like any other row's
