@@ -27,6 +27,7 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        svc.db.start_checkpoints()
         svc.intake.start()
         # Everything built so far lives as long as the process: keep it out of the collector's full passes,
         # which otherwise stall requests for ~100 ms now and then under load (bench/sign.py, p99).
@@ -42,6 +43,7 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
             yield
         finally:
             svc.intake.stop()  # commits and answers every signature already queued
+            svc.db.stop_checkpoints()
             gc.unfreeze()  # an app built again in this process (tests) lets the old one be collected
             if worker:
                 worker.stop()

@@ -173,3 +173,35 @@ def test_batch_written_moments_read_back_exactly_and_are_stored_as_sqlalchemy_st
     assert row.confirm_expires_at == now + timedelta(days=svc.settings.confirm_token_days)
     as_sqlalchemy = sqlite.DATETIME().bind_processor(sqlite.dialect())(now.replace(tzinfo=None))
     assert stored == as_sqlalchemy  # so ORM queries compare and sort them like any other row's
+
+
+def test_a_served_app_moves_the_log_into_the_database_itself_so_no_commit_waits_for_it(settings, db, tmp_path):
+    import shutil
+    import sqlite3
+
+    from fastapi.testclient import TestClient
+    from sqlalchemy import text
+
+    from app.main import create_app
+
+    def autocheckpoint() -> int:
+        with db.write.begin() as s:
+            return s.execute(text("PRAGMA wal_autocheckpoint")).scalar()
+
+    def rows_in_database_file_alone() -> int:
+        copy = tmp_path / "file-alone.db"  # the main file without its -wal: only what was checkpointed
+        shutil.copy(db.engine.url.database, copy)
+        with sqlite3.connect(copy) as conn:
+            return conn.execute("SELECT count(*) FROM signatures").fetchone()[0]
+
+    with TestClient(create_app(settings, db=db)) as client:
+        assert autocheckpoint() == 0  # commits only append to the log
+        for i in range(30):
+            answer = client.post("/api/v1/campaigns/mamay/signatures",
+                                 json={**SIGNER, "email": f"wal{i}@example.org", "consent": True})
+            assert answer.status_code == 202
+        deadline = time.monotonic() + 10
+        while rows_in_database_file_alone() < 30 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert rows_in_database_file_alone() == 30
+    assert autocheckpoint() == 1000  # stopped serving: SQLite's own checkpoints again
