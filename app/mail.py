@@ -10,6 +10,7 @@ import binascii
 import re
 import smtplib
 import ssl
+import time
 from dataclasses import dataclass
 from email import policy
 from email.headerregistry import Address
@@ -106,8 +107,7 @@ class Composer:
             proto["Subject"] = subject
             proto.set_content("\u00e9", cte="base64")  # the body's headers: any non-ASCII text gives these
             head = self._heads[(subject, *sender)] = proto.as_bytes(policy=STORED).partition(b"\n\n")[0]
-        raw = b"".join((head, b"\nTo: ", to.encode(), b"\nDate: ", formatdate().encode(), b"\n\n",
-                        base64_lines(body.encode())))
+        raw = b"".join((head, b"\nTo: ", to.encode(), b"\nDate: ", _date_now(), b"\n\n", base64_lines(body.encode())))
         return Prepared(raw, (to,))
 
     def _render(self, template: str, lang: str, **context: object) -> str:
@@ -179,6 +179,17 @@ class Composer:
                             link=f"{self.settings.base_url}/erase/{token}?lang={lang}")
         return self.prepare(to=to, subject=_("The link you asked for"), body=body, from_name=_("Notifications"),
                             from_addr=self.settings.discreet_mail_from or f"noreply@{mail_domain(self.settings)}")
+
+
+def _date_now() -> bytes:
+    """A Date header's value for now, made once per second."""
+    second = int(time.time())
+    if _DATE[0] != second:
+        _DATE[:] = [second, formatdate(second).encode()]
+    return _DATE[1]
+
+
+_DATE: list = [None, b""]
 
 
 def base64_lines(data: bytes) -> bytes:

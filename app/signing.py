@@ -7,6 +7,7 @@ different mail, never a second row. The count moves only when a row really goes 
 from __future__ import annotations
 
 import contextlib
+import functools
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -89,10 +90,14 @@ def _truthy(value: object) -> bool:
 def normalise_email(email: str) -> str:
     """The dedupe form of an address: case-folded local part without +tag, IDNA (ASCII) domain."""
     local, _, domain = email.rpartition("@")
-    local = local.split("+", 1)[0].casefold()
+    return f"{local.split('+', 1)[0].casefold()}@{_ascii_domain(domain)}"
+
+
+@functools.lru_cache(maxsize=4096)  # signers share a few thousand domains; the IDNA codec is slow Python
+def _ascii_domain(domain: str) -> str:
     with contextlib.suppress(UnicodeError):  # already validated; keep the Unicode form
         domain = domain.encode("idna").decode("ascii")
-    return f"{local}@{domain.lower()}"
+    return domain.lower()
 
 
 def validate(raw: Mapping[str, object]) -> SignatureIn:
