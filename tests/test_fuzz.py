@@ -238,3 +238,37 @@ def test_validate_either_returns_clean_data_or_names_the_bad_fields(raw):
         assert value.isprintable() and not set(value) & signing.BIDI_CONTROLS
     for value in (clean.name, clean.city, clean.email, clean.message):
         value.encode("utf-8")  # storable: no lone surrogate gets past validation to the encryption
+
+
+# --- the email check is email-validator's --------------------------------------------------------------------
+
+_LOCAL_ALPHABET = st.sampled_from("abcXYZ0189.!#$%&'*+/=?^_`{|}~-\"@ ()<>[]\\,;:é")
+_DOMAINS = st.sampled_from([
+    "example.org", "EXAMPLE.org", "mail.ru", "xn--80ak6aa92e.com", "пример.рф", "localhost", "a.invalid",
+    "x.test", "-bad.org", "bad-.org", "a..b.org", ".org", "org", "[127.0.0.1]", "1.2.3.4", "a_b.org",
+    "x" * 64 + ".org", ("a" * 60 + ".") * 4 + "org", "ex ample.org", "",
+])
+
+
+def _email_outcome(check, address: str) -> str:
+    from email_validator import EmailNotValidError
+
+    try:
+        return "ok " + check(address)
+    except EmailNotValidError:
+        return "invalid"
+
+
+@settings(max_examples=400, deadline=None)
+@given(local=st.one_of(st.text(_LOCAL_ALPHABET, max_size=70), st.sampled_from(["Postmaster", "ABUSE", "a" * 64,
+                                                                               "a" * 65, "a.b", ".a", "a.", "a..b"])),
+       domain=st.one_of(_DOMAINS, st.emails().map(lambda e: e.rpartition("@")[2])),
+       at=st.sampled_from(["@", "@@", ""]))
+@example(local="x" * 64, domain="y" * 63 + "." + "z" * 63 + "." + "w" * 63 + ".org", at="@")
+def test_the_cached_email_check_answers_exactly_as_email_validator(local, domain, at):
+    from email_validator import validate_email
+
+    address = local + at + domain
+    plain = _email_outcome(lambda a: validate_email(a, check_deliverability=False).normalized, address)
+    assert _email_outcome(signing.checked_email, address) == plain
+    assert _email_outcome(signing.checked_email, address) == plain  # and again, from the domain cache
