@@ -18,6 +18,7 @@ import os
 import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 from itertools import islice
@@ -170,9 +171,10 @@ class Reader:
         """CSV lines of one page, as csv.writer writes them; a cell a spreadsheet would run as a formula gets a
         leading apostrophe. The loop of opened() is repeated here, inline: this is the hot path of a big export."""
         n, leads = NONCE_BYTES, LEAD_SET
-        buf = io.StringIO()
-        writerow = csv.writer(buf).writerow
+        quoted = io.StringIO()
+        writerow = csv.writer(quoted).writerow
         lines: list[str] = []
+        append = lines.append
         current, decrypt = None, None
         for sid, key_id, name, email, city, message, country, language, status, created, confirmed in rows:
             if key_id != current:
@@ -196,29 +198,27 @@ class Reader:
                 confirmed = self.stamp(confirmed)
             cells = (
                 str(sid),
-                "'" + name if name[:1] in leads else name,
-                "'" + email if email[:1] in leads else email,
-                "'" + city if city[:1] in leads else city,
-                "'" + country if country[:1] in leads else country,
-                "'" + language if language[:1] in leads else language,
-                "'" + status if status[:1] in leads else status,
+                "'" + name if name and name[0] in leads else name,
+                "'" + email if email and email[0] in leads else email,
+                "'" + city if city and city[0] in leads else city,
+                "'" + country if country and country[0] in leads else country,
+                "'" + language if language and language[0] in leads else language,
+                "'" + status if status and status[0] in leads else status,
                 created,  # ISO dates start with a digit
                 confirmed,
-                "'" + message if message[:1] in leads else message,
-                "'" + targets if targets[:1] in leads else targets,
+                "'" + message if message and message[0] in leads else message,
+                "'" + targets if targets and targets[0] in leads else targets,
             )
             line = ",".join(cells)
-            # Where no cell holds a comma, a quote or a line break, csv.writer would write exactly this line.
-            if line.count(",") == 10 and '"' not in line and "\n" not in line and "\r" not in line:
-                lines.append(line)
-            else:
-                if lines:
-                    buf.write("\r\n".join(lines) + "\r\n")
-                    lines.clear()
+            # Where no cell holds a comma, a quote or a line break, csv.writer would write exactly this line; else
+            # it writes it, quoted.
+            if line.count(",") != 10 or '"' in line or "\n" in line or "\r" in line:
+                quoted.seek(0)
+                quoted.truncate()
                 writerow(cells)
-        if lines:
-            buf.write("\r\n".join(lines) + "\r\n")
-        return buf.getvalue()
+                line = quoted.getvalue()[:-2]  # without its "\r\n"
+            append(line)
+        return "\r\n".join(lines) + "\r\n" if lines else ""
 
     def json_text(self, rows: list, opt_ins: dict[int, list[str]]) -> str:
         """JSON objects of one page, joined by ",\\n"; every text value made inert."""
@@ -472,15 +472,18 @@ def _rendered(reader: Reader, fmt: Format, ranges: list[tuple[int, int]], *, wor
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     _FORKED = reader
+    # A pool of processes that tells a worker's death (ProcessPoolExecutor raises; a multiprocessing.Pool would wait
+    # for the lost range forever). Forked: the workers share this process's loaded code and inherit the reader.
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
     try:
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
-            todo = iter(ranges)
-            pending = deque(pool.apply_async(_render_forked, (fmt, *bounds)) for bounds in islice(todo, 2 * workers))
-            while pending:
-                result = pending.popleft().get()
-                pending.extend(pool.apply_async(_render_forked, (fmt, *bounds)) for bounds in islice(todo, 1))
-                yield result
+        todo = iter(ranges)
+        pending = deque(pool.submit(_render_forked, fmt, *bounds) for bounds in islice(todo, 2 * workers))
+        while pending:
+            result = pending.popleft().result()
+            pending.extend(pool.submit(_render_forked, fmt, *bounds) for bounds in islice(todo, 1))
+            yield result
     finally:
+        pool.shutdown(wait=True, cancel_futures=True)
         _FORKED = None
 
 

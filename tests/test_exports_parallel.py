@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from app import cli, erasure, exports
 from app.db import Database, utcnow
-from app.encryption import Keyring
+from app.encryption import KeyError_, Keyring
 from app.main import create_app
 from app.models import CONFIRMED, PENDING, ExportLog, Signature, TargetOptIn
 from app.state import Services
@@ -225,3 +225,14 @@ def test_parallel_export_on_postgresql_equals_one_process_and_the_orm(tmp_path, 
     finally:
         db.dispose()
 
+
+
+def test_a_row_sealed_under_a_key_no_longer_held_stops_the_export_loudly(mixed):
+    _, svc, _ = mixed
+    ring = Keyring.parse(NEW_KEY)  # the older key t1 dropped too early: the hostile rows cannot be opened
+    with pytest.raises(KeyError_, match="t1"):
+        exports.write_signatures(svc.db, ring, exports.SignatureQuery("mamay", status="all"), io.BytesIO(),
+                                 organiser="test", fmt="csv", workers=2, span=300)
+    with svc.db.read() as s:
+        assert s.scalar(select(ExportLog.what)) == "signatures all csv (interrupted)"
+    assert not multiprocessing.active_children()
