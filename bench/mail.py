@@ -72,7 +72,8 @@ def queue_mails(svc: Services, n: int) -> list[bytes]:
                                             to=f"mail{i}@example.org", token=f"t{i:040d}", code="ACDEFGHJ",
                                             discreet=False)
             outbox.enqueue(session, msg, kind="confirm", keyring=svc.keyring, now=now)
-            raw.append(msg.as_bytes(policy=msg.policy.clone(linesep="\r\n")))  # on the wire: CRLF
+            stored = msg.raw if isinstance(msg, mail.Prepared) else msg.as_bytes(policy=mail.STORED)
+            raw.append(stored.replace(b"\n", b"\r\n"))  # on the wire: CRLF
     return raw
 
 
