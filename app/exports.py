@@ -17,7 +17,7 @@ import multiprocessing
 import os
 import sys
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
@@ -273,55 +273,18 @@ COUNT_COLUMNS: dict[str, tuple[str, ...]] = {
 }
 
 
-# --- how it is written ------------------------------------------------------------------------------------
-
-
-def csv_chunks(columns: Iterable[str], records: Iterable[dict], *, rows_per_chunk: int = BATCH) -> Iterator[str]:
-    """CSV text with a UTF-8 byte-order mark (so spreadsheets read Cyrillic right), a few hundred rows a chunk."""
-    columns = tuple(columns)
+def count_text(fmt: Format, columns: tuple[str, ...], records: list[dict]) -> str:
+    """Counts as CSV (with the byte-order mark) or as a JSON array; every text cell made inert."""
+    if fmt == "json":
+        objects = [json.dumps({k: inert(v) for k, v in record.items()}, ensure_ascii=False) for record in records]
+        return "[" + "".join(("\n" if i == 0 else ",\n") + o for i, o in enumerate(objects)) + "\n]\n"
     buf = io.StringIO()
-    writer = csv.writer(buf)
     buf.write("\ufeff")
+    writer = csv.writer(buf)
     writer.writerow(columns)
-    pending = 0
-    leads = LEAD_SET
     for record in records:
-        cells = []
-        for value in map(record.__getitem__, columns):
-            if value is None:
-                value = ""
-            elif isinstance(value, list):
-                value = ";".join(value)
-            elif not isinstance(value, str):
-                value = str(value)
-            cells.append("'" + value if value[:1] in leads else value)  # a formula a spreadsheet would run
-        writer.writerow(cells)
-        pending += 1
-        if pending >= rows_per_chunk:
-            yield buf.getvalue()
-            buf.seek(0)
-            buf.truncate()
-            pending = 0
-    yield buf.getvalue()
-
-
-def json_chunks(records: Iterable[dict], *, rows_per_chunk: int = BATCH) -> Iterator[str]:
-    """A JSON array of objects, written as it is read."""
-    parts = ["["]
-    first = True
-    for record in records:
-        parts.append(("\n" if first else ",\n") + json.dumps({k: inert(v) for k, v in record.items()},
-                                                              ensure_ascii=False))
-        first = False
-        if len(parts) >= rows_per_chunk:
-            yield "".join(parts)
-            parts = []
-    parts.append("\n]\n")
-    yield "".join(parts)
-
-
-def render(fmt: Format, columns: Iterable[str], records: Iterable[dict]) -> Iterator[str]:
-    return csv_chunks(columns, records) if fmt == "csv" else json_chunks(records)
+        writer.writerow([inert("" if record[c] is None else str(record[c])) for c in columns])
+    return buf.getvalue()
 
 
 # --- the log ----------------------------------------------------------------------------------------------
@@ -353,36 +316,6 @@ def _finish(db: Database, log_id: int, *, rows: int, complete: bool) -> None:
         log.exception("could not record the end of export %s", log_id)
 
 
-class _Counted:
-    def __init__(self, records: Iterable[dict]) -> None:
-        self.records = records
-        self.n = 0
-
-    def __iter__(self) -> Iterator[dict]:
-        for record in self.records:
-            self.n += 1
-            yield record
-
-
-def logged(
-    db: Database, *, organiser: str, campaign: str, what: str, fmt: Format, columns: Iterable[str],
-    records: Iterable[dict] | Callable[[], Iterable[dict]],
-) -> Iterator[str]:
-    """Write the log row now, then return the text stream; the row count is recorded when the stream ends."""
-    log_id = start_log(db, organiser=organiser, campaign=campaign, what=what)
-
-    def stream() -> Iterator[str]:
-        counted = _Counted(records() if callable(records) else records)
-        complete = False
-        try:
-            yield from render(fmt, columns, counted)
-            complete = True
-        finally:
-            _finish(db, log_id, rows=counted.n, complete=complete)
-
-    return stream()
-
-
 def signatures(db: Database, keyring: Keyring, query: SignatureQuery, *, organiser: str, fmt: Format) -> Iterator[str]:
     """The export as text, one chunk per BATCH rows, read in this process as the consumer asks (the web route).
     Logged now; the row count is recorded when the stream ends, or is abandoned."""
@@ -399,9 +332,9 @@ def signatures(db: Database, keyring: Keyring, query: SignatureQuery, *, organis
                 try:
                     _, last = reader.bounds(cursor)
                     for rows, opt_ins in reader.pages(cursor, 0, last, BATCH):
+                        count += len(rows)
                         yield prefix + reader.text(fmt, rows, opt_ins)
                         prefix = between
-                        count += len(rows)
                 finally:
                     cursor.close()
             yield (head if count == 0 else "") + tail
@@ -491,10 +424,17 @@ def counts(db: Database, *, campaign: str, by: CountsBy, fmt: Format, organiser:
            ) -> Iterator[str]:
     with db.read() as session:
         records = count_records(session, campaign=campaign, by=by, lang=lang)
-    return logged(
-        db, organiser=organiser, campaign=campaign, what=f"counts by {by} {fmt}", fmt=fmt,
-        columns=COUNT_COLUMNS[by], records=records,
-    )
+    log_id = start_log(db, organiser=organiser, campaign=campaign, what=f"counts by {by} {fmt}")
+
+    def stream() -> Iterator[str]:
+        complete = False
+        try:
+            yield count_text(fmt, COUNT_COLUMNS[by], records)
+            complete = True
+        finally:
+            _finish(db, log_id, rows=len(records), complete=complete)
+
+    return stream()
 
 
 def filename(campaign: str, what: str, fmt: Format, *, today: date | None = None) -> str:
