@@ -284,10 +284,7 @@ class Maker:
         people.frombytes(who)
         m = len(people)
         addresses = emails.split(b"\n") if m else []
-        # bytearray, not bytes, for every blob: sqlite3 binds a bytearray directly but passes bytes through its
-        # adapter lookup, which costs more than the row's insert.
-        all_keys = bytearray(keys)
-        key_list = [all_keys[32 * i:32 * i + 32] for i in range(m)]
+        key_list = [keys[32 * i:32 * i + 32] for i in range(m)]
         order = sorted(range(m), key=key_list.__getitem__)
         rng = random.Random(f"{run.seed}/{part}")
         # This partition's slice of the signing times, ascending. Most signatures come in the first days after
@@ -303,6 +300,8 @@ class Maker:
         # Random hashes: nobody holds the matching link, code or private page of a demo signer.
         token_hashes = self.hashes(part, m)
         manage_hashes = self.hashes(part, n_confirmed)
+        # bytearray, not bytes, for every blob (the slices of a bytearray are bytearrays, and so is a nonce plus
+        # a ciphertext): sqlite3 binds a bytearray directly but passes bytes through its adapter lookup.
         noise = bytearray(os.urandom(32 * (m - n_confirmed) + 48 * m))  # code hashes, then 4 nonces a row
         nonce_at = 32 * (m - n_confirmed)
         on_sqlite = run.dialect == "sqlite"
@@ -315,49 +314,56 @@ class Maker:
         append = rows.append
         confirmations: list[tuple[str, int]] = []  # (country, day number) of each confirmed row
         add_confirmation = confirmations.append
-        code_at = managed = 0
+        code_at = managed = 0  # noqa: UP031 below: %-formatting is the cheapest way to a stored time here
+        created_format = "%s %s.%06d" + suffix
         for i in range(m):
             j = order[i]
             person = everyone[people[j]]
-            nonce = noise[nonce_at:nonce_at + 48]
-            nonce_at += 48
-            day, moment = divmod(created_us[i], _DAY_US)
-            clock = "%s.%06d%s" % (clocks[moment // 1_000_000], moment % 1_000_000, suffix)  # noqa: UP031 (faster)
-            pick = picks[4 * i:4 * i + 4]
-            cities = person.cities
+            moment = created_us[i]
+            day, moment = divmod(moment, _DAY_US)
+            second, micro = divmod(moment, 1_000_000)
+            clock = clocks[second]
+            k = 4 * i
+            o = nonce_at + 12 * k
             if confirmed[i]:
-                moment = min(created_us[i] + delays[managed], now_us)
-                confirmed_day, moment = divmod(moment, _DAY_US)
-                confirmed_at = "%s %s.%06d%s" % (  # noqa: UP031 (faster than an f-string here)
-                    day_texts[confirmed_day], clocks[moment // 1_000_000], moment % 1_000_000, suffix)
+                confirmed_day, moment = divmod(min(created_us[i] + delays[managed], now_us), _DAY_US)
+                second, micro2 = divmod(moment, 1_000_000)
+                confirmed_at = created_format % (day_texts[confirmed_day], clocks[second], micro2)
                 add_confirmation((person.country, confirmed_day))
                 code_hash = null
                 manage_hash = manage_hashes[managed]
                 managed += 1
+                status = CONFIRMED
             else:
                 confirmed_at = null
                 code_hash = noise[code_at:code_at + 32]
                 code_at += 32
                 manage_hash = null
+                status = PENDING
+            pick = picks[k]
+            cities = person.cities
+            city = seal(noise[o + 24:o + 36], cities[pick % len(cities)], b"city") if pick < 218 else null
+            pick = picks[k + 1]
+            message = seal(noise[o + 36:o + 48], messages[pick % 6], b"message") if pick < 51 else null
             languages = person.languages
             append((
                 campaign,
-                key_list[j],
+                bytearray(key_list[j]),
                 primary,
-                seal(nonce[:12], person.name, b"name"),
-                seal(nonce[12:24], addresses[j], b"email"),
-                seal(nonce[24:36], cities[pick[0] % len(cities)], b"city") if pick[0] < 218 else null,
-                seal(nonce[36:48], messages[pick[1] % 6], b"message") if pick[1] < 51 else null,
+                seal(noise[o:o + 12], person.name, b"name"),
+                seal(noise[o + 12:o + 24], addresses[j], b"email"),
+                city,
+                message,
                 person.country,
-                languages[pick[2] % len(languages)],
-                CONFIRMED if confirmed[i] else PENDING,
-                yes if pick[3] < 26 else no,
-                f"{day_texts[day]} {clock}",
+                languages[picks[k + 2] % len(languages)],
+                status,
+                yes if picks[k + 3] < 26 else no,
+                created_format % (day_texts[day], clock, micro),
                 confirmed_at,
                 token_hashes[i],
                 code_hash,
                 0,
-                f"{day_texts[day + 7]} {clock}",
+                created_format % (day_texts[day + 7], clock, micro),
                 manage_hash,
             ))
         counts = Counter({(country, self.days[day]): n for (country, day), n in Counter(confirmations).items()})
