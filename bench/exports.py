@@ -8,7 +8,7 @@ Goals (issue 6): streamed at constant memory (RSS growth < 50 MB between 100 k a
 RSS is read every 50 ms: the CLI process's own, and for it with its workers together their summed PSS (each page
 they share after the fork counted once, split between them).
 
-    python -m bench.exports         BENCH_EXPORT_ROWS=1000000
+    python -m bench.exports         BENCH_EXPORT_ROWS=1000000 BENCH_EXPORT_ROUNDS=2 (best of)
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from bench.harness import Report
 
 SLUG = "mamay"
 ROWS = int(os.environ.get("BENCH_EXPORT_ROWS", "1000000"))
+ROUNDS = int(os.environ.get("BENCH_EXPORT_ROUNDS", "2"))
 
 
 def _tree(pid: int) -> list[int]:
@@ -120,9 +121,19 @@ def main() -> Report:
         harness.campaign_cli("demo-data", SLUG, "--count", str(small), env=env, timeout=1800)
         few = export(env, var_dir / "small.csv")
         harness.campaign_cli("demo-data", SLUG, "--count", str(ROWS - small), env=env, timeout=1800)
-        floor_s, floor_rows = bare_loop(db_path, var_dir / "bare.csv", Keyring.parse(harness.BENCH_DATA_KEY))
-        run = export(env, var_dir / "all.csv")
-        alone = export(env, var_dir / "one.csv", workers=1)
+        # Rounds of (floor, export, export in one process), best of each: the machine may be shared, and a
+        # neighbour's burst should not decide the figure.
+        floors, runs, alones = [], [], []
+        for _ in range(ROUNDS):
+            floors.append(bare_loop(db_path, var_dir / "bare.csv", Keyring.parse(harness.BENCH_DATA_KEY)))
+            runs.append(export(env, var_dir / "all.csv"))
+            alones.append(export(env, var_dir / "one.csv", workers=1))
+            print(f"  round: bare {floors[-1][0]:.1f} s, export {runs[-1].seconds:.1f} s, in one process"
+                  f" {alones[-1].seconds:.1f} s", flush=True)
+        floor_s, floor_rows = min(floors)
+        run = min(runs, key=lambda r: r.seconds)
+        run.peak_mb, run.tree_peak_mb = max(r.peak_mb for r in runs), max(r.tree_peak_mb for r in runs)
+        alone = min(alones, key=lambda r: r.seconds)
         same = filecmp.cmp(var_dir / "all.csv", var_dir / "one.csv", shallow=False)
         with (var_dir / "all.csv").open("rb") as fh:
             lines = sum(1 for _ in fh)
@@ -130,7 +141,7 @@ def main() -> Report:
               f" ({few.tree_peak_mb:.0f} MB PSS with its workers, {few.processes} processes)", flush=True)
         print(f"  export of {ROWS:,}: {run.seconds:.1f} s, peak RSS {run.peak_mb:.0f} MB"
               f" ({run.tree_peak_mb:.0f} MB PSS with its workers, {run.processes} processes; RSS {run.first_mb:.0f}"
-              f" MB at the first rows), {lines - 1:,} data lines (a message may span lines)", flush=True)
+              f" MB at the first rows, 0 if not seen), {lines - 1:,} data lines (a message may span lines)", flush=True)
         print(f"  export of {ROWS:,} in one process: {alone.seconds:.1f} s ({ROWS / alone.seconds:,.0f} rows/s),"
               f" peak RSS {alone.peak_mb:.0f} MB; same bytes as with workers: {same}", flush=True)
         print(f"  bare loop: {floor_rows:,} rows in {floor_s:.1f} s", flush=True)
@@ -140,13 +151,19 @@ def main() -> Report:
                              "one_process_rows_per_s": round(ROWS / alone.seconds)})
         report.check("CSV export rows/s", f"{ROWS / run.seconds:,.0f} rows/s ({run.processes} processes)",
                      ">= 200,000 rows/s", ROWS / run.seconds >= 200_000)
+        # The workers' memory compares only between exports run by as many processes (a small export may be one
+        # range, read by the CLI process alone).
+        tree_growth = run.tree_peak_mb - few.tree_peak_mb if run.processes == few.processes else 0.0
+        tree_note = (f"with the workers {few.tree_peak_mb:.0f} -> {run.tree_peak_mb:.0f} MB PSS"
+                     if run.processes == few.processes else
+                     f"the workers not compared: {few.processes} vs {run.processes} processes")
         report.check(f"RSS growth from {small:,} to {ROWS:,} rows (peak vs peak)",
-                     f"{run.peak_mb - few.peak_mb:.1f} MB (peaks {few.peak_mb:.0f} -> {run.peak_mb:.0f} MB; with the"
-                     f" workers {few.tree_peak_mb:.0f} -> {run.tree_peak_mb:.0f} MB PSS)", "< 50 MB",
-                     run.peak_mb - few.peak_mb < 50 and run.tree_peak_mb - few.tree_peak_mb < 50)
+                     f"{run.peak_mb - few.peak_mb:.1f} MB (peaks {few.peak_mb:.0f} -> {run.peak_mb:.0f} MB;"
+                     f" {tree_note})",
+                     "< 50 MB", run.peak_mb - few.peak_mb < 50 and tree_growth < 50)
         report.check("same bytes from one process and from its workers", same, "identical", same)
         report.details.update(
-            rows=ROWS, seconds=round(run.seconds, 2), peak_rss_mb=round(run.peak_mb, 1),
+            rows=ROWS, rounds=ROUNDS, seconds=round(run.seconds, 2), peak_rss_mb=round(run.peak_mb, 1),
             tree_peak_rss_mb=round(run.tree_peak_mb, 1), processes=run.processes, small_rows=small,
             small_peak_rss_mb=round(few.peak_mb, 1), small_tree_peak_rss_mb=round(few.tree_peak_mb, 1),
             rss_at_first_rows_mb=round(run.first_mb, 1), bare_seconds=round(floor_s, 2),
