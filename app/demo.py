@@ -156,7 +156,6 @@ class Run:
 class Chunk:
     """One partition, made: a serialized SQLite database holding table `rows` (SQLite), or the rows themselves."""
 
-    rows: int
     counts: Counter  # confirmed rows added per (country, day)
     image: bytes | None = None
     values: list[tuple] | None = None
@@ -223,10 +222,10 @@ def _opens(keyring: Keyring, sealed: bytes) -> bool:
 class Maker:
     """Makes the rows of a run; one in each worker process (inherited by fork: keys never travel through a pipe).
 
-    Every row n of the run has a fixed identity (country, name, address) drawn from one table of random bytes, so
-    any process can compute its address and email_key. Rows are made partition by partition in email_key order,
-    and each partition takes its own slice of the confirmation and manage-token hashes and of the signing times:
-    every index of `signatures` then grows in ascending order over the whole load instead of at random places."""
+    Phase 1 draws who each row is (country, name, address) and computes its email_key, sorted into partitions of
+    the key space. Phase 2 makes a partition's rows in email_key order, and each partition takes its own slice of
+    the confirmation and manage-token hashes and of the signing times: every index of `signatures` then grows in
+    ascending order over the whole load (appends at its end) instead of at random places."""
 
     def __init__(self, run: Run, keyring: Keyring) -> None:
         self.run, self.keyring = run, keyring
@@ -374,7 +373,7 @@ class Maker:
 
         if self.run.dialect != "sqlite" or not hasattr(sqlite3.Connection, "serialize"):
             rows, counts = self.rows(part, who, emails, keys)
-            return Chunk(len(rows), counts, values=rows)
+            return Chunk(counts, values=rows)
         rows, counts = self.rows(part, who, emails, keys, null=0)
 
         # The driver's binding work happens here, in the worker: the loading process only copies a finished
@@ -385,7 +384,7 @@ class Maker:
             memory.execute("BEGIN")
             memory.executemany(f"INSERT INTO rows VALUES ({', '.join(['?'] * len(COLUMNS))})", rows)
             memory.execute("COMMIT")
-            return Chunk(len(rows), counts, image=memory.serialize())
+            return Chunk(counts, image=memory.serialize())
         finally:
             memory.close()
 
