@@ -102,7 +102,6 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _DAY_US = 86_400_000_000
 _CLOCKS = [hm + s for hm in (f"{h:02d}:{m:02d}:" for h in range(24) for m in range(60))
            for s in (f"{s:02d}" for s in range(60))]  # "HH:MM:SS" by second of the day
-_PREFIXES = [i.to_bytes(2, "big") for i in range(65536)]
 
 
 def _local_part(first: str, last: str) -> str:
@@ -269,9 +268,9 @@ class Maker:
         low = part * 65536 // parts
         width = max((part + 1) * 65536 // parts - low, 1)
         values = bytearray(os.urandom(32 * count))
-        prefixes = _PREFIXES
-        for i in range(count):
-            values[32 * i:32 * i + 2] = prefixes[low + i * width // count]
+        prefixes = [low + i * width // count for i in range(count)]
+        values[0::32] = bytes([p >> 8 for p in prefixes])
+        values[1::32] = bytes([p & 0xFF for p in prefixes])
         return [values[32 * i:32 * i + 32] for i in range(count)]
 
     def rows(self, part: int, who: bytes, emails: bytes, keys: bytes, *, null: object = None
