@@ -120,12 +120,17 @@ def list_campaigns(svc: ServicesDep, lang: Literal["en", "ru", "kk"] = "en") -> 
         400: {"model": ErrorBody}, 404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 422: {"model": ErrorBody},
         429: {"model": ErrorBody},
     },
-    openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": SIGN_SCHEMA}}}},
+    openapi_extra={
+        "parameters": [{"name": "slug", "in": "path", "required": True, "schema": {"type": "string"}}],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": SIGN_SCHEMA}}},
+    },
 )
-async def sign(slug: str, request: Request):
+async def sign(request: Request):
     """Sign a petition. New and repeat signers get the same answer; the mail differs."""
+    # The slug is read here, not declared as a parameter: FastAPI's parameter solving cost a fifth of this
+    # route's time in the event loop. The schema still declares it (above).
     svc = services(request)  # not a dependency: a sync dependency costs a thread hop on every request
-    campaign = campaign_or_404(svc, slug)
+    campaign = campaign_or_404(svc, request.path_params["slug"])
     body = await sign_request(request)
     retry_after = svc.sign_limiter.hit("sign", client_address(request))
     if retry_after:
