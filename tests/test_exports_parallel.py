@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import select
 from typer.testing import CliRunner
 
@@ -165,8 +166,6 @@ def test_cli_export_in_parallel_equals_the_web_route_byte_for_byte(mixed, tmp_pa
     assert result.exit_code == 0, result.output
     expected = reference(svc, exports.SignatureQuery("mamay", status="all"), "csv")
     assert out.read_bytes() == expected
-    from fastapi.testclient import TestClient
-
     with TestClient(create_app(settings, db=svc.db), base_url="http://testserver") as client:
         token = organiser(svc)
         for fmt in ("csv", "json"):
