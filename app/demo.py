@@ -312,8 +312,8 @@ class Maker:
         append = rows.append
         confirmations: list[tuple[str, int]] = []  # (country, day number) of each confirmed row
         add_confirmation = confirmations.append
-        code_at = managed = 0  # noqa: UP031 below: %-formatting is the cheapest way to a stored time here
-        created_format = "%s %s.%06d" + suffix
+        code_at = managed = 0
+        created_format = "%s %s.%06d" + suffix  # a stored time; %-formatting is the cheapest way to it here
         for i in range(m):
             j = order[i]
             person = everyone[people[j]]
