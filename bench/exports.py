@@ -32,18 +32,6 @@ ROWS = int(os.environ.get("BENCH_EXPORT_ROWS", "1000000"))
 ROUNDS = int(os.environ.get("BENCH_EXPORT_ROUNDS", "2"))
 
 
-def _tree(pid: int) -> list[int]:
-    """A process and its children (the export's forked workers)."""
-    found, todo = [], [pid]
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        for task in Path(f"/proc/{pid}/task").glob("*/children"):
-            with suppress(OSError):
-                todo.extend(int(c) for c in task.read_text().split())
-    return found
-
-
 def pss_mb(pid: int) -> float:
     with suppress(OSError):
         for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
@@ -72,7 +60,7 @@ def export(env: dict[str, str], out: Path, *, workers: int = 0) -> Run:
     processes = 1
     deadline = time.monotonic() + 1200
     while process.poll() is None and time.monotonic() < deadline:
-        pids = _tree(process.pid)
+        pids = harness.process_tree(process.pid)
         rss = harness.rss_mb(process.pid)
         peak = max(peak, rss)
         tree_peak = max(tree_peak, sum(pss_mb(p) for p in pids))

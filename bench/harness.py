@@ -121,20 +121,25 @@ class Server:
 
     def pids(self) -> list[int]:
         """The server process and its children (uvicorn's workers)."""
-        found, todo = [], [self.process.pid]
-        while todo:
-            pid = todo.pop()
-            found.append(pid)
-            for task in Path(f"/proc/{pid}/task").glob("*/children"):
-                with suppress(OSError):
-                    todo.extend(int(c) for c in task.read_text().split())
-        return found
+        return process_tree(self.process.pid)
 
     def rss_mb(self) -> float:
         return sum(rss_mb(pid) for pid in self.pids())
 
     def peak_rss_mb(self) -> float:
         return sum(rss_mb(pid, "VmHWM") for pid in self.pids())
+
+
+def process_tree(pid: int) -> list[int]:
+    """A process and all its descendants, from /proc."""
+    found, todo = [], [pid]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        for task in Path(f"/proc/{pid}/task").glob("*/children"):
+            with suppress(OSError):
+                todo.extend(int(c) for c in task.read_text().split())
+    return found
 
 
 def rss_mb(pid: int, field_name: str = "VmRSS") -> float:
