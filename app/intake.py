@@ -1,9 +1,10 @@
 """Sign intake: one writer thread per process commits many signatures per transaction (group commit).
 
 Request handlers enqueue (campaign, validated data) and await a future; the writer takes up to `batch_size`
-waiting items, signs each inside its own SAVEPOINT (one bad item never sinks the batch), commits once, and only
-then resolves the futures. So a request is never answered before its signature and mail are durable, and the
-database sees one write transaction where it would have seen hundreds competing for the lock.
+waiting items, signs them together (`signing.sign_many`; if that fails, again with each item in its own SAVEPOINT,
+so one bad item never sinks the batch), commits once, and only then resolves the futures. So a request is never
+answered before its signature and mail are durable, and the database sees one write transaction where it would
+have seen hundreds competing for the lock.
 """
 
 from __future__ import annotations
