@@ -11,6 +11,7 @@ import base64
 import hmac
 import os
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,6 +81,19 @@ class Keyring:
     def seal_bytes(self, plain: bytes, field: str) -> bytes:
         nonce = os.urandom(NONCE_BYTES)
         return nonce + self.keys[self.primary].encrypt(nonce, plain, field.encode())
+
+    def opener(self, key_id: str) -> Callable[[bytes, bytes], bytes]:
+        """open_bytes for many values under one key, as (sealed, field name as bytes) -> plain bytes: a bulk
+        reader (an export) calls it a few million times, where the lookups of `open` cost more than the AES."""
+        aead = self.keys.get(key_id)
+        if aead is None:
+            raise KeyError_(f"data key {key_id!r} is not in CAMPAIGN_DATA_KEY")
+        decrypt = aead.decrypt
+
+        def open_(sealed: bytes, field: bytes) -> bytes:
+            return decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], field)
+
+        return open_
 
     def open_bytes(self, sealed: bytes, field: str, key_id: str) -> bytes:
         return self.keys[key_id].decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], field.encode())

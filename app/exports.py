@@ -29,7 +29,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app.db import Database, utcnow
-from app.encryption import NONCE_BYTES, KeyError_, Keyring
+from app.encryption import Keyring
 from app.models import CONFIRMED, PENDING, ExportLog, Signature
 
 log = logging.getLogger(__name__)
@@ -143,34 +143,27 @@ class Reader:
                 return
             after = rows[-1][0]
 
-    def _decrypt(self, key_id: str) -> Callable[[bytes, bytes, bytes], bytes]:
-        """The cipher of one data key, called directly (keyring.open per field costs more than the AES itself)."""
-        aead = self.keyring.keys.get(key_id)
-        if aead is None:
-            raise KeyError_(f"data key {key_id!r} is not in CAMPAIGN_DATA_KEY")
-        return aead.decrypt
-
     def opened(self, rows: list, opt_ins: dict[int, list[str]]) -> Iterator[tuple]:
         """Each row opened, as a tuple in SIGNATURE_COLUMNS order (name and email None where absent)."""
-        stamp, n, none = self.stamp, NONCE_BYTES, ()
+        stamp, none = self.stamp, ()
         current, decrypt = None, None
         for sid, key_id, name, email, city, message, country, language, status, created, confirmed in rows:
             if key_id != current:
-                current, decrypt = key_id, self._decrypt(key_id)
+                current, decrypt = key_id, self.keyring.opener(key_id)
             yield (
                 sid,
-                None if name is None else decrypt(name[:n], name[n:], b"name").decode(),
-                None if email is None else decrypt(email[:n], email[n:], b"email").decode(),
-                "" if city is None else decrypt(city[:n], city[n:], b"city").decode(),
+                None if name is None else decrypt(name, b"name").decode(),
+                None if email is None else decrypt(email, b"email").decode(),
+                "" if city is None else decrypt(city, b"city").decode(),
                 country, language, status, stamp(created), stamp(confirmed),
-                "" if message is None else decrypt(message[:n], message[n:], b"message").decode(),
+                "" if message is None else decrypt(message, b"message").decode(),
                 opt_ins.get(sid, none),
             )
 
     def csv_text(self, rows: list, opt_ins: dict[int, list[str]]) -> str:
         """CSV lines of one page, as csv.writer writes them; a cell a spreadsheet would run as a formula gets a
         leading apostrophe. The loop of opened() is repeated here, inline: this is the hot path of a big export."""
-        n, leads = NONCE_BYTES, LEAD_SET
+        leads = LEAD_SET
         quoted = io.StringIO()
         writerow = csv.writer(quoted).writerow
         lines: list[str] = []
@@ -178,11 +171,11 @@ class Reader:
         current, decrypt = None, None
         for sid, key_id, name, email, city, message, country, language, status, created, confirmed in rows:
             if key_id != current:
-                current, decrypt = key_id, self._decrypt(key_id)
-            name = "" if name is None else decrypt(name[:n], name[n:], b"name").decode()
-            email = "" if email is None else decrypt(email[:n], email[n:], b"email").decode()
-            city = "" if city is None else decrypt(city[:n], city[n:], b"city").decode()
-            message = "" if message is None else decrypt(message[:n], message[n:], b"message").decode()
+                current, decrypt = key_id, self.keyring.opener(key_id)
+            name = "" if name is None else decrypt(name, b"name").decode()
+            email = "" if email is None else decrypt(email, b"email").decode()
+            city = "" if city is None else decrypt(city, b"city").decode()
+            message = "" if message is None else decrypt(message, b"message").decode()
             targets = opt_ins.get(sid)
             targets = ";".join(targets) if targets else ""
             # SQLite hands back SQLAlchemy's text form of UTC ("YYYY-MM-DD HH:MM:SS.ffffff"): cut, not parsed.
