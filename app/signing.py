@@ -228,10 +228,9 @@ def sign_many(
     """Sign each request in the caller's transaction, as one after the other would; outcomes in request order.
 
     New signers (nearly all) take one INSERT ... ON CONFLICT DO NOTHING for the lot and one more for their
-    mails. A conflict is a repeat signer (or the same address twice in this batch); those, and every request
-    while a key rotation is under way, go one by one through `_sign_one`."""
+    mails. A conflict is a repeat signer (or the same address twice in this batch): each is told so in turn."""
     outcomes: list[Signed | SigningError | None] = [None] * len(requests)
-    one_by_one: list[int] = []
+    repeats: list[int] = []
     fresh: dict[tuple[str, bytes], tuple[int, str, str]] = {}  # (campaign, email key) -> (request, token, code)
     rows: list[dict[str, object]] = []
     rotating = len(keyring.index_keys) > 1
@@ -239,9 +238,12 @@ def sign_many(
         if not campaign.is_open(now.date()):
             outcomes[i] = CampaignClosed(campaign.slug)
             continue
-        email_key = keyring.email_key(normalise_email(data.email))
-        if rotating or (campaign.slug, email_key) in fresh:
-            one_by_one.append(i)
+        normalised = normalise_email(data.email)
+        email_key = keyring.email_key(normalised)
+        # While a key rotation is under way a repeat signer's row may carry the old key's hash, which the
+        # conflict below cannot see: look first.
+        if (campaign.slug, email_key) in fresh or (rotating and _same_signer(session, campaign, normalised, keyring)):
+            repeats.append(i)
             continue
         token, code, columns = _confirmation(settings, now)
         fresh[(campaign.slug, email_key)] = (i, token, code)
@@ -262,13 +264,22 @@ def sign_many(
             mails.append(outbox.row_values(message, kind="confirm", keyring=keyring, signature_id=new_id, now=now))
             outcomes[i] = Signed(new_id, created=True)
         outbox.enqueue_many(session, mails)
-        one_by_one.extend(i for i, _, _ in fresh.values())  # conflicted: already signed
-    for i in sorted(one_by_one):
+        repeats.extend(i for i, _, _ in fresh.values())  # conflicted: already signed
+    for i in sorted(repeats):
         campaign, data = requests[i]
-        outcomes[i] = _sign_one(
-            session, campaign=campaign, data=data, keyring=keyring, composer=composer, settings=settings, now=now
-        )
+        row = _same_signer(session, campaign, normalise_email(data.email), keyring)
+        if row is None:  # cannot happen: the conflict or the earlier request names this very row
+            raise RuntimeError("sign: insert conflicted but no signature was found")
+        _tell_repeat_signer(session, row, campaign=campaign, data=data, keyring=keyring, composer=composer,
+                            settings=settings, now=now)
+        outcomes[i] = Signed(row.id, created=False)
     return outcomes  # type: ignore[return-value]
+
+
+def _same_signer(session: Session, campaign: Campaign, normalised: str, keyring: Keyring) -> Signature | None:
+    return session.scalar(select(Signature).where(
+        Signature.campaign == campaign.slug, Signature.email_key.in_(keyring.email_keys(normalised))
+    ))
 
 
 def _new_row(campaign: Campaign, data: SignatureIn, email_key: bytes, keyring: Keyring, now: datetime) -> dict:
@@ -286,47 +297,6 @@ def _new_row(campaign: Campaign, data: SignatureIn, email_key: bytes, keyring: K
         "discreet": data.discreet,
         "created_at": now,
     }
-
-
-def _sign_one(
-    session: Session,
-    *,
-    campaign: Campaign,
-    data: SignatureIn,
-    keyring: Keyring,
-    composer: mail.Composer,
-    settings: Settings,
-    now: datetime,
-) -> Signed:
-    normalised = normalise_email(data.email)
-    same_signer = select(Signature).where(
-        Signature.campaign == campaign.slug, Signature.email_key.in_(keyring.email_keys(normalised))
-    )
-    # While a key rotation is under way a repeat signer's row may carry the old key's hash, which the
-    # conflict below cannot see: look first.
-    existing = session.scalar(same_signer)
-    if existing is None:
-        token, code, columns = _confirmation(settings, now)
-        new_id = session.scalar(
-            _insert(session, Signature)
-            .values(**_new_row(campaign, data, keyring.email_key(normalised), keyring, now), **columns)
-            .on_conflict_do_nothing(index_elements=["campaign", "email_key"])
-            .returning(Signature.id)
-        )
-        if new_id is not None:
-            message = composer.confirmation(
-                campaign=campaign, lang=data.lang, to=data.email, token=token, code=code, discreet=data.discreet
-            )
-            outbox.enqueue(session, message, kind="confirm", keyring=keyring, signature_id=new_id, now=now)
-            return Signed(new_id, created=True)
-        existing = session.scalar(same_signer)
-        if existing is None:  # cannot happen: the conflict names this very row
-            raise RuntimeError("sign: insert conflicted but no signature was found")
-    _tell_repeat_signer(
-        session, existing, campaign=campaign, data=data, keyring=keyring, composer=composer,
-        settings=settings, now=now,
-    )
-    return Signed(existing.id, created=False)
 
 
 def _tell_repeat_signer(
