@@ -20,6 +20,7 @@ import sys
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 from itertools import islice
@@ -119,6 +120,16 @@ class Reader:
         self.opt_in_sql = (f"SELECT signature_id, target FROM target_opt_ins WHERE signature_id >= {mark}"
                            f" AND signature_id <= {mark} ORDER BY signature_id, target")
         self.stamp = _stamper(created.result_processor(dialect, None))
+
+    @contextmanager
+    def cursor(self) -> Iterator[Any]:
+        """A driver cursor inside one read transaction of its own."""
+        with self.db.read() as session:
+            cursor = session.connection().connection.cursor()
+            try:
+                yield cursor
+            finally:
+                cursor.close()
 
     @staticmethod
     def bounds(cursor) -> tuple[int, int]:
@@ -230,14 +241,10 @@ class Reader:
         many there are. One read transaction of its own."""
         parts: list[str] = []
         count = 0
-        with self.db.read() as session:
-            cursor = session.connection().connection.cursor()
-            try:
-                for rows, opt_ins in self.pages(cursor, low - 1, high, SPAN_PAGE):
-                    parts.append(self.text(fmt, rows, opt_ins))
-                    count += len(rows)
-            finally:
-                cursor.close()
+        with self.cursor() as cursor:
+            for rows, opt_ins in self.pages(cursor, low - 1, high, SPAN_PAGE):
+                parts.append(self.text(fmt, rows, opt_ins))
+                count += len(rows)
         return ("" if fmt == "csv" else ",\n").join(parts).encode(), count
 
 
@@ -324,16 +331,12 @@ def signatures(db: Database, keyring: Keyring, query: SignatureQuery, *, organis
         prefix = head + first
         try:
             reader = Reader(db, keyring, query)
-            with db.read() as session:
-                cursor = session.connection().connection.cursor()
-                try:
-                    _, last = reader.bounds(cursor)
-                    for rows, opt_ins in reader.pages(cursor, 0, last, BATCH):
-                        count += len(rows)
-                        yield prefix + reader.text(fmt, rows, opt_ins)
-                        prefix = between
-                finally:
-                    cursor.close()
+            with reader.cursor() as cursor:
+                _, last = reader.bounds(cursor)
+                for rows, opt_ins in reader.pages(cursor, 0, last, BATCH):
+                    count += len(rows)
+                    yield prefix + reader.text(fmt, rows, opt_ins)
+                    prefix = between
             yield (head if count == 0 else "") + tail
             complete = True
         finally:
@@ -356,12 +359,8 @@ def write_signatures(
     count, complete = 0, False
     try:
         reader = Reader(db, keyring, query)
-        with db.read() as session:
-            cursor = session.connection().connection.cursor()
-            try:
-                low, high = reader.bounds(cursor)
-            finally:
-                cursor.close()
+        with reader.cursor() as cursor:
+            low, high = reader.bounds(cursor)
         ranges = [(start, min(start + span - 1, high)) for start in range(low, high + 1, span)]
         head, first, between, tail = (part.encode() for part in FRAMES[fmt])
         out.write(head)
