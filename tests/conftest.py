@@ -141,6 +141,14 @@ def svc(settings: Settings, db: Database) -> Services:
 
 
 @pytest.fixture
+def pg_svc(tmp_path: Path, pg_url: str) -> Iterator[Services]:
+    """The app's services on a fresh PostgreSQL schema (skipped where there is no server)."""
+    database = Database(pg_url)
+    yield Services.build(make_settings(tmp_path, pg_url), db=database)
+    database.dispose()
+
+
+@pytest.fixture
 def client(settings: Settings, db: Database) -> Iterator[TestClient]:
     with TestClient(create_app(settings, db=db), base_url="http://testserver") as c:
         yield c

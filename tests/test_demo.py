@@ -12,7 +12,7 @@ from app import demo, signing
 from app.cli import app as cli
 from app.db import Database, utcnow
 from app.models import CONFIRMED, PENDING, Signature, SignatureCount
-from tests.conftest import TEST_DATA_KEY, TEST_SECRET, make_settings
+from tests.conftest import TEST_DATA_KEY, TEST_SECRET
 
 
 def check_filled(svc, db: Database, *, rows: int, confirmed: int, share: float, days: int, now) -> list[Signature]:
@@ -102,19 +102,13 @@ def test_a_demo_signer_signing_again_is_recognised_as_the_same_signer(svc):
 
 
 @pytest.mark.postgres
-def test_demo_data_on_postgresql(tmp_path, pg_url):
-    from app.state import Services
-
-    db = Database(pg_url)
-    try:
-        svc = Services.build(make_settings(tmp_path, pg_url), db=db)
-        now = utcnow()
-        filled = demo.fill(db, campaign="mamay", count=2000, keyring=svc.keyring, now=now, confirmed_share=0.8,
-                           days=20, chunk=600, processes=2, seed=9)
-        found = check_filled(svc, db, rows=2000, confirmed=filled.confirmed, share=0.8, days=20, now=now)
-        assert [r.email_key for r in found] == sorted(r.email_key for r in found)
-    finally:
-        db.dispose()
+def test_demo_data_on_postgresql(pg_svc):
+    svc, db = pg_svc, pg_svc.db
+    now = utcnow()
+    filled = demo.fill(db, campaign="mamay", count=2000, keyring=svc.keyring, now=now, confirmed_share=0.8,
+                       days=20, chunk=600, processes=2, seed=9)
+    found = check_filled(svc, db, rows=2000, confirmed=filled.confirmed, share=0.8, days=20, now=now)
+    assert [r.email_key for r in found] == sorted(r.email_key for r in found)
 
 
 def test_demo_data_command_fills_the_campaign(settings):

@@ -262,28 +262,22 @@ def test_the_erase_request_form_is_rate_limited(tmp_path, sqlite_url):
 
 
 @pytest.mark.postgres
-def test_erasure_on_postgresql(tmp_path, pg_url):
-    from app.state import Services
-
-    db = Database(pg_url)
-    try:
-        svc = Services.build(make_settings(tmp_path, pg_url), db=db)
-        now = utcnow()
-        with db.write.begin() as s:
-            ids = add_signatures(s, [
-                signature_values(svc.keyring, name="Pg Person", email="pg@example.org", city="Aktau", created_at=now),
-                signature_values(svc.keyring, name="Pg Person", email="pg@example.org", status="pending",
-                                 created_at=now, campaign="other"),
-                signature_values(svc.keyring, name="Pg Other", email="other@example.org", created_at=now),
-            ], opt_ins={0: ["president"]})
-            outbox.enqueue(s, svc.composer.build(to="pg@example.org", subject="x", body="Pg Person"), kind="x",
-                           keyring=svc.keyring, signature_id=ids[1], now=now)
-        with db.write.begin() as s:
-            done = erasure.erase(s, keys=erasure.email_keys(svc.keyring, "PG@example.org"), now=now)
-        assert (done.kept_anonymous, done.deleted, done.mails_dropped) == (1, 1, 1)
-        keys = erasure.email_keys(svc.keyring, "pg@example.org")
-        assert traces(svc, ["Pg Person", "pg@example.org", "Aktau"], keys) == []
-        with db.read() as s:
-            assert signing.recount(s, "mamay") == stored_count(svc, "mamay") == 2
-    finally:
-        db.dispose()
+def test_erasure_on_postgresql(pg_svc):
+    svc, db = pg_svc, pg_svc.db
+    now = utcnow()
+    with db.write.begin() as s:
+        ids = add_signatures(s, [
+            signature_values(svc.keyring, name="Pg Person", email="pg@example.org", city="Aktau", created_at=now),
+            signature_values(svc.keyring, name="Pg Person", email="pg@example.org", status="pending",
+                             created_at=now, campaign="other"),
+            signature_values(svc.keyring, name="Pg Other", email="other@example.org", created_at=now),
+        ], opt_ins={0: ["president"]})
+        outbox.enqueue(s, svc.composer.build(to="pg@example.org", subject="x", body="Pg Person"), kind="x",
+                       keyring=svc.keyring, signature_id=ids[1], now=now)
+    with db.write.begin() as s:
+        done = erasure.erase(s, keys=erasure.email_keys(svc.keyring, "PG@example.org"), now=now)
+    assert (done.kept_anonymous, done.deleted, done.mails_dropped) == (1, 1, 1)
+    keys = erasure.email_keys(svc.keyring, "pg@example.org")
+    assert traces(svc, ["Pg Person", "pg@example.org", "Aktau"], keys) == []
+    with db.read() as s:
+        assert signing.recount(s, "mamay") == stored_count(svc, "mamay") == 2
