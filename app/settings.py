@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     confirm_token_days: int = Field(default=7, ge=1)
     target_hourly_cap: int = Field(default=30, ge=1)
     outbox_in_process: bool = True
+    # Where the sign path's batches are sealed and written: a child process per server process (so the event
+    # loop never waits for the GIL behind them), or a thread of the server process itself.
+    sign_writer: Literal["process", "thread"] = "process"
     outbox_poll_seconds: float = Field(default=1.0, gt=0)
     outbox_max_attempts: int = Field(default=12, ge=1)
     frame_ancestors: list[str] = []

@@ -116,6 +116,9 @@ def make_settings(tmp_path: Path, database_url: str, **overrides: object) -> Set
         "secret_key": TEST_SECRET,
         "outbox_in_process": False,
         "sign_rate_limit": "off",
+        # In-process tests sign in a thread (one writer process per test would cost a second each); the writer
+        # process is tested in test_intake.py and by every test that runs `campaign serve`.
+        "sign_writer": "thread",
         "base_url": "http://testserver",
         "letters_dir": ROOT / "templates" / "letters",
     }

@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import func, select
 
 from app import signing
+from app.intake import Intake, WriterGone
 from app.models import OutboxMessage, Signature
 from tests.conftest import SIGNER
 
@@ -25,8 +26,12 @@ def rows(svc, model=Signature) -> int:
         return s.scalar(select(func.count()).select_from(model))
 
 
-@pytest.fixture
-def intake(svc):
+@pytest.fixture(params=["thread", "process"])
+def intake(svc, request):
+    """The writer as a thread of this process, and as the child process `campaign serve` uses."""
+    if request.param == "process":
+        svc.intake = Intake(svc.db, keyring=svc.keyring, composer=svc.composer,
+                            settings=svc.settings.model_copy(update={"sign_writer": "process"}))
     svc.intake.start()
     yield svc.intake
     svc.intake.stop()
@@ -129,11 +134,38 @@ def test_repeat_signers_in_a_batch_of_new_ones_get_their_own_answer_and_mail_in_
     ])
 
 
-def test_stop_commits_and_answers_everything_already_queued(svc):
-    futures = [svc.intake.submit(svc.campaigns["mamay"], signer(i)) for i in range(25)]
-    svc.intake.stop()
+def test_stop_commits_and_answers_everything_already_queued(svc, intake):
+    futures = [intake.submit(svc.campaigns["mamay"], signer(i)) for i in range(25)]
+    intake.stop()
     assert all(f.done() and f.exception() is None for f in futures)
-    assert rows(svc) == 25 and not svc.intake.running
+    assert rows(svc) == 25 and not intake.running
+
+
+def test_a_writer_process_that_dies_fails_what_it_held_and_the_next_signature_gets_a_new_one(svc):
+    import os
+    import signal
+
+    intake = Intake(svc.db, keyring=svc.keyring, composer=svc.composer,
+                    settings=svc.settings.model_copy(update={"sign_writer": "process"}))
+    intake.start()
+    try:
+        assert intake.submit(svc.campaigns["mamay"], signer(1)).result(timeout=10).created
+        child = intake.child
+        blocker = hold_write_lock(svc)  # the child waits on the lock with the next signature
+        try:
+            held = intake.submit(svc.campaigns["mamay"], signer(2))
+            time.sleep(0.3)
+            os.kill(child.process.pid, signal.SIGKILL)
+            with pytest.raises(WriterGone):
+                held.result(timeout=10)  # never acknowledged
+        finally:
+            blocker.rollback()
+            blocker.close()
+        again = intake.submit(svc.campaigns["mamay"], signer(3)).result(timeout=30)
+        assert again.created and intake.child is not child
+    finally:
+        intake.stop()
+    assert rows(svc) == 2  # the one that died with the child was never committed
 
 
 def test_api_under_concurrent_load_stores_exactly_the_signatures_it_accepted(client, svc):
