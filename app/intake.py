@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import itertools
 import logging
 import multiprocessing
@@ -39,6 +40,8 @@ from app.encryption import Keyring, load_keyring
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
+
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)  # Linux; Python 3.11 names it only on some builds
 
 Outcome = signing.Signed | Exception
 
@@ -123,48 +126,43 @@ class Intake:
         self.settings = settings
         self.batch_size = batch_size
         self.totals = Totals()
-        self._queue: queue.SimpleQueue[_Item | object] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        self.writer: _ThreadWriter | _ProcessWriter | None = None
         self._lock = threading.Lock()
-        self._process = settings.sign_writer == "process"
-        self.child: _Child | None = None  # the current writer process, as the forwarding thread last saw it
 
     # --- life cycle ----------------------------------------------------------------------------------------
 
     def start(self) -> None:
+        """Start the writer. In process mode, started from a running event loop (the app's lifespan), answers
+        are read on that loop; started elsewhere, by a thread."""
         with self._lock:
-            self._start_locked()
+            self._writer()
 
-    def _start_locked(self) -> None:
-        if self._thread is None:
-            # Each writer has its own queue, so a writer being stopped never takes a newer writer's items.
-            self._queue = queue.SimpleQueue()
-            # The child starts here, so a server is ready (or fails to start) before its first request.
-            child = self.child = self._new_child() if self._process else None
-            self._thread = threading.Thread(target=self._run, args=(self._queue, child), name="sign-intake",
-                                            daemon=True)
-            self._thread.start()
+    def _writer(self) -> _ThreadWriter | _ProcessWriter:
+        writer = self.writer
+        if writer is None or not writer.alive:
+            if writer is not None:  # its writer process died; it has failed what it held
+                log.error("sign intake: the writer ended; starting another")
+                writer.stop()
+            writer = self.writer = (_ProcessWriter if self.settings.sign_writer == "process" else _ThreadWriter)(self)
+        return writer
 
     def stop(self, timeout: float = 30) -> None:
-        """Finish (commit and answer) every item already queued, then end the writer."""
+        """Finish (commit and answer) every item already handed over, then end the writer."""
         with self._lock:
-            thread, self._thread = self._thread, None
-            if thread is None:
-                return
-            self._queue.put(_STOP)
-        thread.join(timeout)
+            writer, self.writer = self.writer, None
+        if writer is not None:
+            writer.stop(timeout)
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self.writer is not None and self.writer.alive
 
     # --- the two ways in -----------------------------------------------------------------------------------
 
     def submit(self, campaign: Campaign, data: signing.SignatureIn) -> Future[signing.Signed]:
         future: Future[signing.Signed] = Future()
         with self._lock:
-            self._start_locked()  # an app served without its lifespan (a bare TestClient) still signs
-            self._queue.put(_Item(campaign, data, future))
+            self._writer().put(_Item(campaign, data, future))  # an app served without its lifespan still signs
         return future
 
     async def sign(self, campaign: Campaign, data: signing.SignatureIn) -> signing.Signed:
@@ -172,69 +170,20 @@ class Intake:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[signing.Signed] = loop.create_future()
         with self._lock:
-            self._start_locked()
-            self._queue.put(_Item(campaign, data, future, loop))
+            self._writer().put(_Item(campaign, data, future, loop))
         return await future
 
-    # --- the forwarding thread -----------------------------------------------------------------------------
-
-    def _run(self, waiting: queue.SimpleQueue, child: _Child | None) -> None:
-        stopping = False
+    def settle(self, outcomes: list[tuple[_Item, Outcome]], committed: bool) -> None:
+        """Answer a batch. Futures of the loop this runs on are set here; other loops are woken once each."""
         try:
-            while not stopping:
-                first = waiting.get()
-                batch: list[_Item] = []
-                if first is _STOP:
-                    stopping = True
-                else:
-                    batch.append(first)  # type: ignore[arg-type]
-                # Take whatever else is already waiting, up to the batch size; never wait for more to arrive.
-                while len(batch) < self.batch_size:
-                    try:
-                        item = waiting.get_nowait()
-                    except queue.Empty:
-                        break
-                    if item is _STOP:
-                        stopping = True
-                        continue
-                    batch.append(item)  # type: ignore[arg-type]
-                # A request that went away before its turn is dropped unanswered: it was never acknowledged.
-                live = [item for item in batch if (not item.future.cancelled() if item.loop
-                                                   else item.future.set_running_or_notify_cancel())]
-                if not live:
-                    continue
-                if not self._process:
-                    outcomes, committed = self.committer.write([(item.campaign, item.data) for item in live])
-                    self._settle(list(zip(live, outcomes, strict=True)), committed)
-                    continue
-                if child is None or not child.alive:
-                    if child is not None:
-                        log.error("sign intake: the writer process ended (exit code %s); starting another",
-                                  child.process.exitcode)
-                        child.stop()
-                    child = self.child = self._new_child()
-                if child is None:
-                    self._settle([(item, WriterGone("the sign writer could not start")) for item in live], False)
-                else:
-                    child.ship(live)
-        finally:
-            if child is not None:
-                child.stop()
-
-    def _new_child(self) -> _Child | None:
-        try:
-            return _Child(self.settings, self.batch_size, self._settle)
-        except Exception:
-            log.exception("sign intake: the writer process did not start")
-            return None
-
-    def _settle(self, outcomes: list[tuple[_Item, Outcome]], committed: bool) -> None:
-        """Answer a batch: each event loop is woken once for the lot, not once per request."""
+            here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, Outcome]]] = {}
         signed = 0
         for item, outcome in outcomes:
             signed += isinstance(outcome, signing.Signed)
-            if item.loop is None:
+            if item.loop is None or item.loop is here:
                 _settle(item.future, outcome)
             else:
                 by_loop.setdefault(item.loop, []).append((item.future, outcome))
@@ -263,81 +212,190 @@ def _settle_all(pairs: list[tuple[asyncio.Future, Outcome]]) -> None:
         _settle(future, outcome)
 
 
-# --- the writer process --------------------------------------------------------------------------------------
+class _ThreadWriter:
+    """A thread of this process takes up to a batch of what is waiting, signs it, commits, then answers."""
 
-
-class _Child:
-    """The writer process seen from the server: `ship` sends a batch (from the forwarding thread only) and a
-    receiving thread settles each answer. A campaign travels once, then by its id (campaigns are frozen)."""
-
-    def __init__(self, settings: Settings, batch_size: int,
-                 settle: Callable[[list[tuple[_Item, Outcome]], bool], None]) -> None:
-        context = multiprocessing.get_context("spawn")  # never fork a process that runs threads and a loop
-        self.conn, child_end = context.Pipe()
-        self.process = context.Process(target=_writer_main, args=(child_end, settings, batch_size),
-                                       name="sign-writer", daemon=True)
-        self.process.start()
-        child_end.close()  # so that the child's death reads as EOF here
-        if not self.conn.poll(60) or self.conn.recv() != "ready":
-            self.process.kill()
-            raise WriterGone("the sign writer did not start within 60 s")
-        self.settle = settle
-        self.pending: dict[int, _Item] = {}
-        self.sent: dict[int, Campaign] = {}  # id() -> campaign, for those the child holds (and to keep the id)
-        self.ids = itertools.count()
-        self.receiver = threading.Thread(target=self._receive, name="sign-answers", daemon=True)
-        self.receiver.start()
+    def __init__(self, intake: Intake) -> None:
+        self.intake = intake
+        self.queue: queue.SimpleQueue[_Item | object] = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._run, name="sign-intake", daemon=True)
+        self.thread.start()
 
     @property
     def alive(self) -> bool:
-        return self.receiver.is_alive()
+        return self.thread.is_alive()
 
-    def ship(self, items: list[_Item]) -> None:
-        message = []
-        for item in items:
-            number, key = next(self.ids), id(item.campaign)
-            first = key not in self.sent
-            if first:
-                self.sent[key] = item.campaign
-            message.append((number, key, item.data, item.campaign if first else None))
-            self.pending[number] = item
+    def put(self, item: _Item) -> None:
+        self.queue.put(item)
+
+    def stop(self, timeout: float = 30) -> None:
+        self.queue.put(_STOP)
+        self.thread.join(timeout)
+
+    def _run(self) -> None:
+        batch_size, waiting = self.intake.batch_size, self.queue
+        stopping = False
+        while not stopping:
+            first = waiting.get()
+            batch: list[_Item] = []
+            if first is _STOP:
+                stopping = True
+            else:
+                batch.append(first)  # type: ignore[arg-type]
+            # Take whatever else is already waiting, up to the batch size; never wait for more to arrive.
+            while len(batch) < batch_size:
+                try:
+                    item = waiting.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stopping = True
+                    continue
+                batch.append(item)  # type: ignore[arg-type]
+            # A request that went away before its turn is dropped unanswered: it was never acknowledged.
+            live = [item for item in batch if (not item.future.cancelled() if item.loop
+                                               else item.future.set_running_or_notify_cancel())]
+            if live:
+                outcomes, committed = self.intake.committer.write([(item.campaign, item.data) for item in live])
+                self.intake.settle(list(zip(live, outcomes, strict=True)), committed)
+
+
+class _ProcessWriter:
+    """A child process signs the batches. Requests go to it over one pipe, batched per turn of the event loop;
+    its answers come back over another and are read on the event loop it was started from (no thread of this
+    process ever waits for the GIL on the sign path), or by a thread when it was started outside one."""
+
+    def __init__(self, intake: Intake) -> None:
+        self.intake = intake
+        context = multiprocessing.get_context("spawn")  # never fork a process that runs threads and a loop
+        child_requests, self.requests = context.Pipe(duplex=False)
+        self.answers, child_answers = context.Pipe(duplex=False)
+        with contextlib.suppress(OSError):  # room for a few thousand requests before a send would wait
+            fcntl.fcntl(self.requests.fileno(), F_SETPIPE_SZ, 1 << 20)
+        self.process = context.Process(
+            target=_writer_main, args=(child_requests, child_answers, intake.settings, intake.batch_size),
+            name="sign-writer", daemon=True,
+        )
+        self.process.start()
+        child_requests.close()  # so that the child's death reads as EOF here, and ours as EOF there
+        child_answers.close()
+        if not self.answers.poll(60) or self.answers.recv() != "ready":
+            self.process.kill()
+            raise WriterGone("the sign writer did not start within 60 s")
+        self.pending: dict[int, _Item] = {}
+        self.sent: dict[int, Campaign] = {}  # id() -> campaign, those the child holds (a campaign is frozen)
+        self.numbers = itertools.count()
+        self.send_lock = threading.Lock()
+        self.outgoing: list[tuple] = []  # this turn's requests from the loop, sent together at its end
+        self.ended = threading.Event()
+        self.loop: asyncio.AbstractEventLoop | None
         try:
-            self.conn.send(message)
-        except OSError:  # the child is gone (and its receiving thread may have swept `pending` already)
-            self._fail([number for number, *_ in message])
+            self.loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.loop = None
+            threading.Thread(target=self._receive, name="sign-answers", daemon=True).start()
+        else:
+            self.loop.add_reader(self.answers.fileno(), self._readable)
+
+    @property
+    def alive(self) -> bool:
+        return not self.ended.is_set()
+
+    def put(self, item: _Item) -> None:
+        number, key = next(self.numbers), id(item.campaign)
+        first = key not in self.sent
+        if first:
+            self.sent[key] = item.campaign
+        request = (number, key, item.data, item.campaign if first else None)
+        self.pending[number] = item
+        if item.loop is not None and item.loop is self.loop:
+            if not self.outgoing:
+                self.loop.call_soon(self._flush)
+            self.outgoing.append(request)
+        else:
+            self._send([request])
+
+    def _flush(self) -> None:
+        requests, self.outgoing = self.outgoing, []
+        self._send(requests)
+
+    def _send(self, requests: list[tuple]) -> None:
+        try:
+            with self.send_lock:
+                self.requests.send(requests)
+        except OSError:  # the child is gone (and the answers' reader may have failed `pending` already)
+            self._fail([number for number, *_ in requests])
 
     def _fail(self, numbers: list[int]) -> None:
         """Fail these if still pending: whoever pops an item answers it, so each is answered once."""
         gone = [item for item in map(self.pending.pop, numbers, itertools.repeat(None)) if item is not None]
-        self.settle([(item, WriterGone("the sign writer ended before answering")) for item in gone], False)
+        self.intake.settle([(item, WriterGone("the sign writer ended before answering")) for item in gone], False)
+
+    def _answered(self, message) -> bool:
+        """Settle one message of answers; False once the child has said it is done."""
+        if message == "done":
+            return False
+        answers, committed = message
+        self.intake.settle([(self.pending.pop(number), outcome) for number, outcome in answers], committed)
+        return True
+
+    def _readable(self) -> None:
+        try:
+            while self.answers.poll():
+                if not self._answered(self.answers.recv()):
+                    break
+            else:
+                return
+        except (EOFError, OSError):
+            pass
+        self._end()
+
+    def _receive(self) -> None:
+        with contextlib.suppress(EOFError, OSError):
+            while self._answered(self.answers.recv()):
+                pass
+        self._end()
+
+    def _end(self) -> None:
+        """The child has answered all it will: what it had not answered was never acknowledged."""
+        if self.loop is not None and not self.loop.is_closed():
+            self.loop.remove_reader(self.answers.fileno())
+        self.ended.set()
+        self._fail(list(self.pending))
 
     def stop(self, timeout: float = 30) -> None:
-        with contextlib.suppress(OSError):
-            self.conn.send("stop")  # the child commits and answers what it holds, then says "done"
-        self.receiver.join(timeout)
+        """The child commits and answers what it holds, says "done" and exits."""
+        if self.outgoing:
+            self._flush()
+        with contextlib.suppress(OSError), self.send_lock:
+            self.requests.send("stop")
+        loop = self.loop
+        on_loop = loop is not None and (loop.is_closed() or _running_loop() is loop)
+        if on_loop and not self.ended.is_set():
+            # Stopped from the loop that reads the answers (the lifespan): read the last ones here.
+            with contextlib.suppress(EOFError, OSError):
+                while self.answers.poll(timeout) and self._answered(self.answers.recv()):
+                    pass
+            self._end()
+        self.ended.wait(timeout)
         self.process.join(timeout)
         if self.process.is_alive():
             self.process.kill()
-        self.conn.close()
-
-    def _receive(self) -> None:
-        while True:
-            try:
-                message = self.conn.recv()
-            except (EOFError, OSError):
-                break
-            if message == "done":
-                break
-            answers, committed = message
-            self.settle([(self.pending.pop(number), outcome) for number, outcome in answers], committed)
-        # Whatever the child had not answered was never acknowledged; it may or may not have been committed.
-        self._fail(list(self.pending))
+        self.requests.close()
+        self.answers.close()
 
 
-def _writer_main(conn, settings: Settings, batch_size: int) -> None:
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _writer_main(requests, answers, settings: Settings, batch_size: int) -> None:
     """The child: sign what arrives in batches of up to `batch_size`, answering each batch after its commit."""
     # The server decides when this ends ("stop", or EOF when it died): a Ctrl-C or SIGTERM to the process group
-    # must not kill the writer before the server has drained its queue into it.
+    # must not kill the writer before the server has drained its requests into it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     db = Database(settings.sqlalchemy_url)
@@ -345,14 +403,14 @@ def _writer_main(conn, settings: Settings, batch_size: int) -> None:
     committer = Committer(db, keyring=load_keyring(settings), composer=mail.Composer(settings), settings=settings)
     campaigns: dict[int, Campaign] = {}
     waiting: deque[tuple[int, Campaign, signing.SignatureIn]] = deque()
-    conn.send("ready")
+    answers.send("ready")
     stopping = False
     try:
         while True:
             # Block only when nothing waits; else take what has already arrived, up to a batch.
-            while not stopping and (not waiting or (len(waiting) < batch_size and conn.poll())):
+            while not stopping and (not waiting or (len(waiting) < batch_size and requests.poll())):
                 try:
-                    message = conn.recv()
+                    message = requests.recv()
                 except EOFError:  # the server died: commit what came, though nobody hears of it
                     stopping = True
                     break
@@ -367,11 +425,11 @@ def _writer_main(conn, settings: Settings, batch_size: int) -> None:
                 break
             batch = [waiting.popleft() for _ in range(min(batch_size, len(waiting)))]
             outcomes, committed = committer.write([(campaign, data) for _, campaign, data in batch])
-            answers = [(number, _portable(outcome)) for (number, _, _), outcome in zip(batch, outcomes, strict=True)]
+            reply = [(number, _portable(outcome)) for (number, _, _), outcome in zip(batch, outcomes, strict=True)]
             with contextlib.suppress(OSError):
-                conn.send((answers, committed))
+                answers.send((reply, committed))
         with contextlib.suppress(OSError):
-            conn.send("done")
+            answers.send("done")
     finally:
         db.stop_checkpoints()
         db.dispose()
@@ -381,7 +439,7 @@ def _portable(outcome: Outcome) -> Outcome:
     """An error as the server can unpickle it (a driver's exception may not be)."""
     if isinstance(outcome, Exception):
         try:
-            pickle.loads(pickle.dumps(outcome))
+            pickle.loads(pickle.dumps(outcome))  # noqa: S301 - our own bytes, made on the line above
         except Exception:
             return RuntimeError(f"{type(outcome).__name__}: {outcome}")
     return outcome

@@ -150,7 +150,7 @@ def test_a_writer_process_that_dies_fails_what_it_held_and_the_next_signature_ge
     intake.start()
     try:
         assert intake.submit(svc.campaigns["mamay"], signer(1)).result(timeout=10).created
-        child = intake.child
+        child = intake.writer
         blocker = hold_write_lock(svc)  # the child waits on the lock with the next signature
         try:
             held = intake.submit(svc.campaigns["mamay"], signer(2))
@@ -162,7 +162,7 @@ def test_a_writer_process_that_dies_fails_what_it_held_and_the_next_signature_ge
             blocker.rollback()
             blocker.close()
         again = intake.submit(svc.campaigns["mamay"], signer(3)).result(timeout=30)
-        assert again.created and intake.child is not child
+        assert again.created and intake.writer is not child
     finally:
         intake.stop()
     assert rows(svc) == 2  # the one that died with the child was never committed
