@@ -53,7 +53,8 @@ class Signature(Base):
     confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     erased_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # Confirmation: link token and short code, both stored as hashes only.
-    confirm_token_hash: Mapped[bytes | None] = mapped_column(LargeBinary(32), unique=True)
+    # Not indexed: a confirmation link names its row (security.row_token).
+    confirm_token_hash: Mapped[bytes | None] = mapped_column(LargeBinary(32))
     confirm_code_hash: Mapped[bytes | None] = mapped_column(LargeBinary(32))
     code_attempts: Mapped[int] = mapped_column(Integer, default=0)
     confirm_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

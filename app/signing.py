@@ -190,6 +190,7 @@ class Signed:
 
 
 def _confirmation(settings: Settings, now: datetime) -> tuple[str, str, dict[str, object]]:
+    """The secret of a confirmation link (see security.row_token), its code, and the columns that store them."""
     token, code = security.new_token(), security.new_code()
     columns = {
         "confirm_token_hash": security.token_hash(token),
@@ -259,7 +260,8 @@ def sign_many(
             i, token, code = fresh.pop((slug, email_key))
             campaign, data = requests[i]
             message = composer.confirmation(
-                campaign=campaign, lang=data.lang, to=data.email, token=token, code=code, discreet=data.discreet
+                campaign=campaign, lang=data.lang, to=data.email, token=security.row_token(new_id, token), code=code,
+                discreet=data.discreet,
             )
             mails.append(outbox.row_values(message, kind="confirm", keyring=keyring, signature_id=new_id, now=now))
             outcomes[i] = Signed(new_id, created=True)
@@ -317,7 +319,7 @@ def _tell_repeat_signer(
         for key, value in columns.items():
             setattr(row, key, value)
     message = composer.already_signed(
-        campaign=campaign, lang=data.lang, to=data.email, token=token, code=code,
+        campaign=campaign, lang=data.lang, to=data.email, token=token and security.row_token(row.id, token), code=code,
         discreet=data.discreet or row.discreet,
     )
     outbox.enqueue(session, message, kind="already", keyring=keyring, signature_id=row.id, now=now)
@@ -341,8 +343,9 @@ class Confirmed:
 
 def find_by_token(session: Session, token: str, *, now: datetime) -> Signature:
     """The signature a confirmation link names, without changing anything (GET of the link)."""
-    row = session.scalar(select(Signature).where(Signature.confirm_token_hash == security.token_hash(token)))
-    if row is None:
+    named = security.split_row_token(token)
+    row = session.get(Signature, named[0]) if named else None
+    if row is None or not security.same(row.confirm_token_hash, security.token_hash(named[1])):  # type: ignore[index]
         raise ConfirmProblem("unknown")
     if row.status == PENDING and row.confirm_expires_at and row.confirm_expires_at < now:
         raise ConfirmProblem("expired")
@@ -382,7 +385,8 @@ def confirm_by_code(
     campaign = campaigns[row.campaign]
     to = keyring.open(row.email_enc, "email", row.key_id) or ""
     message = composer.confirmation(
-        campaign=campaign, lang=row.language, to=to, token=token, code=new_code, discreet=row.discreet
+        campaign=campaign, lang=row.language, to=to, token=security.row_token(row.id, token), code=new_code,
+        discreet=row.discreet,
     )
     outbox.enqueue(session, message, kind="confirm", keyring=keyring, signature_id=row.id, now=now)
     return ConfirmProblem("new_code_sent")

@@ -187,6 +187,30 @@ def test_stats_cli_prints_folded_json(tmp_path, sqlite_url, svc):
     assert data["confirmed"] == 1 and data["by_country"] == {"other": 1}
 
 
+def test_a_confirmation_link_opens_only_with_its_own_row_and_secret_together(svc, smtp):
+    """The link names its row (so no index over random hashes), but the row's number alone opens nothing."""
+    now = utcnow()
+    with svc.db.write.begin() as session:
+        for email in ("row-a@example.org", "row-b@example.org"):
+            signing.sign(session, campaign=svc.campaigns["mamay"], data=signing.validate(
+                {**SIGNER, "email": email, "consent": True}), keyring=svc.keyring, composer=svc.composer,
+                settings=svc.settings, now=now)
+    deliver(svc, smtp.url)
+    tokens = {}
+    for sent in smtp.sink.messages:
+        tokens[sent.message["To"]] = re.search(r"/confirm/([\w.-]+)", body(sent.message)).group(1)
+    a, b = tokens["row-a@example.org"], tokens["row-b@example.org"]
+    (a_id, a_secret), (b_id, b_secret) = a.split("."), b.split(".")
+    with svc.db.read() as session:
+        assert signing.find_by_token(session, a, now=now).id == int(a_id)
+        for wrong in (f"{a_id}.{b_secret}", f"{b_id}.{a_secret}", a_id, f"{a_id}.", f".{a_secret}", a_secret,
+                      f"0{a_id}x.{a_secret}", f"\u0661.{a_secret}", f"-{a_id}.{a_secret}", "9" * 40 + "." + a_secret,
+                      f"{a_id}.{a_secret}x"):
+            with pytest.raises(signing.ConfirmProblem) as problem:
+                signing.find_by_token(session, wrong, now=now)
+            assert problem.value.reason == "unknown", wrong
+
+
 def test_confirmation_link_and_code_expire_after_the_configured_days(svc, smtp):
     campaign = svc.campaigns["mamay"]
     signed_at = utcnow()
@@ -197,7 +221,7 @@ def test_confirmation_link_and_code_expire_after_the_configured_days(svc, smtp):
     later = signed_at + timedelta(days=svc.settings.confirm_token_days, minutes=1)
     deliver(svc, smtp.url)
     text = body(smtp.sink.messages[0].message)
-    token = re.search(r"/confirm/([\w-]+)", text).group(1)
+    token = re.search(r"/confirm/([\w.-]+)", text).group(1)
     code = re.search(r"\b([A-Z0-9]{8})\b", text).group(1)
     with svc.db.write.begin() as session:
         for attempt in (
