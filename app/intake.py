@@ -20,11 +20,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import gc
 import itertools
 import logging
 import multiprocessing
 import pickle
 import queue
+import select
 import signal
 import threading
 from collections import deque
@@ -336,15 +338,16 @@ class _ProcessWriter:
         if message == "done":
             return False
         answers, committed = message
-        self.intake.settle([(self.pending.pop(number), outcome) for number, outcome in answers], committed)
+        pop, signed = self.pending.pop, signing.Signed
+        self.intake.settle([(pop(number), outcome if isinstance(outcome, Exception) else signed(*outcome))
+                            for number, outcome in answers], committed)
         return True
 
     def _readable(self) -> None:
+        # One message per call: the loop calls again while more is waiting (Connection.poll() would build a
+        # selector per call).
         try:
-            while self.answers.poll():
-                if not self._answered(self.answers.recv()):
-                    break
-            else:
+            if self._answered(self.answers.recv()):
                 return
         except (EOFError, OSError):
             pass
@@ -403,12 +406,16 @@ def _writer_main(requests, answers, settings: Settings, batch_size: int) -> None
     committer = Committer(db, keyring=load_keyring(settings), composer=mail.Composer(settings), settings=settings)
     campaigns: dict[int, Campaign] = {}
     waiting: deque[tuple[int, Campaign, signing.SignatureIn]] = deque()
+    # As in the server (main.py): what was built so far lives as long as the process; keep it out of the
+    # collector's full passes, which would stall a batch, and every request in it, now and then.
+    gc.collect()
+    gc.freeze()
     answers.send("ready")
     stopping = False
     try:
         while True:
             # Block only when nothing waits; else take what has already arrived, up to a batch.
-            while not stopping and (not waiting or (len(waiting) < batch_size and requests.poll())):
+            while not stopping and (not waiting or (len(waiting) < batch_size and _readable(requests))):
                 try:
                     message = requests.recv()
                 except EOFError:  # the server died: commit what came, though nobody hears of it
@@ -435,11 +442,18 @@ def _writer_main(requests, answers, settings: Settings, batch_size: int) -> None
         db.dispose()
 
 
-def _portable(outcome: Outcome) -> Outcome:
-    """An error as the server can unpickle it (a driver's exception may not be)."""
-    if isinstance(outcome, Exception):
-        try:
-            pickle.loads(pickle.dumps(outcome))  # noqa: S301 - our own bytes, made on the line above
-        except Exception:
-            return RuntimeError(f"{type(outcome).__name__}: {outcome}")
+def _readable(conn) -> bool:
+    """Whether a message has (begun to) come, without the selector Connection.poll() builds per call."""
+    return bool(select.select([conn], [], [], 0)[0])
+
+
+def _portable(outcome: Outcome) -> tuple[int, bool] | Exception:
+    """What the server can unpickle: a Signed as a plain tuple, an error as itself if it pickles (a driver's
+    exception may not)."""
+    if not isinstance(outcome, Exception):
+        return outcome.signature_id, outcome.created
+    try:
+        pickle.loads(pickle.dumps(outcome))  # noqa: S301 - our own bytes, made on the line above
+    except Exception:
+        return RuntimeError(f"{type(outcome).__name__}: {outcome}")
     return outcome

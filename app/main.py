@@ -56,6 +56,9 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
         lifespan=lifespan,
         docs_url=None,  # the Swagger page loads from a CDN; the schema stays at /openapi.json
         redoc_url=None,
+        # No spans, metrics or logs of requests: their URLs hold confirmation and private-page tokens, and an
+        # OpenTelemetry exporter configured from the environment would ship them to a third party.
+        telemetry={"tracing": False, "metrics": False, "logs": False, "auto_configure": False},
     )
     app.state.services = svc
     app.add_middleware(SecurityHeaders, hsts=settings.base_url.startswith("https://"))

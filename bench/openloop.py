@@ -130,7 +130,7 @@ def main() -> None:
     parser.add_argument("--body", help="JSON body to POST; {n} becomes the request number, {tag} the tag, "
                         "{lang} en/ru/kk in turn")
     parser.add_argument("--tag", default="ol")
-    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--connections", type=int, default=256)
     args = parser.parse_args()
     if urlsplit(args.url).hostname not in {"127.0.0.1", "localhost", "::1"}:
         raise SystemExit("open-loop load goes to loopback only")
