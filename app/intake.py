@@ -179,10 +179,7 @@ class Intake:
 
     def settle(self, outcomes: list[tuple[_Item, Outcome]], committed: bool) -> None:
         """Answer a batch. Futures of the loop this runs on are set here; other loops are woken once each."""
-        try:
-            here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            here = None
+        here = _running_loop()
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, Outcome]]] = {}
         signed = 0
         for item, outcome in outcomes:
@@ -321,7 +318,8 @@ class _ProcessWriter:
 
     def _flush(self) -> None:
         requests, self.outgoing = self.outgoing, []
-        self._send(requests)
+        if requests:  # stop() may have sent them already
+            self._send(requests)
 
     def _send(self, requests: list[tuple]) -> None:
         try:
