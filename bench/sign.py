@@ -90,7 +90,10 @@ def measure(report: Report, *, label: str, database_url: str, var_dir, workers: 
     rows, mails = stored(url)
     errors = sum(r.errors + r.bad for r in signs) + latency.errors + latency.bad + latency_60.errors + latency_60.bad
     in_flight = rows_before - accepted
-    report.figure(f"{label}: sign req/s", best_sign.rps, "req/s", best_ping.rps, "GET /api/v1/ping", goal=0.5,
+    # The 0.5x goal is the shipped setup's (SQLite, issue 6 item 2); the PostgreSQL ratio is reported (item 8): on
+    # one 2-core box its server shares the cores with the app and the load, while 2 processes double the baseline.
+    report.figure(f"{label}: sign req/s", best_sign.rps, "req/s", best_ping.rps, "GET /api/v1/ping",
+                  goal=0.5 if not database_url else None,
                   notes={"workers": workers, "connections": connections})
     report.check(f"{label}: sign p99 at 80 % of achieved rate ({rate:.0f} req/s, open loop)",
                  f"p50 {latency.p50_ms:.1f} ms, p90 {latency.p90_ms:.1f} ms, p99 {latency.p99_ms:.1f} ms",
