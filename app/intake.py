@@ -402,8 +402,8 @@ def _writer_main(requests, answers, settings: Settings, batch_size: int) -> None
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # When cores are short, the server's event loop goes first: it has no slack, while the writer's batches simply
-    # grow (a signature costs less in a bigger batch). Measured at the edge of capacity on 2 shared cores: higher
-    # throughput and a median latency of 4-5 ms instead of 170-680 ms (docs/operations.md).
+    # grow (a signature costs less in a bigger batch). Measured past capacity on 2 shared cores: higher throughput
+    # and a far lower median latency (docs/operations.md).
     os.nice(WRITER_NICENESS)
     db = Database(settings.sqlalchemy_url)
     db.start_checkpoints()
