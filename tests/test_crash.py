@@ -204,3 +204,46 @@ def test_soak_twenty_kills_in_a_row_lose_nothing_sqlite(tmp_path, smtp):
 @pytest.mark.postgres
 def test_soak_twenty_kills_in_a_row_lose_nothing_postgres(tmp_path, pg_url, smtp):
     kill_again_and_again(tmp_path, pg_url, smtp, "crash-soak-postgres", 20)
+
+
+def test_a_writer_process_ends_with_its_server_even_when_the_server_is_killed_alone(tmp_path):
+    """SIGKILL of the server process only (not its group): its sign writer sees the pipe close and exits, so no
+    orphan holds the database, and a restarted server signs with a writer of its own."""
+    import os
+    import signal
+
+    env = server_env(var_dir=tmp_path / "var", database_url=f"sqlite:///{tmp_path / 'orphan.db'}")
+    upgrade(env)
+    server = AppProcess(env).start()
+    try:
+        first = httpx.post(f"{server.url}/api/v1/campaigns/mamay/signatures",
+                           json={**SIGNER, "email": "orphan1@example.org", "consent": True}, timeout=30)
+        assert first.status_code == 202
+        children = [int(c) for task in Path(f"/proc/{server.proc.pid}/task").glob("*/children")
+                    for c in task.read_text().split()]
+        assert children, "the server has no writer process"
+        os.kill(server.proc.pid, signal.SIGKILL)
+        server.proc.wait(10)
+        deadline = time.monotonic() + 15
+        while any(Path(f"/proc/{pid}").exists() and "Z" not in _state(pid) for pid in children):
+            assert time.monotonic() < deadline, f"writer processes {children} outlived their server"
+            time.sleep(0.1)
+        server.start()
+        again = httpx.post(f"{server.url}/api/v1/campaigns/mamay/signatures",
+                           json={**SIGNER, "email": "orphan2@example.org", "consent": True}, timeout=30)
+        assert again.status_code == 202
+    finally:
+        server.stop()
+    svc = Services.build(make_settings(tmp_path, env["CAMPAIGN_DATABASE_URL"]))
+    try:
+        with svc.db.read() as session:
+            assert session.scalar(select(text("count(*)")).select_from(Signature)) == 2
+    finally:
+        svc.db.dispose()
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
