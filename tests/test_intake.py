@@ -12,7 +12,8 @@ import pytest
 from sqlalchemy import func, select
 
 from app import signing
-from app.intake import WRITER_NICENESS, Intake, WriterGone
+from app.intake import Intake, WriterGone
+from app.intake_process import WRITER_NICENESS
 from app.models import OutboxMessage, Signature
 from tests.conftest import SIGNER
 

@@ -1,0 +1,228 @@
+"""The sign intake's writer process (`CAMPAIGN_SIGN_WRITER=process`, what `campaign serve` runs): one child per
+server process signs the batches, so sealing and SQL never hold the server's interpreter lock.
+
+Requests go to it over one pipe, batched per turn of the event loop; its answers come back over another, each
+batch's only after its commit, and are read on the event loop the writer was started from. A writer that dies fails
+what it had not answered (never acknowledged); the intake then starts another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import gc
+import itertools
+import multiprocessing
+import os
+import pickle
+import select
+import signal
+import threading
+from collections import deque
+
+from app import intake, mail, signing
+from app.campaigns import Campaign
+from app.db import Database
+from app.encryption import load_keyring
+from app.settings import Settings
+
+WRITER_NICENESS = 5  # the writer process's scheduling priority below the server's (see _writer_main)
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)  # Linux; Python 3.11 names it only on some builds
+
+
+class ProcessWriter:
+    """A child process signs the batches. Requests go to it over one pipe, batched per turn of the event loop;
+    its answers come back over another and are read on the event loop it was started from (no thread of this
+    process ever waits for the GIL on the sign path), or by a thread when it was started outside one."""
+
+    def __init__(self, owner: intake.Intake) -> None:
+        self.intake = owner
+        context = multiprocessing.get_context("spawn")  # never fork a process that runs threads and a loop
+        child_requests, self.requests = context.Pipe(duplex=False)
+        self.answers, child_answers = context.Pipe(duplex=False)
+        with contextlib.suppress(OSError):  # room for a few thousand requests before a send would wait
+            fcntl.fcntl(self.requests.fileno(), F_SETPIPE_SZ, 1 << 20)
+        self.process = context.Process(
+            target=_writer_main, args=(child_requests, child_answers, owner.settings, owner.batch_size),
+            name="sign-writer", daemon=True,
+        )
+        self.process.start()
+        child_requests.close()  # so that the child's death reads as EOF here, and ours as EOF there
+        child_answers.close()
+        if not self.answers.poll(60) or self.answers.recv() != "ready":
+            self.process.kill()
+            raise intake.WriterGone("the sign writer did not start within 60 s")
+        self.pending: dict[int, intake.Item] = {}
+        self.sent: dict[int, Campaign] = {}  # id() -> campaign, those the child holds (a campaign is frozen)
+        self.numbers = itertools.count()
+        self.send_lock = threading.Lock()
+        self.outgoing: list[tuple] = []  # this turn's requests from the loop, sent together at its end
+        self.ended = threading.Event()
+        self.loop: asyncio.AbstractEventLoop | None
+        try:
+            self.loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.loop = None
+            threading.Thread(target=self._receive, name="sign-answers", daemon=True).start()
+        else:
+            self.loop.add_reader(self.answers.fileno(), self._readable)
+
+    @property
+    def alive(self) -> bool:
+        return not self.ended.is_set()
+
+    def put(self, item: intake.Item) -> None:
+        number, key = next(self.numbers), id(item.campaign)
+        first = key not in self.sent
+        if first:
+            self.sent[key] = item.campaign
+        request = (number, key, item.data, item.campaign if first else None)
+        self.pending[number] = item
+        if item.loop is not None and item.loop is self.loop:
+            if not self.outgoing:
+                self.loop.call_soon(self._flush)
+            self.outgoing.append(request)
+        else:
+            self._send([request])
+
+    def _flush(self) -> None:
+        requests, self.outgoing = self.outgoing, []
+        if requests:  # stop() may have sent them already
+            self._send(requests)
+
+    def _send(self, requests: list[tuple]) -> None:
+        try:
+            with self.send_lock:
+                self.requests.send(requests)
+        except OSError:  # the child is gone (and the answers' reader may have failed `pending` already)
+            self._fail([number for number, *_ in requests])
+
+    def _fail(self, numbers: list[int]) -> None:
+        """Fail these if still pending: whoever pops an item answers it, so each is answered once."""
+        gone = [item for item in map(self.pending.pop, numbers, itertools.repeat(None)) if item is not None]
+        gone_error = intake.WriterGone("the sign writer ended before answering")
+        self.intake.settle([(item, gone_error) for item in gone], False)
+
+    def _answered(self, message) -> bool:
+        """Settle one message of answers; False once the child has said it is done."""
+        if message == "done":
+            return False
+        answers, committed = message
+        pop, signed = self.pending.pop, signing.Signed
+        self.intake.settle([(pop(number), outcome if isinstance(outcome, Exception) else signed(*outcome))
+                            for number, outcome in answers], committed)
+        return True
+
+    def _readable(self) -> None:
+        # One message per call: the loop calls again while more is waiting (Connection.poll() would build a
+        # selector per call).
+        try:
+            if self._answered(self.answers.recv()):
+                return
+        except (EOFError, OSError):
+            pass
+        self._end()
+
+    def _receive(self) -> None:
+        with contextlib.suppress(EOFError, OSError):
+            while self._answered(self.answers.recv()):
+                pass
+        self._end()
+
+    def _end(self) -> None:
+        """The child has answered all it will: what it had not answered was never acknowledged."""
+        if self.loop is not None and not self.loop.is_closed():
+            self.loop.remove_reader(self.answers.fileno())
+        self.ended.set()
+        self._fail(list(self.pending))
+
+    def stop(self, timeout: float = 30) -> None:
+        """The child commits and answers what it holds, says "done" and exits."""
+        if self.outgoing:
+            self._flush()
+        with contextlib.suppress(OSError), self.send_lock:
+            self.requests.send("stop")
+        loop = self.loop
+        on_loop = loop is not None and (loop.is_closed() or intake.running_loop() is loop)
+        if on_loop and not self.ended.is_set():
+            # Stopped from the loop that reads the answers (the lifespan): read the last ones here.
+            with contextlib.suppress(EOFError, OSError):
+                while self.answers.poll(timeout) and self._answered(self.answers.recv()):
+                    pass
+            self._end()
+        self.ended.wait(timeout)
+        self.process.join(timeout)
+        if self.process.is_alive():
+            self.process.kill()
+        self.requests.close()
+        self.answers.close()
+
+
+def _writer_main(requests, answers, settings: Settings, batch_size: int) -> None:
+    """The child: sign what arrives in batches of up to `batch_size`, answering each batch after its commit."""
+    # The server decides when this ends ("stop", or EOF when it died): a Ctrl-C or SIGTERM to the process group
+    # must not kill the writer before the server has drained its requests into it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # When cores are short, the server's event loop goes first: it has no slack, while the writer's batches simply
+    # grow (a signature costs less in a bigger batch). Measured past capacity on 2 shared cores: higher throughput
+    # and a far lower median latency (docs/operations.md).
+    os.nice(WRITER_NICENESS)
+    db = Database(settings.sqlalchemy_url)
+    db.start_checkpoints()
+    committer = intake.Committer(db, keyring=load_keyring(settings), composer=mail.Composer(settings),
+                                 settings=settings)
+    campaigns: dict[int, Campaign] = {}
+    waiting: deque[tuple[int, Campaign, signing.SignatureIn]] = deque()
+    # As in the server (main.py): what was built so far lives as long as the process; keep it out of the
+    # collector's full passes, which would stall a batch, and every request in it, now and then.
+    gc.collect()
+    gc.freeze()
+    answers.send("ready")
+    stopping = False
+    try:
+        while True:
+            # Block only when nothing waits; else take what has already arrived, up to a batch.
+            while not stopping and (not waiting or (len(waiting) < batch_size and _readable(requests))):
+                try:
+                    message = requests.recv()
+                except EOFError:  # the server died: commit what came, though nobody hears of it
+                    stopping = True
+                    break
+                if message == "stop":
+                    stopping = True
+                    break
+                for number, key, data, campaign in message:
+                    if campaign is not None:
+                        campaigns[key] = campaign
+                    waiting.append((number, campaigns[key], data))
+            if not waiting:
+                break
+            batch = [waiting.popleft() for _ in range(min(batch_size, len(waiting)))]
+            outcomes, committed = committer.write([(campaign, data) for _, campaign, data in batch])
+            reply = [(number, _portable(outcome)) for (number, _, _), outcome in zip(batch, outcomes, strict=True)]
+            with contextlib.suppress(OSError):
+                answers.send((reply, committed))
+        with contextlib.suppress(OSError):
+            answers.send("done")
+    finally:
+        db.stop_checkpoints()
+        db.dispose()
+
+
+def _readable(conn) -> bool:
+    """Whether a message has (begun to) come, without the selector Connection.poll() builds per call."""
+    return bool(select.select([conn], [], [], 0)[0])
+
+
+def _portable(outcome: intake.Outcome) -> tuple[int, bool] | Exception:
+    """What the server can unpickle: a Signed as a plain tuple, an error as itself if it pickles (a driver's
+    exception may not)."""
+    if not isinstance(outcome, Exception):
+        return outcome.signature_id, outcome.created
+    try:
+        pickle.loads(pickle.dumps(outcome))  # noqa: S301 - our own bytes, made on the line above
+    except Exception:
+        return RuntimeError(f"{type(outcome).__name__}: {outcome}")
+    return outcome
