@@ -254,3 +254,28 @@ def test_repeat_signer_is_found_mid_rotation_when_the_row_still_has_the_old_hash
     with during.db.read() as session:
         assert session.query(Signature).count() == 1
     during.db.dispose()
+
+
+def test_no_request_is_traced_even_where_an_opentelemetry_provider_is_configured(settings, db):
+    """FastAPI traces each request once a tracer provider is configured, with the URL path as an attribute, and our
+    paths hold confirmation, private-page and erasure tokens: the app keeps its request telemetry off."""
+    from opentelemetry import trace
+
+    spans: list[str] = []
+
+    class Tracer(trace.NoOpTracer):
+        def start_span(self, name, *args, **kwargs):
+            spans.append(name)
+            return super().start_span(name, *args, **kwargs)
+
+    class Provider(trace.TracerProvider):  # not a NoOpTracerProvider, which FastAPI skips
+        def get_tracer(self, *args, **kwargs):
+            return Tracer()
+
+    # Set once per test process (OpenTelemetry allows no second); every app here is built by create_app alike.
+    trace.set_tracer_provider(Provider())
+    assert type(trace.get_tracer_provider()).__name__ == "Provider"
+    with TestClient(create_app(settings, db=db)) as client:  # built after the provider, as a server would be
+        assert client.get("/confirm/1.not-a-real-secret").status_code == 404
+        assert client.get("/api/v1/ping").status_code == 200
+    assert spans == []
