@@ -133,6 +133,8 @@ class Intake:
         writer = self.writer
         if writer is None or not writer.alive:
             if writer is not None:  # its writer process died; it has failed what it held
+                # Starting another holds up this caller (the event loop) for the child's start-up, about a second:
+                # a crash path, logged as an error.
                 log.error("sign intake: the writer ended; starting another")
                 writer.stop()
             if self.settings.sign_writer == "process":
