@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy import text
 
-from app import i18n, signing
+from app import counters, i18n, signing
 from app.campaigns import Campaign
 from app.state import Services, services
 from app.web import client_address
@@ -155,7 +155,7 @@ async def stats(slug: str, request: Request) -> Response:
     svc = services(request)  # not a dependency: a sync dependency costs a thread hop on every request
     campaign = campaign_or_404(svc, slug)
 
-    def render(s: signing.Stats) -> bytes:
+    def render(s: counters.Stats) -> bytes:
         return StatsOut(
             campaign=slug, confirmed=s.confirmed, goal=s.goal, min_cell=svc.settings.min_cell,
             by_country=s.by_country, by_day=s.by_day,

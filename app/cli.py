@@ -11,8 +11,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from app import counters
 from app import outbox as outbox_mod
-from app import signing
 from app.campaigns import CampaignError
 from app.settings import ROOT, Settings, load_settings
 
@@ -123,11 +123,11 @@ def stats(slug: str, exact: bool = typer.Option(False, help="Unfolded counts (or
         raise typer.Exit(2)
     with svc.db.read() as session:
         if exact:
-            by_country, by_day = signing.exact_counts(session, slug)
+            by_country, by_day = counters.exact_counts(session, slug)
             out = {"campaign": slug, "confirmed": sum(by_country.values()), "goal": campaign.goal,
-                   "by_country": by_country, "by_day": by_day, "recount": signing.recount(session, slug)}
+                   "by_country": by_country, "by_day": by_day, "recount": counters.recount(session, slug)}
         else:
-            st = signing.public_stats(session, campaign, k=svc.settings.min_cell)
+            st = counters.public_stats(session, campaign, k=svc.settings.min_cell)
             out = {"campaign": slug, "confirmed": st.confirmed, "goal": st.goal,
                    "by_country": st.by_country, "by_day": st.by_day}
     sys.stdout.write(json.dumps(out, ensure_ascii=False, indent=2) + "\n")

@@ -15,7 +15,7 @@ from markupsafe import Markup, escape
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app import i18n, signing
+from app import counters, i18n
 from app.campaigns import Campaign
 from app.models import PENDING, OutboxMessage, Signature
 
@@ -45,7 +45,7 @@ class OutboxHealth:
 
 
 def overview(session: Session, campaign: Campaign, *, lang: str, today: date, chart_label: str) -> CampaignOverview:
-    by_country, by_day = signing.exact_counts(session, campaign.slug)
+    by_country, by_day = counters.exact_counts(session, campaign.slug)
     confirmed = sum(by_country.values())
     pending = session.scalar(
         select(func.count()).where(
@@ -56,7 +56,7 @@ def overview(session: Session, campaign: Campaign, *, lang: str, today: date, ch
         campaign=campaign,
         confirmed=confirmed,
         pending=pending,
-        recount=signing.recount(session, campaign.slug),
+        recount=counters.recount(session, campaign.slug),
         pct=min(100, confirmed * 100 // campaign.goal) if campaign.goal else 0,
         by_country=[(code, i18n.country_name(code, lang), n) for code, n in by_country.items()],
         by_day=by_day,

@@ -2,7 +2,7 @@
 country mix, signing days spread over weeks), fast enough to make a million rows for the benchmarks.
 
 Rows are sealed with the real keyring, like any signature, and the per-country-per-day counters grow by exactly
-the confirmed rows written, in the same transaction, so `signing.recount` always equals the stored counter.
+the confirmed rows written, in the same transaction, so `counters.recount` always equals the stored counter.
 Every address is under example.org (reserved by RFC 2606: never a real person's inbox).
 """
 

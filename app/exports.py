@@ -29,6 +29,7 @@ from typing import Any, BinaryIO, Literal
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from app import counters
 from app.db import Database, utcnow
 from app.encryption import Keyring
 from app.models import CONFIRMED, PENDING, ExportLog, Signature
@@ -258,11 +259,10 @@ FRAMES: dict[str, tuple[str, str, str, str]] = {
 
 def count_records(session: Session, *, campaign: str, by: CountsBy, lang: str = "en") -> list[dict]:
     """Exact confirmed counts per country (with its name) or per day. Organisers only: nothing is folded."""
-    # Imported here: they pull in the mail and template stack, which a signature export (and its workers) need not
-    # load.
-    from app import i18n, signing
+    # Imported here: it pulls in the template stack, which a signature export (and its workers) need not load.
+    from app import i18n
 
-    by_country, by_day = signing.exact_counts(session, campaign)
+    by_country, by_day = counters.exact_counts(session, campaign)
     if by == "country":
         return [
             {"country": code, "country_name": i18n.country_name(code, lang), "confirmed": n}

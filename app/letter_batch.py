@@ -27,7 +27,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app import letters, mail, signing
+from app import counters, letters, mail
 from app.campaigns import Campaign, Target
 from app.db import Database
 from app.encryption import Keyring, load_keyring
@@ -112,7 +112,7 @@ class Renderer:
         starts = list(session.scalars(select(sub.c.id).where((sub.c.n - 1) % size == 0).order_by(sub.c.id)))
         last = session.scalar(select(func.max(Signature.id)).where(*where))
         ranges = tuple(zip(starts, [s - 1 for s in starts[1:]] + [last], strict=True)) if starts else ()
-        by_country, _ = signing.exact_counts(session, batch.slug)
+        by_country, _ = counters.exact_counts(session, batch.slug)
         return Plan(total, ranges, letters.public_countries(by_country, self.settings.min_cell), dated)
 
     # --- one id range ---------------------------------------------------------------------------------
@@ -345,7 +345,7 @@ def write_pack(
         pack = pdf.Pack(
             lang=lang, title=campaign.title[lang], summary=campaign.summary[lang], asks=tuple(campaign.asks[lang]),
             recipient=letters.recipient_block(target, lang), level=target.disclosure_level, total=total,
-            tallies=signing.fold_countries(by_country, renderer.settings.min_cell), k=renderer.settings.min_cell,
+            tallies=counters.fold_countries(by_country, renderer.settings.min_cell), k=renderer.settings.min_cell,
             as_of=as_of.date() if as_of else None, since=batch.since.date() if batch.since else None,
         )
         named = _named_rows(renderer, session, where, target, lang, on_progress) if target.allows_names() else ()

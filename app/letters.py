@@ -22,7 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app import i18n, mail, outbox, signing
+from app import counters, i18n, mail, outbox
 from app.campaigns import Campaign, Target
 from app.encryption import Keyring
 from app.models import CONFIRMED, Delivery, Signature, TargetOptIn
@@ -187,7 +187,7 @@ def targets_for(campaign: Campaign, country: str) -> list[Target]:
 
 def public_countries(by_country: Mapping[str, int], k: int) -> frozenset[str]:
     """Countries whose folded public cell holds at least k supporters: only these may sign a letter."""
-    return frozenset(signing.fold_countries(by_country, k)) - {"other"}
+    return frozenset(counters.fold_countries(by_country, k)) - {"other"}
 
 
 # --- a signer's choices: opt-ins and "send it for me" -----------------------------------------------------
@@ -230,7 +230,7 @@ def supporter_view(target: Target, supporter: Supporter, *, opted_in: bool, publ
 
 
 def current_public_countries(session: Session, campaign: str, *, k: int) -> frozenset[str]:
-    by_country, _ = signing.exact_counts(session, campaign)
+    by_country, _ = counters.exact_counts(session, campaign)
     return public_countries(by_country, k)
 
 

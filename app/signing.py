@@ -1,7 +1,8 @@
-"""Signing: validate a supporter's input, store it sealed, confirm it, and keep the count exact.
+"""Signing: validate a supporter's input, store it sealed, confirm it.
 
 A signature and its mail are one transaction (the caller's). A repeat signer gets the same answer and a
-different mail, never a second row. The count moves only when a row really goes from pending to confirmed.
+different mail, never a second row. The count (counts.py) moves only when a row really goes from pending to
+confirmed, in the confirming transaction.
 """
 
 from __future__ import annotations
@@ -17,14 +18,13 @@ from datetime import datetime, timedelta
 import pycountry
 from email_validator import EmailNotValidError, validate_email
 from email_validator.rfc_constants import CASE_INSENSITIVE_MAILBOX_NAMES
-from sqlalchemy import func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from app import db, mail, outbox, security
+from app import counters, db, mail, outbox, security
 from app.campaigns import LANGUAGES, Campaign
 from app.encryption import Keyring
-from app.models import CONFIRMED, PENDING, Signature, SignatureCount
+from app.models import CONFIRMED, PENDING, Signature
 from app.settings import Settings
 
 COUNTRIES = frozenset(c.alpha_2 for c in pycountry.countries)
@@ -405,7 +405,7 @@ def _confirm(
     ).rowcount
     if changed != 1:
         return Confirmed(row.id, row.campaign, None)
-    _count(session, campaign=row.campaign, country=row.country, now=now)
+    counters.add(session, campaign=row.campaign, country=row.country, day=now.date())
     manage_token = security.new_token()
     session.execute(
         update(Signature).where(Signature.id == row.id).values(manage_token_hash=security.token_hash(manage_token))
@@ -417,95 +417,3 @@ def _confirm(
     )
     outbox.enqueue(session, message, kind="confirmed", keyring=keyring, signature_id=row.id, now=now)
     return Confirmed(row.id, row.campaign, manage_token)
-
-
-def _insert(session: Session, table):
-    """INSERT with ON CONFLICT support, in the dialect of the session's database."""
-    dialect = session.get_bind().dialect.name
-    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
-
-
-def _count(session: Session, *, campaign: str, country: str, now: datetime, delta: int = 1) -> None:
-    values = {"campaign": campaign, "country": country, "day": now.date(), "confirmed": delta}
-    stmt = _insert(session, SignatureCount).values(**values)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["campaign", "country", "day"],
-        set_={"confirmed": SignatureCount.confirmed + stmt.excluded.confirmed},
-    )
-    session.execute(stmt)
-
-
-# --- counts ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Stats:
-    confirmed: int
-    goal: int
-    by_country: dict[str, int]  # ISO code -> count; "other" holds every folded cell
-    by_day: dict[str, int]  # ISO date -> count
-
-
-def exact_counts(session: Session, campaign: str) -> tuple[dict[str, int], dict[str, int]]:
-    """Per-country and per-day confirmed counts, unfolded: for organisers only."""
-    rows = session.execute(
-        select(SignatureCount.country, SignatureCount.day, SignatureCount.confirmed).where(
-            SignatureCount.campaign == campaign
-        )
-    ).all()
-    by_country: dict[str, int] = {}
-    by_day: dict[str, int] = {}
-    for country, day, n in rows:
-        by_country[country] = by_country.get(country, 0) + n
-        by_day[day.isoformat()] = by_day.get(day.isoformat(), 0) + n
-    return dict(sorted(by_country.items(), key=lambda kv: (-kv[1], kv[0]))), dict(sorted(by_day.items()))
-
-
-def fold_countries(counts: Mapping[str, int], k: int) -> dict[str, int]:
-    """Countries under k go to "other"; if "other" itself is then under k (but not empty), the smallest shown
-    countries join it too, so that total minus the shown countries never reveals a cell under k."""
-    shown = sorted(((c, n) for c, n in counts.items() if n >= k), key=lambda cn: (cn[1], cn[0]))
-    other = sum(n for n in counts.values() if n < k)
-    while 0 < other < k and shown:
-        other += shown.pop(0)[1]
-    folded = dict(sorted(shown, key=lambda cn: (-cn[1], cn[0])))
-    if other:
-        folded["other"] = other
-    return folded
-
-
-def fold_days(counts: Mapping[str, int], k: int) -> dict[str, int]:
-    """A day under k is carried into the next day; a tail still under k is reported as "other"."""
-    folded: dict[str, int] = {}
-    carry = 0
-    for day, n in sorted(counts.items()):
-        carry += n
-        if carry >= k:
-            folded[day] = carry
-            carry = 0
-    if carry:
-        folded["other"] = carry
-    return folded
-
-
-def public_stats(session: Session, campaign: Campaign, *, k: int) -> Stats:
-    by_country, by_day = exact_counts(session, campaign.slug)
-    return Stats(
-        confirmed=sum(by_country.values()),
-        goal=campaign.goal,
-        by_country=fold_countries(by_country, k),
-        by_day=fold_days(by_day, k),
-    )
-
-
-def recount(session: Session, campaign: str) -> int:
-    """The confirmed count from the rows themselves: it must always equal the stored counter."""
-    return session.scalar(
-        select(func.count()).where(Signature.campaign == campaign, Signature.status == CONFIRMED)
-    ) or 0
-
-
-def country_is_public(session: Session, campaign: str, country: str, *, k: int) -> bool:
-    """Whether naming this country beside an anonymous supporter keeps them among at least k others."""
-    by_country, _ = exact_counts(session, campaign)
-    return country in fold_countries(by_country, k)

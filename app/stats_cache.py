@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import event, func, select
 
-from app import signing
+from app import counters
 from app.campaigns import Campaign
 from app.db import Database
 from app.models import SignatureCount
@@ -71,7 +71,7 @@ class StatsCache:
                 ) or 0
                 entry = self._entries.get(campaign.slug)
                 if entry is None or entry.version != version:
-                    stats = signing.public_stats(session, campaign, k=self.min_cell)
+                    stats = counters.public_stats(session, campaign, k=self.min_cell)
                     entry = _Entry(version, render(stats), now, generation)
             with self._lock:
                 self._entries[campaign.slug] = _Entry(entry.version, entry.body, now, generation)

@@ -16,7 +16,7 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app import i18n, security, signing
+from app import counters, i18n, security, signing
 from app.campaigns import Campaign
 from app.db import utcnow
 from app.models import Signature
@@ -102,7 +102,7 @@ def index(request: Request, lang: str | None = None) -> HTMLResponse:
     lang = pick_lang(request, lang)
     with svc.db.read() as session:
         stats = {
-            slug: signing.public_stats(session, c, k=svc.settings.min_cell) for slug, c in svc.campaigns.items()
+            slug: counters.public_stats(session, c, k=svc.settings.min_cell) for slug, c in svc.campaigns.items()
         }
     return page(request, "index.html", lang, campaigns=list(svc.campaigns.values()), stats=stats)
 
@@ -110,7 +110,7 @@ def index(request: Request, lang: str | None = None) -> HTMLResponse:
 def _petition(request: Request, campaign: Campaign, lang: str, *, status: int = 200, form=None, errors=None):
     svc = services(request)
     with svc.db.read() as session:
-        stats = signing.public_stats(session, campaign, k=svc.settings.min_cell)
+        stats = counters.public_stats(session, campaign, k=svc.settings.min_cell)
     return page(
         request, "petition.html", lang, status=status, campaign=campaign, stats=stats,
         countries=i18n.countries(lang), form=form or {}, errors=errors or {},
@@ -258,7 +258,7 @@ def signer_page(request: Request, token: str, lang: str | None = None) -> HTMLRe
     with svc.db.read() as session:
         row = signer_by_manage_token(session, token)
         campaign = campaign_or_404(svc, row.campaign)
-        stats = signing.public_stats(session, campaign, k=svc.settings.min_cell)
+        stats = counters.public_stats(session, campaign, k=svc.settings.min_cell)
     lang = campaign.lang(lang or row.language)
     from app import web_letters  # the letters part of this page; web_letters builds on this module
 

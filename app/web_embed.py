@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
-from app import i18n, security, signing
+from app import counters, i18n, security, signing
 from app.campaigns import Campaign
 from app.db import utcnow
 from app.settings import Settings
@@ -48,7 +48,7 @@ def embed(request: Request, slug: str, lang: str | None = None) -> HTMLResponse:
     campaign = campaign_or_404(svc, slug)
     lang = pick_lang(request, lang, campaign)
     with svc.db.read() as session:
-        stats = signing.public_stats(session, campaign, k=svc.settings.min_cell)
+        stats = counters.public_stats(session, campaign, k=svc.settings.min_cell)
     html = i18n.page_env(lang).get_template("embed.html").render(
         campaign=campaign, stats=stats, countries=i18n.countries(lang), form_token=_serializer(svc).dumps(slug),
         is_open=campaign.is_open(utcnow().date()), path=request.url.path,
@@ -73,7 +73,7 @@ def _full_petition(request: Request, campaign: Campaign, lang: str, *, status: i
                    ) -> HTMLResponse:
     svc = services(request)
     with svc.db.read() as session:
-        stats = signing.public_stats(session, campaign, k=svc.settings.min_cell)
+        stats = counters.public_stats(session, campaign, k=svc.settings.min_cell)
     return page(
         request, "petition.html", lang, status=status, campaign=campaign, stats=stats,
         countries=i18n.countries(lang), form=form, errors=errors, is_open=campaign.is_open(utcnow().date()),

@@ -1,7 +1,7 @@
 """Public counts at scale: GET /api/v1/campaigns/{slug}/stats with 1,000,000 stored signatures (made by
 `campaign demo-data`), against GET /api/v1/ping of the same server. Then a mixed load (new signers, confirmations
 through the real confirm-by-code flow, stats readers at once) and the check that the published total equals
-`signing.recount` (the rows themselves) afterwards.
+`counters.recount` (the rows themselves) afterwards.
 
 Goals (issue 6): stats >= 0.8x baseline req/s at 1 M signatures; exact after the mixed load.
 
@@ -18,7 +18,7 @@ import urllib.request
 
 from sqlalchemy import create_engine, func, select
 
-from app import signing
+from app import counters, signing
 from app.models import Signature, SignatureCount
 from bench import harness
 from bench.harness import Report
@@ -37,7 +37,7 @@ def counts(url: str) -> tuple[int, int, int]:
 
             with Session(conn) as session:
                 rows = session.scalar(select(func.count()).select_from(Signature)) or 0
-                recount = signing.recount(session, SLUG)
+                recount = counters.recount(session, SLUG)
                 counter = session.scalar(
                     select(func.coalesce(func.sum(SignatureCount.confirmed), 0)).where(SignatureCount.campaign == SLUG)
                 )

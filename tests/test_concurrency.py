@@ -18,7 +18,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from app import signing
+from app import counters
 from app.models import OutboxMessage, Signature, SignatureCount
 from app.security import CODE_ALPHABET
 from app.state import Services
@@ -185,7 +185,7 @@ def test_many_writers_on_sqlite_never_show_a_lock_error_and_the_count_is_exact(t
     try:
         with svc.db.read() as session:
             stored = session.scalar(select(func.sum(SignatureCount.confirmed))) or 0
-            recounted = signing.recount(session, "mamay")
+            recounted = counters.recount(session, "mamay")
             rows = session.scalar(select(func.count()).select_from(Signature))
             states = Counter(session.scalars(select(OutboxMessage.state)))
     finally:

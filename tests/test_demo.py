@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import func, select, text
 from typer.testing import CliRunner
 
-from app import demo, signing
+from app import counters, demo, signing
 from app.cli import app as cli
 from app.db import Database, utcnow
 from app.models import CONFIRMED, PENDING, Signature, SignatureCount
@@ -20,8 +20,8 @@ def check_filled(svc, db: Database, *, rows: int, confirmed: int, share: float, 
     with db.read() as s:
         found = s.scalars(select(Signature).order_by(Signature.id)).all()
         assert len(found) == rows
-        assert signing.recount(s, "mamay") == confirmed == s.scalar(select(func.sum(SignatureCount.confirmed)))
-        assert signing.public_stats(s, svc.campaigns["mamay"], k=5).confirmed == confirmed
+        assert counters.recount(s, "mamay") == confirmed == s.scalar(select(func.sum(SignatureCount.confirmed)))
+        assert counters.public_stats(s, svc.campaigns["mamay"], k=5).confirmed == confirmed
     assert share - 0.05 < confirmed / rows < share + 0.05
     names = {svc.keyring.open(r.name_enc, "name", r.key_id) for r in found}
     emails = [svc.keyring.open(r.email_enc, "email", r.key_id) for r in found]

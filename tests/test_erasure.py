@@ -16,7 +16,7 @@ from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 from sqlalchemy import LargeBinary, MetaData, String, func, select
 from typer.testing import CliRunner
 
-from app import cli, erasure, outbox, signing
+from app import cli, counters, erasure, outbox, signing
 from app.db import Database, utcnow
 from app.encryption import NONCE_BYTES
 from app.main import create_app
@@ -171,7 +171,7 @@ def test_erasure_leaves_no_trace_in_any_table_and_keeps_the_count(app_client, sm
                 erased[0].email_key, erased[0].manage_token_hash) == (None,) * 6
         assert s.scalar(select(func.count()).where(Signature.campaign == "second")) == 0
         # The count stays right: the stored counter and the rows agree.
-        assert signing.recount(s, "mamay") == stored_count(svc, "mamay") == 2
+        assert counters.recount(s, "mamay") == stored_count(svc, "mamay") == 2
     assert client.get("/api/v1/campaigns/mamay/stats").json()["confirmed"] == 2
     # The bystander is untouched and still readable.
     assert traces(svc, ["Bystander Person", "bystander@example.org"], [])
@@ -243,7 +243,7 @@ def test_cli_erase_does_the_same(settings, svc):
     assert "1 confirmed signatures kept as anonymous units, 1 unconfirmed deleted" in result.output
     assert traces(svc, ["Cli Person", "cli@example.org"], erasure.email_keys(svc.keyring, "cli@example.org")) == []
     with svc.db.read() as s:
-        assert signing.recount(s, "mamay") == stored_count(svc, "mamay") == 1
+        assert counters.recount(s, "mamay") == stored_count(svc, "mamay") == 1
     again = runner.invoke(cli.app, ["erase", "cli@example.org"], env=settings_env(settings))
     assert "no personal data held" in again.output
 
@@ -280,4 +280,4 @@ def test_erasure_on_postgresql(pg_svc):
     keys = erasure.email_keys(svc.keyring, "pg@example.org")
     assert traces(svc, ["Pg Person", "pg@example.org", "Aktau"], keys) == []
     with db.read() as s:
-        assert signing.recount(s, "mamay") == stored_count(svc, "mamay") == 2
+        assert counters.recount(s, "mamay") == stored_count(svc, "mamay") == 2

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
-from app import cli, outbox, retention, signing
+from app import cli, counters, outbox, retention, signing
 from app.db import Database, utcnow
 from app.main import create_app
 from app.models import OutboxMessage, Signature, SignatureCount
@@ -62,7 +62,7 @@ def test_closed_campaign_is_anonymised_once_retention_has_passed(svc):
     with svc.db.read() as s:
         assert all(r.erased_at is not None and r.city_enc is None and r.email_enc is None
                    for r in s.scalars(select(Signature)))
-        assert signing.recount(s, "mamay") == stored(svc) == 2
+        assert counters.recount(s, "mamay") == stored(svc) == 2
     # A second run has nothing left to do.
     assert retention.run(svc.db, campaigns=svc.campaigns, settings=svc.settings,
                          now=last_day + timedelta(days=2)).anonymised == 0
@@ -125,7 +125,7 @@ def test_unconfirmed_signatures_go_a_week_after_their_link_expires(svc, smtp):
     with svc.db.read() as s:
         mail = s.scalar(select(OutboxMessage))
         assert mail.signature_id is None and mail.message_enc is None and mail.recipient_enc is None
-        assert signing.recount(s, "mamay") == stored(svc) == 1
+        assert counters.recount(s, "mamay") == stored(svc) == 1
 
 
 def test_periodic_job_runs_at_most_once_per_period_and_never_raises():

@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from app import cli, encryption, signing
+from app import cli, counters, encryption, signing
 from app.db import Database, utcnow
 from app.main import create_app
 from app.models import Signature
@@ -142,13 +142,13 @@ def test_one_signer_in_kazakhstan_and_four_elsewhere_is_invisible_in_every_publi
     ],
 )
 def test_folding_never_leaves_a_small_remainder(counts, expected):
-    folded = signing.fold_countries(counts, 5)
+    folded = counters.fold_countries(counts, 5)
     assert folded == expected
     assert sum(folded.values()) == sum(counts.values())
 
 
 def test_small_days_are_carried_forward(svc):
-    assert signing.fold_days({"2026-01-01": 2, "2026-01-02": 4, "2026-01-03": 9, "2026-01-04": 1}, 5) == {
+    assert counters.fold_days({"2026-01-01": 2, "2026-01-02": 4, "2026-01-03": 9, "2026-01-04": 1}, 5) == {
         "2026-01-02": 6, "2026-01-03": 9, "other": 1,
     }
 

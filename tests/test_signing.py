@@ -7,7 +7,7 @@ import re
 import pytest
 from sqlalchemy import func, select
 
-from app import signing
+from app import counters
 from app.models import OutboxMessage, Signature
 from tests.conftest import SIGNER, body, csrf_token, deliver, link_in, sign_form
 
@@ -45,7 +45,7 @@ def test_sign_mail_get_post_and_count_moves(client, svc, smtp):
     again = client.post(link, data={"csrf_token": token, "lang": "en"})
     assert again.status_code == 200 and confirmed_count(client) == 1
     with svc.db.read() as s:
-        assert signing.recount(s, "mamay") == 1
+        assert counters.recount(s, "mamay") == 1
 
     # The signer's own page opens from the redirect, and a thank-you mail carries its link.
     assert client.get(done.headers["location"]).status_code == 200

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 
-from app import demo, signing
+from app import counters, demo
 from app.db import Database, utcnow
 
 
@@ -35,7 +35,7 @@ def test_a_confirmation_by_another_process_shows_within_the_ttl(client, settings
         time.sleep(svc.stats_cache.ttl + 0.05)
         assert published(client) == 25
         with other.read() as s:
-            assert signing.recount(s, "mamay") == 25
+            assert counters.recount(s, "mamay") == 25
     finally:
         other.dispose()
 
