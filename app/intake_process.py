@@ -50,9 +50,14 @@ class ProcessWriter:
         self.process.start()
         child_requests.close()  # so that the child's death reads as EOF here, and ours as EOF there
         child_answers.close()
-        if not self.answers.poll(60) or self.answers.recv() != "ready":
+        try:
+            ready = self.answers.poll(60) and self.answers.recv()
+        except EOFError:  # it died starting up (its traceback is in the server's log)
+            ready = None
+        if ready != "ready":
             self.process.kill()
-            raise intake.WriterGone("the sign writer did not start within 60 s")
+            self.process.join(5)
+            raise intake.WriterGone(f"the sign writer did not start (exit code {self.process.exitcode})")
         self.pending: dict[int, intake.Item] = {}
         self.sent: dict[int, Campaign] = {}  # id() -> campaign, those the child holds (a campaign is frozen)
         self.numbers = itertools.count()

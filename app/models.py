@@ -31,7 +31,7 @@ class Signature(Base):
     __tablename__ = "signatures"
     __table_args__ = (
         # email_key first: the one index finds a repeat signer in a campaign (and is what ON CONFLICT names) and
-        # every row of an address for erasure. A second index on email_key alone cost a fifth of the sign path.
+        # every row of an address for erasure. A second index on email_key alone cost a fifth of the writer's time.
         UniqueConstraint("email_key", "campaign"),
         Index("ix_signatures_campaign_status_confirmed_at", "campaign", "status", "confirmed_at"),
     )

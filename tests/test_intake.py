@@ -241,3 +241,19 @@ def test_a_served_app_moves_the_log_into_the_database_itself_so_no_commit_waits_
             time.sleep(0.1)
         assert rows_in_database_file_alone() == 30
     assert autocheckpoint() == 1000  # stopped serving: SQLite's own checkpoints again
+
+
+def test_a_writer_process_that_cannot_start_is_an_error_and_signing_works_once_it_can(svc):
+    """A child that dies starting up (here: a data key it cannot read) is reported, not waited on for ever."""
+    broken = svc.settings.model_copy(update={"sign_writer": "process", "data_key": "not-a-key"})
+    intake = Intake(svc.db, keyring=svc.keyring, composer=svc.composer, settings=broken)
+    started = time.monotonic()
+    with pytest.raises(WriterGone, match="did not start"):
+        intake.submit(svc.campaigns["mamay"], signer(1))
+    assert time.monotonic() - started < 30 and not intake.running
+    intake.settings = svc.settings.model_copy(update={"sign_writer": "process"})
+    try:
+        assert intake.submit(svc.campaigns["mamay"], signer(1)).result(timeout=30).created
+    finally:
+        intake.stop()
+    assert rows(svc) == 1
