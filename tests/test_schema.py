@@ -73,5 +73,12 @@ def test_every_migration_steps_down_and_up_again_keeping_the_rows(backend, tmp_p
         assert conn.scalar(text("SELECT count(*) FROM signatures")) == 1
         with pytest.raises(Exception, match="(?i)unique"):  # the repeat-signer guard is back
             conn.execute(insert, {"k": b"\x01" * 32})
+    with engine.begin() as conn:  # private-link hashes: unique where set, any number of rows without one
+        conn.execute(insert, {"k": b"\x02" * 32})
+        conn.execute(text("UPDATE signatures SET manage_token_hash = :h WHERE email_key = :k"),
+                     {"h": b"\x09" * 32, "k": b"\x01" * 32})
+    with engine.begin() as conn, pytest.raises(Exception, match="(?i)unique|duplicate"):
+        conn.execute(text("UPDATE signatures SET manage_token_hash = :h WHERE email_key = :k"),
+                     {"h": b"\x09" * 32, "k": b"\x02" * 32})
     engine.dispose()
     assert differences(url) == []
