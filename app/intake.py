@@ -40,6 +40,8 @@ Outcome = signing.Signed | Exception
 
 @dataclass(frozen=True)
 class Item:
+    """One signature waiting for its batch, and the future its request awaits."""
+
     campaign: Campaign
     data: signing.SignatureIn
     future: Future[signing.Signed] | asyncio.Future[signing.Signed]
@@ -104,6 +106,8 @@ class Committer:
 
 
 class Intake:
+    """The way in to the writer: `sign` (request handlers) and `submit` (any thread), both answered after commit."""
+
     def __init__(
         self,
         db: Database,
