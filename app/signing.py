@@ -1,7 +1,7 @@
 """Signing: validate a supporter's input, store it sealed, confirm it.
 
 A signature and its mail are one transaction (the caller's). A repeat signer gets the same answer and a
-different mail, never a second row. The count (counts.py) moves only when a row really goes from pending to
+different mail, never a second row. The count (counters.py) moves only when a row really goes from pending to
 confirmed, in the confirming transaction.
 """
 

@@ -27,12 +27,17 @@ def rows(svc, model=Signature) -> int:
         return s.scalar(select(func.count()).select_from(model))
 
 
+def process_intake(svc, **settings: object) -> Intake:
+    """An intake whose batches are signed by a writer process, as under `campaign serve`."""
+    return Intake(svc.db, keyring=svc.keyring, composer=svc.composer,
+                  settings=svc.settings.model_copy(update={"sign_writer": "process", **settings}))
+
+
 @pytest.fixture(params=["thread", "process"])
 def intake(svc, request):
     """The writer as a thread of this process, and as the child process `campaign serve` uses."""
     if request.param == "process":
-        svc.intake = Intake(svc.db, keyring=svc.keyring, composer=svc.composer,
-                            settings=svc.settings.model_copy(update={"sign_writer": "process"}))
+        svc.intake = process_intake(svc)
     svc.intake.start()
     yield svc.intake
     svc.intake.stop()
@@ -146,8 +151,7 @@ def test_a_writer_process_that_dies_fails_what_it_held_and_the_next_signature_ge
     import os
     import signal
 
-    intake = Intake(svc.db, keyring=svc.keyring, composer=svc.composer,
-                    settings=svc.settings.model_copy(update={"sign_writer": "process"}))
+    intake = process_intake(svc)
     intake.start()
     try:
         assert intake.submit(svc.campaigns["mamay"], signer(1)).result(timeout=10).created
@@ -245,13 +249,12 @@ def test_a_served_app_moves_the_log_into_the_database_itself_so_no_commit_waits_
 
 def test_a_writer_process_that_cannot_start_is_an_error_and_signing_works_once_it_can(svc):
     """A child that dies starting up (here: a data key it cannot read) is reported, not waited on for ever."""
-    broken = svc.settings.model_copy(update={"sign_writer": "process", "data_key": "not-a-key"})
-    intake = Intake(svc.db, keyring=svc.keyring, composer=svc.composer, settings=broken)
+    intake = process_intake(svc, data_key="not-a-key")
     started = time.monotonic()
     with pytest.raises(WriterGone, match="did not start"):
         intake.submit(svc.campaigns["mamay"], signer(1))
     assert time.monotonic() - started < 30 and not intake.running
-    intake.settings = svc.settings.model_copy(update={"sign_writer": "process"})
+    intake.settings = process_intake(svc).settings
     try:
         assert intake.submit(svc.campaigns["mamay"], signer(1)).result(timeout=30).created
     finally:
