@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from app import counters
+from app import counters, notices
 from app import outbox as outbox_mod
 from app.campaigns import CampaignError
 from app.settings import ROOT, Settings, load_settings
@@ -84,7 +84,10 @@ def outbox(once: bool = typer.Option(False, "--once", help="Send what is due now
     from app import mail
 
     svc = services()
+    answer_notices = notices.answerer(svc.db, campaigns=svc.campaigns, keyring=svc.keyring, composer=svc.composer,
+                                      settings=svc.settings)
     if once:
+        answer_notices()
         transport = mail.transport(svc.settings)
         try:
             while report := outbox_mod.deliver_due(
@@ -102,7 +105,8 @@ def outbox(once: bool = typer.Option(False, "--once", help="Send what is due now
 
     worker = outbox_mod.Worker(svc.db, keyring=svc.keyring, settings=svc.settings,
                                poll_seconds=svc.settings.outbox_poll_seconds,
-                               on_idle=retention.hourly(svc.db, campaigns=svc.campaigns, settings=svc.settings))
+                               on_idle=retention.hourly(svc.db, campaigns=svc.campaigns, settings=svc.settings),
+                               before=answer_notices)
     worker.start()
     try:
         while worker.is_alive():

@@ -3,7 +3,7 @@
 What is removed: name, email, city, message and the email index of each signature; its tokens; opt-ins and
 delivery requests; queued mails (deleted) and the recipients, bodies and errors of sent ones. A confirmed
 signature stays as an anonymous unit so the published count stays true; a pending one is deleted. Asking for a
-link never reveals whether an address has signed. Retention uses the same `forget`.
+link never reveals whether an address has signed (notices.py answers it later). Retention uses the same `forget`.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from app import mail, outbox, signing
+from app import db, mail, outbox, signing
 from app.encryption import Keyring
-from app.models import CONFIRMED, Delivery, OutboxMessage, Signature, TargetOptIn
+from app.models import CONFIRMED, Delivery, Notice, OutboxMessage, Signature, TargetOptIn
 from app.settings import Settings
 
 LINK_SALT = "erase-link v1"
@@ -75,16 +75,17 @@ def read_link_token(settings: Settings, token: str) -> list[bytes] | None:
     return keys if len(keys) == len(data) and all(len(k) == 32 for k in keys) else None
 
 
-def request_link(
-    session: Session, *, email: str, lang: str, keyring: Keyring, composer: mail.Composer, settings: Settings,
-    now: datetime,
-) -> bool:
-    """Queue a mail with the erase link to the address if it has signed anything. The return value is for the
-    CLI and tests only: a page must answer the same either way."""
-    keys = email_keys(keyring, email)
-    rows = list(session.scalars(select(Signature).where(Signature.email_key.in_(keys)).order_by(Signature.id)))
-    if not rows:
-        return False
+def request_link(session: Session, *, email: str, lang: str, keyring: Keyring, now: datetime) -> None:
+    """Record that the link was asked for: one notice row, whatever the address (notices.py mails the link to the
+    stored address, if there is one, a moment later). So the page, and the work behind it, are the same whether
+    or not the address signed."""
+    db.driver_rows(session.connection(), Notice.__table__,
+                   [signing.notice_row("erase", None, email_keys(keyring, email), lang, False, now)])
+
+
+def send_link(session: Session, rows: list[Signature], *, keys: list[bytes], lang: str, keyring: Keyring,
+              composer: mail.Composer, settings: Settings, now: datetime) -> None:
+    """Mail the erase link to each address stored with these signatures (one mail per distinct address)."""
     token = link_token(settings, keys)
     sent_to: set[str] = set()
     for row in rows:
@@ -94,7 +95,6 @@ def request_link(
         sent_to.add(address)
         message = composer.erase_link(lang=lang, to=address, token=token, hours=LINK_HOURS)
         outbox.enqueue(session, message, kind="erase", keyring=keyring, signature_id=row.id, now=now)
-    return True
 
 
 # --- removing ---------------------------------------------------------------------------------------------

@@ -151,13 +151,13 @@ class Composer:
         )
 
     def already_signed(
-        self, *, campaign: Campaign, lang: str, to: str, token: str | None, code: str | None, discreet: bool
+        self, *, campaign: Campaign, lang: str, to: str, token: str, code: str, confirmed: bool, discreet: bool
     ) -> Prepared | EmailMessage:
         _ = i18n.translations(lang).gettext
         return self._signer_mail(
             "already.txt", campaign=campaign, lang=lang, to=to, discreet=discreet,
             subject=_("You have already signed: %(title)s") % {"title": campaign.title[campaign.lang(lang)]},
-            link=f"{self.settings.base_url}/confirm/{token}?lang={lang}" if token else None, code=code,
+            link=f"{self.settings.base_url}/confirm/{token}?lang={lang}", code=code, confirmed=confirmed,
             days=self.settings.confirm_token_days,
         )
 

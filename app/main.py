@@ -12,7 +12,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app import admin, admin_api, api, i18n, outbox, retention, web, web_embed, web_erasure, web_letters
+from app import admin, admin_api, api, i18n, notices, outbox, retention, web, web_embed, web_erasure, web_letters
 from app.db import Database
 from app.security import SecurityHeaders
 from app.settings import Settings, load_settings
@@ -37,7 +37,9 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
         if settings.outbox_in_process:
             worker = outbox.Worker(svc.db, keyring=svc.keyring, settings=settings,
                                    poll_seconds=settings.outbox_poll_seconds,
-                                   on_idle=retention.hourly(svc.db, campaigns=svc.campaigns, settings=settings))
+                                   on_idle=retention.hourly(svc.db, campaigns=svc.campaigns, settings=settings),
+                                   before=notices.answerer(svc.db, campaigns=svc.campaigns, keyring=svc.keyring,
+                                                           composer=svc.composer, settings=settings))
             worker.start()
         try:
             yield

@@ -131,6 +131,23 @@ class OutboxMessage(Base):
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
+class Notice(Base):
+    """A request about an address, answered later by mail to the stored address (notices.py).
+
+    The request path writes one row whatever the address (a repeat signature, an erase request), so its answer
+    and its work are the same for an address that signed and one that did not. Holds index hashes only."""
+
+    __tablename__ = "notices"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # "already" (signed again) or "erase" (asked for the link)
+    campaign: Mapped[str | None] = mapped_column(String(64))  # None: every campaign (erasure)
+    email_keys: Mapped[bytes] = mapped_column(LargeBinary)  # the address's index hashes, 32 bytes each
+    lang: Mapped[str] = mapped_column(String(2))
+    discreet: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class Organiser(Base):
     __tablename__ = "organisers"
 

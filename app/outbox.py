@@ -277,18 +277,21 @@ class Worker(threading.Thread):
     """Runs deliver_due in a loop until stopped; used inside the server process and by `campaign outbox`."""
 
     def __init__(
-        self, db: Database, *, keyring: Keyring, settings, poll_seconds: float = 1.0, on_idle=None
+        self, db: Database, *, keyring: Keyring, settings, poll_seconds: float = 1.0, on_idle=None, before=None
     ) -> None:
         super().__init__(name="outbox", daemon=True)
         self.db, self.keyring, self.settings = db, keyring, settings
         self.poll_seconds = poll_seconds
         self.on_idle = on_idle
+        self.before = before  # a step run before each pass that may queue mail (notices.answerer)
         self.stopping = threading.Event()
 
     def run(self) -> None:
         transport = mail.transport(self.settings)
         try:
             while not self.stopping.is_set():
+                if self.before:
+                    self.before()
                 try:
                     report = deliver_due(
                         self.db, keyring=self.keyring, transport=transport,

@@ -6,10 +6,18 @@ token bound to a cookie; every response forbids loading anything from another or
 
 from __future__ import annotations
 
+import base64
+import binascii
+import functools
 import hashlib
 import hmac
+import os
 import secrets
+import struct
+import time
 
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -63,6 +71,35 @@ def code_hash(secret: str, code: str) -> bytes:
 
 def same(a: bytes | None, b: bytes | None) -> bool:
     return a is not None and b is not None and hmac.compare_digest(a, b)
+
+
+@functools.lru_cache(maxsize=8)
+def _handle_aead(secret: str) -> AESGCM:
+    return AESGCM(hmac.digest(secret.encode(), b"sealed handle v1", "sha256"))
+
+
+def seal_handle(secret: str, purpose: str, payload: bytes, *, now: float | None = None) -> str:
+    """An opaque, random-looking value for a cookie: `payload` and the time, encrypted and authenticated under a
+    key derived from the server secret (a fresh nonce each time, so two handles of one payload look unrelated)."""
+    nonce = os.urandom(12)
+    plain = struct.pack(">Q", int(time.time() if now is None else now)) + payload
+    sealed = nonce + _handle_aead(secret).encrypt(nonce, plain, purpose.encode())
+    return base64.urlsafe_b64encode(sealed).rstrip(b"=").decode()
+
+
+def open_handle(secret: str, purpose: str, value: str | None, *, max_age: float, now: float | None = None
+                ) -> bytes | None:
+    """The payload of a handle sealed for `purpose` less than `max_age` seconds ago; else None."""
+    if not value or len(value) > 1000:
+        return None
+    try:
+        sealed = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+        plain = _handle_aead(secret).decrypt(sealed[:12], sealed[12:], purpose.encode())
+    except (binascii.Error, ValueError, InvalidTag):
+        return None
+    (issued,) = struct.unpack(">Q", plain[:8])
+    age = (time.time() if now is None else now) - issued
+    return plain[8:] if 0 <= age <= max_age else None
 
 
 def csrf_form_token(secret: str, cookie: str) -> str:

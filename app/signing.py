@@ -24,11 +24,12 @@ from sqlalchemy.orm import Session
 from app import counters, db, mail, outbox, security
 from app.campaigns import LANGUAGES, Campaign
 from app.encryption import Keyring
-from app.models import CONFIRMED, PENDING, Signature
+from app.models import CONFIRMED, PENDING, Notice, Signature
 from app.settings import Settings
 
 COUNTRIES = frozenset(c.alpha_2 for c in pycountry.countries)
-MAX_CODE_ATTEMPTS = 5
+# Wrong codes per signature, across new codes and repeat signatures (a code has > 2^37 values).
+MAX_CODE_ATTEMPTS = 10
 # Bidi embedding/override/isolate controls: they can make a name display as something else.
 BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 MESSAGE_ALLOWED_CONTROLS = frozenset("\n\t")
@@ -51,12 +52,6 @@ class ValidationFailed(SigningError):
 
 class CampaignClosed(SigningError):
     pass
-
-
-class RateLimited(SigningError):
-    def __init__(self, retry_after: int) -> None:
-        super().__init__(f"retry after {retry_after}s")
-        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -90,9 +85,13 @@ def _truthy(value: object) -> bool:
 
 
 def normalise_email(email: str) -> str:
-    """The dedupe form of an address: case-folded local part without +tag, IDNA (ASCII) domain."""
+    """The dedupe form of an address: local part lower-cased without +tag, IDNA (ASCII) domain.
+
+    It may fold two mailboxes that a provider keeps apart (case, +tag), because nothing is ever sent to an address
+    as typed again: mail about a stored signature goes to the stored address. Unicode case folding is not used
+    (it made `große@` and `grosse@` one)."""
     local, _, domain = email.rpartition("@")
-    return f"{local.split('+', 1)[0].casefold()}@{_ascii_domain(domain)}"
+    return f"{local.split('+', 1)[0].lower()}@{_ascii_domain(domain)}"
 
 
 @functools.lru_cache(maxsize=4096)  # signers share a few thousand domains; the IDNA codec is slow Python
@@ -183,19 +182,21 @@ def validate(raw: Mapping[str, object]) -> SignatureIn:
 
 @dataclass(frozen=True)
 class Signed:
-    """What a sign request learns: the row to attach a code entry to. Same shape for new and repeat signers."""
+    """What a sign request learns: that it was taken, nothing about the address. A new signer's row id is known
+    at once (the CLI and tests use it); a repeat signer's row is not even looked up on the sign path (a notice,
+    notices.py, answers it later), so the work, like the answer, is the same whether or not the address signed."""
 
-    signature_id: int
+    signature_id: int | None
     created: bool
 
 
 def _confirmation(settings: Settings, now: datetime) -> tuple[str, str, dict[str, object]]:
-    """The secret of a confirmation link (see security.row_token), its code, and the columns that store them."""
+    """The secret of a confirmation link (see security.row_token), its code, and the columns that store them.
+    The count of wrong codes is not among them: it is kept across new codes (MAX_CODE_ATTEMPTS)."""
     token, code = security.new_token(), security.new_code()
     columns = {
         "confirm_token_hash": security.token_hash(token),
         "confirm_code_hash": security.code_hash(settings.secret_key, code),
-        "code_attempts": 0,
         "confirm_expires_at": now + timedelta(days=settings.confirm_token_days),
     }
     return token, code, columns
@@ -228,27 +229,28 @@ def sign_many(
 ) -> list[Signed | SigningError]:
     """Sign each request in the caller's transaction, as one after the other would; outcomes in request order.
 
-    New signers (nearly all) take one INSERT ... ON CONFLICT DO NOTHING for the lot and one more for their
-    mails. A conflict is a repeat signer (or the same address twice in this batch): each is told so in turn."""
+    Every request is offered to one INSERT ... ON CONFLICT DO NOTHING for the lot. A new signer's row comes back
+    and its confirmation mail goes into the outbox; a conflict (a repeat signer, or the same address twice in
+    this batch) becomes a notice, answered later by mail to the stored address. Both cost one row written."""
     outcomes: list[Signed | SigningError | None] = [None] * len(requests)
-    repeats: list[int] = []
-    fresh: dict[tuple[str, bytes], tuple[int, str, str]] = {}  # (campaign, email key) -> (request, token, code)
+    notices: list[dict[str, object]] = []
+    fresh: dict[tuple[str, bytes], tuple[int, list[bytes], str, str]] = {}  # (campaign, key) -> request, keys, secrets
     rows: list[dict[str, object]] = []
     rotating = len(keyring.index_keys) > 1
     for i, (campaign, data) in enumerate(requests):
         if not campaign.is_open(now.date()):
             outcomes[i] = CampaignClosed(campaign.slug)
             continue
-        normalised = normalise_email(data.email)
-        email_key = keyring.email_key(normalised)
+        keys = keyring.email_keys(normalise_email(data.email))
         # While a key rotation is under way a repeat signer's row may carry the old key's hash, which the
-        # conflict below cannot see: look first.
-        if (campaign.slug, email_key) in fresh or (rotating and _same_signer(session, campaign, normalised, keyring)):
-            repeats.append(i)
+        # conflict below cannot see: look first (every signer alike).
+        if (campaign.slug, keys[0]) in fresh or (rotating and _same_signer(session, campaign.slug, keys)):
+            notices.append(notice_row("already", campaign.slug, keys, data.lang, data.discreet, now))
+            outcomes[i] = Signed(None, created=False)
             continue
         token, code, columns = _confirmation(settings, now)
-        fresh[(campaign.slug, email_key)] = (i, token, code)
-        rows.append(_new_row(campaign, data, email_key, keyring, now) | columns)
+        fresh[(campaign.slug, keys[0])] = (i, keys, token, code)
+        rows.append(_new_row(campaign, data, keys[0], keyring, now) | columns | {"code_attempts": 0})
     if rows:
         # ON CONFLICT makes a concurrent twin or a repeat signer return no id, with no savepoint and no lookup.
         inserted = db.driver_rows(
@@ -257,7 +259,7 @@ def sign_many(
         )
         mails: list[dict[str, object]] = []
         for new_id, slug, email_key in inserted:
-            i, token, code = fresh.pop((slug, email_key))
+            i, _, token, code = fresh.pop((slug, email_key))
             campaign, data = requests[i]
             message = composer.confirmation(
                 campaign=campaign, lang=data.lang, to=data.email, token=security.row_token(new_id, token), code=code,
@@ -266,22 +268,24 @@ def sign_many(
             mails.append(outbox.row_values(message, kind="confirm", keyring=keyring, signature_id=new_id, now=now))
             outcomes[i] = Signed(new_id, created=True)
         outbox.enqueue_many(session, mails)
-        repeats.extend(i for i, _, _ in fresh.values())  # conflicted: already signed
-    for i in sorted(repeats):
-        campaign, data = requests[i]
-        row = _same_signer(session, campaign, normalise_email(data.email), keyring)
-        if row is None:  # cannot happen: the conflict or the earlier request names this very row
-            raise RuntimeError("sign: insert conflicted but no signature was found")
-        _tell_repeat_signer(session, row, campaign=campaign, data=data, keyring=keyring, composer=composer,
-                            settings=settings, now=now)
-        outcomes[i] = Signed(row.id, created=False)
+        for (slug, _), (i, keys, _, _) in fresh.items():  # conflicted: already signed
+            data = requests[i][1]
+            notices.append(notice_row("already", slug, keys, data.lang, data.discreet, now))
+            outcomes[i] = Signed(None, created=False)
+    if notices:
+        db.driver_rows(session.connection(), Notice.__table__, notices)
     return outcomes  # type: ignore[return-value]
 
 
-def _same_signer(session: Session, campaign: Campaign, normalised: str, keyring: Keyring) -> Signature | None:
-    return session.scalar(select(Signature).where(
-        Signature.campaign == campaign.slug, Signature.email_key.in_(keyring.email_keys(normalised))
-    ))
+def notice_row(kind: str, campaign: str | None, keys: Sequence[bytes], lang: str, discreet: bool,
+               now: datetime) -> dict[str, object]:
+    """A notice's columns (models.Notice): the address's index hashes, never the address."""
+    return {"kind": kind, "campaign": campaign, "email_keys": b"".join(keys), "lang": lang, "discreet": discreet,
+            "created_at": now}
+
+
+def _same_signer(session: Session, campaign: str, keys: Sequence[bytes]) -> Signature | None:
+    return session.scalar(select(Signature).where(Signature.campaign == campaign, Signature.email_key.in_(keys)))
 
 
 def _new_row(campaign: Campaign, data: SignatureIn, email_key: bytes, keyring: Keyring, now: datetime) -> dict:
@@ -301,44 +305,41 @@ def _new_row(campaign: Campaign, data: SignatureIn, email_key: bytes, keyring: K
     }
 
 
-def _tell_repeat_signer(
-    session: Session,
-    row: Signature,
-    *,
-    campaign: Campaign,
-    data: SignatureIn,
-    keyring: Keyring,
-    composer: mail.Composer,
-    settings: Settings,
-    now: datetime,
+def remind(
+    session: Session, row: Signature, *, campaign: Campaign, discreet: bool, keyring: Keyring,
+    composer: mail.Composer, settings: Settings, now: datetime,
 ) -> None:
-    """An 'already signed' mail; while still pending it carries a fresh link and code (the old may be lost)."""
-    token = code = None
-    if row.status == PENDING:
-        token, code, columns = _confirmation(settings, now)
-        for key, value in columns.items():
-            setattr(row, key, value)
+    """Answer a repeat signature (notices.py): a new link and code, by mail to the address stored with the row,
+    never to the one typed now (which may only look like it). Pending, they confirm; confirmed, they open the
+    signer's private page. Earlier links and codes of this row stop working."""
+    token, code, columns = _confirmation(settings, now)
+    session.execute(update(Signature).where(Signature.id == row.id).values(**columns)
+                    .execution_options(synchronize_session=False))
+    to = keyring.open(row.email_enc, "email", row.key_id) or ""
     message = composer.already_signed(
-        campaign=campaign, lang=data.lang, to=data.email, token=token and security.row_token(row.id, token), code=code,
-        discreet=data.discreet or row.discreet,
+        campaign=campaign, lang=row.language, to=to, token=security.row_token(row.id, token), code=code,
+        confirmed=row.status == CONFIRMED, discreet=discreet or row.discreet,
     )
     outbox.enqueue(session, message, kind="already", keyring=keyring, signature_id=row.id, now=now)
 
 
 class ConfirmProblem(SigningError):
-    """The link or code cannot confirm: `reason` is unknown, expired, wrong_code or new_code_sent."""
+    """The link or code opens nothing: `reason` is unknown or expired (a link), or wrong_code (a typed code:
+    wrong, expired, used up or for no row, all alike, so the code page tells a prober nothing)."""
 
-    def __init__(self, reason: str, attempts_left: int = 0) -> None:
+    def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-        self.attempts_left = attempts_left
 
 
 @dataclass(frozen=True)
 class Confirmed:
+    """A link or code that opened a signature: a new private link, and whether this confirmation counted it."""
+
     signature_id: int
     campaign: str
-    manage_token: str | None  # None when it was already confirmed (the mail holds the link)
+    manage_token: str
+    counted: bool
 
 
 def find_by_token(session: Session, token: str, *, now: datetime) -> Signature:
@@ -347,7 +348,7 @@ def find_by_token(session: Session, token: str, *, now: datetime) -> Signature:
     row = session.get(Signature, named[0]) if named else None
     if row is None or not security.same(row.confirm_token_hash, security.token_hash(named[1])):  # type: ignore[index]
         raise ConfirmProblem("unknown")
-    if row.status == PENDING and row.confirm_expires_at and row.confirm_expires_at < now:
+    if row.confirm_expires_at and row.confirm_expires_at < now:
         raise ConfirmProblem("expired")
     return row
 
@@ -357,63 +358,53 @@ def confirm_by_token(
     composer: mail.Composer, now: datetime,
 ) -> Confirmed:
     row = find_by_token(session, token, now=now)
-    return _confirm(session, row, campaigns=campaigns, keyring=keyring, composer=composer, now=now)
+    return _open(session, row, campaigns=campaigns, keyring=keyring, composer=composer, now=now)
 
 
 def confirm_by_code(
-    session: Session, signature_id: int, code: str, *, campaigns: Mapping[str, Campaign], keyring: Keyring,
-    composer: mail.Composer, settings: Settings, now: datetime,
+    session: Session, *, campaign: str, keys: Sequence[bytes], code: str, campaigns: Mapping[str, Campaign],
+    keyring: Keyring, composer: mail.Composer, settings: Settings, now: datetime,
 ) -> Confirmed | ConfirmProblem:
-    """Check a typed code in constant time; after MAX_CODE_ATTEMPTS wrong ones a new code is mailed.
+    """A code typed on the page after signing, for the signature of the address signed with (`keys`).
 
-    A wrong code is *returned*, not raised: the attempt count (and a new code) must commit with the caller."""
-    row = session.get(Signature, signature_id)
-    if row is None or row.email_key is None:
-        raise ConfirmProblem("unknown")
-    if row.status == CONFIRMED:
-        return Confirmed(row.id, row.campaign, None)
-    if row.confirm_expires_at and row.confirm_expires_at < now:
-        raise ConfirmProblem("expired")
-    if security.same(row.confirm_code_hash, security.code_hash(settings.secret_key, code)):
-        return _confirm(session, row, campaigns=campaigns, keyring=keyring, composer=composer, now=now)
-    row.code_attempts += 1
-    if row.code_attempts < MAX_CODE_ATTEMPTS:
-        return ConfirmProblem("wrong_code", MAX_CODE_ATTEMPTS - row.code_attempts)
-    token, new_code, columns = _confirmation(settings, now)
-    for key, value in columns.items():
-        setattr(row, key, value)
-    campaign = campaigns[row.campaign]
-    to = keyring.open(row.email_enc, "email", row.key_id) or ""
-    message = composer.confirmation(
-        campaign=campaign, lang=row.language, to=to, token=security.row_token(row.id, token), code=new_code,
-        discreet=row.discreet,
-    )
-    outbox.enqueue(session, message, kind="confirm", keyring=keyring, signature_id=row.id, now=now)
-    return ConfirmProblem("new_code_sent")
+    Every failure is the same ConfirmProblem("wrong_code"), returned (not raised) so that the count of wrong
+    codes commits with the caller. That count is never reset by a new code or a repeat signature: after
+    MAX_CODE_ATTEMPTS only the link works."""
+    typed = security.code_hash(settings.secret_key, code)
+    row = _same_signer(session, campaign, keys)
+    if row is None:
+        return ConfirmProblem("wrong_code")
+    live = row.code_attempts < MAX_CODE_ATTEMPTS and not (row.confirm_expires_at and row.confirm_expires_at < now)
+    if security.same(row.confirm_code_hash, typed) and live:
+        return _open(session, row, campaigns=campaigns, keyring=keyring, composer=composer, now=now)
+    session.execute(update(Signature).where(Signature.id == row.id)
+                    .values(code_attempts=Signature.code_attempts + 1).execution_options(synchronize_session=False))
+    return ConfirmProblem("wrong_code")
 
 
-def _confirm(
+def _open(
     session: Session, row: Signature, *, campaigns: Mapping[str, Campaign], keyring: Keyring,
     composer: mail.Composer, now: datetime,
 ) -> Confirmed:
-    # The WHERE makes a double POST (or two racing ones) count once: only the UPDATE that changes a row counts.
-    changed = session.execute(
+    """Confirm a pending row (counted once: only the UPDATE that changes its status counts, so a double POST or
+    two racing ones count once) or reopen a confirmed one; either way a new private link, also mailed (it
+    replaces the one in earlier mails). The code is used up."""
+    manage_token = security.new_token()
+    opened = {"manage_token_hash": security.token_hash(manage_token), "confirm_code_hash": None}
+    counted = session.execute(
         update(Signature)
         .where(Signature.id == row.id, Signature.status == PENDING)
-        .values(status=CONFIRMED, confirmed_at=now, confirm_code_hash=None)
+        .values(status=CONFIRMED, confirmed_at=now, **opened)
         .execution_options(synchronize_session=False)
-    ).rowcount
-    if changed != 1:
-        return Confirmed(row.id, row.campaign, None)
-    counters.add(session, campaign=row.campaign, country=row.country, day=now.date())
-    manage_token = security.new_token()
-    session.execute(
-        update(Signature).where(Signature.id == row.id).values(manage_token_hash=security.token_hash(manage_token))
-    )
+    ).rowcount == 1
+    if counted:
+        counters.add(session, campaign=row.campaign, country=row.country, day=now.date())
+    else:
+        session.execute(update(Signature).where(Signature.id == row.id).values(**opened)
+                        .execution_options(synchronize_session=False))
     to = keyring.open(row.email_enc, "email", row.key_id) or ""
     message = composer.confirmed(
-        campaign=campaigns[row.campaign], lang=row.language, to=to, manage_token=manage_token,
-        discreet=row.discreet,
+        campaign=campaigns[row.campaign], lang=row.language, to=to, manage_token=manage_token, discreet=row.discreet,
     )
     outbox.enqueue(session, message, kind="confirmed", keyring=keyring, signature_id=row.id, now=now)
-    return Confirmed(row.id, row.campaign, manage_token)
+    return Confirmed(row.id, row.campaign, manage_token, counted)

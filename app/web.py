@@ -12,7 +12,6 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from itsdangerous import BadSignature, URLSafeTimedSerializer
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -24,6 +23,7 @@ from app.state import Services, services
 
 router = APIRouter(include_in_schema=False)
 TICKET_COOKIE = "ticket"
+TICKET_SECONDS = 7 * 86400
 HONEYPOT_FIELD = "website"
 
 
@@ -88,8 +88,20 @@ async def read_form(request: Request) -> dict[str, Any]:
     return data
 
 
-def _ticket_serializer(svc: Services) -> URLSafeTimedSerializer:
-    return URLSafeTimedSerializer(svc.settings.secret_key, salt="sign-ticket")
+def _ticket_for(svc: Services, slug: str, email: str) -> str:
+    """The cookie that lets the page after signing take a code: the campaign and the address's index hashes,
+    sealed (security.seal_handle), so it is new and random each time and says nothing of the row or the address."""
+    keys = svc.keyring.email_keys(signing.normalise_email(email))
+    return security.seal_handle(svc.settings.secret_key, TICKET_COOKIE, slug.encode() + b"\0" + b"".join(keys))
+
+
+def _ticket(request: Request, svc: Services, slug: str) -> list[bytes] | None:
+    payload = security.open_handle(svc.settings.secret_key, TICKET_COOKIE, request.cookies.get(TICKET_COOKIE),
+                                   max_age=TICKET_SECONDS)
+    named, _, keys = (payload or b"").partition(b"\0")
+    if named != slug.encode() or not keys or len(keys) % 32:
+        return None
+    return [keys[i:i + 32] for i in range(0, len(keys), 32)]
 
 
 def client_address(request: Request) -> str:
@@ -139,26 +151,16 @@ async def sign_form(request: Request, slug: str) -> Response:
         return too_many(request, lang, retry_after, campaign)
     try:
         data = signing.validate(form)
-        signed = await svc.intake.sign(campaign, data)  # answers after the batch holding it is committed
+        await svc.intake.sign(campaign, data)  # answers after the batch holding it is committed
     except signing.ValidationFailed as exc:
         return _petition(request, campaign, lang, status=422, form=form, errors=exc.errors)
     except signing.CampaignClosed:
         return page(request, "error.html", lang, status=409, message_id="closed", campaign=campaign)
     thanks.set_cookie(
-        TICKET_COOKIE, _ticket_serializer(svc).dumps(signed.signature_id), max_age=7 * 86400, httponly=True,
+        TICKET_COOKIE, _ticket_for(svc, slug, data.email), max_age=TICKET_SECONDS, httponly=True,
         samesite="strict", secure=_secure(svc), path=f"/c/{slug}",
     )
     return thanks
-
-
-def _ticket(request: Request, svc: Services) -> int | None:
-    raw = request.cookies.get(TICKET_COOKIE)
-    if not raw:
-        return None
-    try:
-        return int(_ticket_serializer(svc).loads(raw, max_age=7 * 86400))
-    except (BadSignature, ValueError, TypeError):
-        return None
 
 
 @router.get("/c/{slug}/thanks", response_class=HTMLResponse)
@@ -167,7 +169,7 @@ def thanks(request: Request, slug: str, lang: str | None = None) -> HTMLResponse
     campaign = campaign_or_404(svc, slug)
     lang = pick_lang(request, lang, campaign)
     return page(
-        request, "thanks.html", lang, campaign=campaign, has_ticket=_ticket(request, svc) is not None,
+        request, "thanks.html", lang, campaign=campaign, has_ticket=_ticket(request, svc, slug) is not None,
         problem=None,
     )
 
@@ -178,9 +180,9 @@ async def confirm_code(request: Request, slug: str) -> Response:
     campaign = campaign_or_404(svc, slug)
     form = await read_form(request)
     lang = campaign.lang(form.get("lang") or "en")
-    signature_id = _ticket(request, svc)
+    keys = _ticket(request, svc, slug)
     code = str(form.get("code", ""))[:64]
-    if signature_id is None:
+    if keys is None:
         return page(request, "thanks.html", lang, status=400, campaign=campaign, has_ticket=False, problem=None)
     retry_after = svc.sign_limiter.hit("code", client_address(request))
     if retry_after:
@@ -189,24 +191,14 @@ async def confirm_code(request: Request, slug: str) -> Response:
     def run() -> signing.Confirmed | signing.ConfirmProblem:
         with svc.db.write.begin() as session:
             return signing.confirm_by_code(
-                session, signature_id, code, campaigns=svc.campaigns, keyring=svc.keyring,
+                session, campaign=slug, keys=keys, code=code, campaigns=svc.campaigns, keyring=svc.keyring,
                 composer=svc.composer, settings=svc.settings, now=utcnow(),
             )
 
-    try:
-        confirmed = await run_in_threadpool(run)
-    except signing.ConfirmProblem as exc:
-        confirmed = exc
-    if isinstance(confirmed, signing.ConfirmProblem):
-        return page(request, "thanks.html", lang, status=422, campaign=campaign, has_ticket=True, problem=confirmed)
-    return _after_confirm(request, confirmed, lang)
-
-
-def _after_confirm(request: Request, confirmed: signing.Confirmed, lang: str) -> Response:
-    if confirmed.manage_token:
-        return RedirectResponse(f"/s/{confirmed.manage_token}?lang={lang}", status_code=303)
-    svc = services(request)
-    return page(request, "confirmed_before.html", lang, campaign=svc.campaigns.get(confirmed.campaign))
+    opened = await run_in_threadpool(run)
+    if isinstance(opened, signing.ConfirmProblem):  # one answer for every wrong, used-up or unknown code
+        return page(request, "thanks.html", lang, status=422, campaign=campaign, has_ticket=True, problem=opened)
+    return RedirectResponse(f"/s/{opened.manage_token}?lang={lang}", status_code=303)
 
 
 @router.get("/confirm/{token}", response_class=HTMLResponse)
@@ -238,10 +230,10 @@ async def confirm_post(request: Request, token: str) -> Response:
             )
 
     try:
-        confirmed = await run_in_threadpool(run)
+        opened = await run_in_threadpool(run)
     except signing.ConfirmProblem as exc:
         return page(request, "confirm.html", lang, status=404, problem=exc, campaign=None, done=False)
-    return _after_confirm(request, confirmed, lang)
+    return RedirectResponse(f"/s/{opened.manage_token}?lang={lang}", status_code=303)
 
 
 def signer_by_manage_token(session: Session, token: str) -> Signature:

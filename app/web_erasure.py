@@ -43,10 +43,7 @@ async def erase_request(request: Request) -> Response:
 
     def run() -> None:
         with svc.db.write.begin() as session:
-            erasure.request_link(
-                session, email=email, lang=lang, keyring=svc.keyring, composer=svc.composer, settings=svc.settings,
-                now=utcnow(),
-            )
+            erasure.request_link(session, email=email, lang=lang, keyring=svc.keyring, now=utcnow())
 
     await run_in_threadpool(run)
     return page(request, "erase_sent.html", lang)  # the same page whether or not this address signed

@@ -23,7 +23,7 @@ from alembic.config import Config
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
-from app import mail, outbox
+from app import mail, notices, outbox
 from app.db import Database
 from app.main import create_app
 from app.settings import ROOT, Settings
@@ -223,7 +223,10 @@ def smtp() -> Iterator[SMTPServer]:
 
 
 def deliver(svc: Services, smtp_url: str, **kwargs) -> outbox.Report:
-    """Run the outbox sender until nothing more is due (one pass per batch)."""
+    """Answer the waiting notices, then run the outbox sender until nothing more is due (one pass per batch),
+    as the outbox worker does."""
+    notices.answer_due(svc.db, campaigns=svc.campaigns, keyring=svc.keyring, composer=svc.composer,
+                       settings=svc.settings, now=kwargs.get("now"))
     total = outbox.Report()
     transport = mail.SMTPTransport(smtp_url)
     try:
