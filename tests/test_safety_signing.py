@@ -1,0 +1,228 @@
+"""Signer safety, round 2: nobody learns whether an address signed, and nobody takes over a signature.
+
+A prober compares the answers (status, body, cookies) and the work behind them for a new address, a pending one
+and a confirmed one, on the form, the code page, the API and erasure; an attacker signs with a look-alike of the
+victim's address and tries to reach the victim's private page; one address is signed 200 times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import re
+from collections import Counter
+from datetime import timedelta
+
+import httpx
+import pytest
+from sqlalchemy import event, select
+
+from app import erasure, notices, signing
+from app.db import utcnow
+from app.models import OutboxMessage, Signature
+from app.state import Services
+from tests.conftest import SIGNER, body, csrf_token, deliver, make_settings, sign_form
+from tests.servers import AppProcess, server_env
+
+CSRF_VALUE = re.compile(r'name="csrf_token" value="[^"]+"')
+
+
+def confirm_in_process(svc: Services, email: str) -> None:
+    """Confirm the stored signature of `email` as its link would (the test holds the database)."""
+    keys = svc.keyring.email_keys(signing.normalise_email(email))
+    with svc.db.write.begin() as session:
+        row = session.scalar(select(Signature).where(Signature.email_key.in_(keys)))
+        signing._open(session, row, campaigns=svc.campaigns, keyring=svc.keyring, composer=svc.composer, now=utcnow())
+
+
+def form_sign(http: httpx.Client, email: str) -> httpx.Response:
+    page = http.get("/c/mamay?lang=en")
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+    return http.post("/c/mamay/sign", data={**SIGNER, "email": email, "csrf_token": token})
+
+
+def set_cookie_shape(answer: httpx.Response) -> list[str]:
+    """Each Set-Cookie with its value blanked: names and attributes must match, values must not."""
+    return sorted(re.sub(r"=[^;]*", "=…", h, count=1) for h in answer.headers.get_list("set-cookie"))
+
+
+def test_a_prober_learns_nothing_from_the_answers_to_a_sign_a_code_or_an_erase_request(tmp_path, sqlite_url):
+    """Through the real server: a new address, a pending one and a confirmed one get the same status, body and
+    cookies (names and attributes) from the form, the API, the code page and the erase request; the ticket cookie
+    is random each time and holds no row id."""
+    env = server_env(var_dir=tmp_path / "var", database_url=sqlite_url)
+    svc = Services.build(make_settings(tmp_path, sqlite_url))
+    with AppProcess(env) as server:
+        with httpx.Client(base_url=server.url) as setup:
+            assert form_sign(setup, "pending@example.org").status_code == 303
+            assert form_sign(setup, "confirmed@example.org").status_code == 303
+        confirm_in_process(svc, "confirmed@example.org")
+        addresses = {"new": "new@example.org", "pending": "Pending@example.org", "confirmed": "confirmed@example.org"}
+        answers, tickets, codes, api, erase = {}, {}, {}, {}, {}
+        for kind, email in addresses.items():
+            with httpx.Client(base_url=server.url) as http:  # a fresh browser per address
+                answers[kind] = form_sign(http, email)
+                tickets[kind] = http.cookies["ticket"]
+                again = form_sign(http, email)  # the same browser again: a new, unrelated ticket
+                assert http.cookies["ticket"] != tickets[kind] and again.status_code == 303
+                token = re.search(r'name="csrf_token" value="([^"]+)"', http.get("/c/mamay/thanks").text).group(1)
+                codes[kind] = http.post("/c/mamay/code", data={"code": "AAAAAAAA", "csrf_token": token, "lang": "en"})
+                erase[kind] = http.post("/erase", data={"email": email, "csrf_token": token, "lang": "en"})
+                api[kind] = http.post("/api/v1/campaigns/mamay/signatures",
+                                      json={**SIGNER, "email": email, "consent": True})
+    svc.db.dispose()
+    for seen in (answers, codes, erase, api):
+        assert len({a.status_code for a in seen.values()}) == 1
+        assert len({CSRF_VALUE.sub("", a.text) for a in seen.values()}) == 1
+        assert len({a.headers.get("location") for a in seen.values()}) == 1
+        assert len({tuple(set_cookie_shape(a)) for a in seen.values()}) == 1
+    assert {a.status_code for a in answers.values()} == {303} and {a.status_code for a in codes.values()} == {422}
+    # Opaque and random: same length, all different, nothing in them in the clear.
+    assert len(set(tickets.values())) == 3 and len({len(t) for t in tickets.values()}) == 1
+    for ticket in tickets.values():
+        raw = base64.urlsafe_b64decode(ticket + "=" * (-len(ticket) % 4))
+        assert "." not in ticket and len(raw) >= 12 + 16 + 8 + 32 and b"mamay" not in raw  # nonce, tag, time, hash
+
+
+def statements(svc: Services, work) -> list[str]:
+    """The SQL statements `work` sends (the verb and the table), in order."""
+    seen: list[str] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany) -> None:
+        words = statement.split()
+        table = next((w for i, w in enumerate(words) if i and words[i - 1] in ("INTO", "FROM", "UPDATE")), "")
+        seen.append(f"{words[0]} {table}")
+
+    event.listen(svc.db.engine, "before_cursor_execute", record)
+    try:
+        work()
+    finally:
+        event.remove(svc.db.engine, "before_cursor_execute", record)
+    return seen
+
+
+def test_a_sign_and_an_erase_request_do_the_same_work_for_any_address(svc):
+    """Timing follows work: the sign path and the erase request send the same statements whether the address is
+    new, pending or confirmed (a repeat signature is not even looked up: it becomes a notice)."""
+    campaign = svc.campaigns["mamay"]
+
+    def sign(email: str):
+        data = signing.validate({**SIGNER, "email": email, "consent": True})
+
+        def work() -> None:
+            with svc.db.write.begin() as session:
+                signing.sign(session, campaign=campaign, data=data, keyring=svc.keyring, composer=svc.composer,
+                             settings=svc.settings, now=utcnow())
+        return work
+
+    sign("pending@example.org")()
+    sign("confirmed@example.org")()
+    confirm_in_process(svc, "confirmed@example.org")
+    shapes = {kind: statements(svc, sign(email)) for kind, email in
+              (("new", "new@example.org"), ("pending", "pending@example.org"), ("confirmed", "confirmed@example.org"))}
+    # One row each way: a new signer's confirmation mail, or a repeat signer's notice.
+    alike = {kind: [s.replace("notices", "outbox") for s in shape] for kind, shape in shapes.items()}
+    assert alike["new"] == alike["pending"] == alike["confirmed"] == ["BEGIN ", "INSERT signatures", "INSERT outbox"]
+
+    def erase_request(email: str):
+        def work() -> None:
+            with svc.db.write.begin() as session:
+                erasure.request_link(session, email=email, lang="en", keyring=svc.keyring, now=utcnow())
+        return work
+
+    assert statements(svc, erase_request("confirmed@example.org")) == statements(svc, erase_request("no@example.org"))
+
+
+def test_a_look_alike_address_never_reaches_the_signers_mail_or_page(client, svc, smtp):
+    """The victim signs and confirms; an attacker signs with the same mailbox written otherwise. Nothing is mailed
+    to the attacker's typing of it, and the attacker's code page opens nothing whatever they try."""
+    victim = "anna.victim@example.org"
+    sign_form(client, email=victim)
+    deliver(svc, smtp.url)
+    confirm_in_process(svc, victim)
+    attacker = client.__class__(client.app, base_url="http://testserver")
+    later = utcnow() + timedelta(hours=2)
+    for typed in ("ANNA.VICTIM@example.org", "anna.victim+x@example.org", "Anna.Victim+y@EXAMPLE.ORG"):
+        assert sign_form(attacker, email=typed).status_code == 303
+        deliver(svc, smtp.url, now=later)
+        later += timedelta(hours=2)
+    # Every mail went to the victim's stored address, the reminders too.
+    assert {to for r in smtp.sink.messages for to in r.envelope_to} == {victim}
+    reminders = [r.message for r in smtp.sink.messages if "already signed" in r.message["Subject"]]
+    assert len(reminders) == 3
+    token = csrf_token(attacker, "/c/mamay/thanks")
+    for guess in ("AAAAAAAA", "ACDEFGHJ", "", "1' OR '1'='1"):
+        answer = attacker.post("/c/mamay/code", data={"code": guess, "csrf_token": token, "lang": "en"},
+                               follow_redirects=False)
+        assert answer.status_code == 422
+    # The victim's own newest code opens the page from the victim's browser (its ticket names the same row).
+    code = re.search(r"\b([A-Z0-9]{8})\b", body(reminders[-1])).group(1)
+    opened = client.post("/c/mamay/code", data={"code": code, "csrf_token": csrf_token(client, "/c/mamay/thanks"),
+                                                 "lang": "en"}, follow_redirects=False)
+    assert opened.status_code == 303 and opened.headers["location"].startswith("/s/")
+
+
+def test_unicode_case_folding_does_not_merge_two_mailboxes():
+    assert signing.normalise_email("große@example.org") != signing.normalise_email("grosse@example.org")
+    assert signing.normalise_email("Anna+x@Example.ORG") == signing.normalise_email("anna@example.org")
+
+
+def test_code_guesses_are_capped_across_new_codes_and_repeat_signatures(client, svc, smtp):
+    sign_form(client, email="guess@example.org")
+    token = csrf_token(client, "/c/mamay/thanks")
+    moment = utcnow()
+    for round_ in range(3):  # guess, sign again for a new code, guess again...
+        for _ in range(4):
+            client.post("/c/mamay/code", data={"code": "AAAAAAAA", "csrf_token": token, "lang": "en"})
+        sign_form(client, email="guess@example.org")
+        moment += timedelta(hours=2)
+        deliver(svc, smtp.url, now=moment)
+    with svc.db.read() as session:
+        assert session.scalar(select(Signature.code_attempts)) >= signing.MAX_CODE_ATTEMPTS
+    newest = re.search(r"\b([A-Z0-9]{8})\b", body(smtp.sink.to("guess@example.org")[-1])).group(1)
+    answer = client.post("/c/mamay/code", data={"code": newest, "csrf_token": token, "lang": "en"})
+    assert answer.status_code == 422  # the cap holds for the newest code too; its link still works
+    kinds = Counter(r.message["Subject"].split(":")[0] for r in smtp.sink.messages)
+    assert kinds == {"Please confirm your signature": 1, "You have already signed": 3}  # guesses mailed nothing
+
+
+def test_two_hundred_signs_of_one_address_send_it_one_mail_an_hour_and_three_a_day(svc, smtp):
+    intake_svc = svc
+    campaign = intake_svc.campaigns["mamay"]
+
+    async def sign_all() -> list[signing.Signed]:
+        data = [signing.validate({**SIGNER, "email": f"many+{i}@example.org", "consent": True}) for i in range(200)]
+        return await asyncio.gather(*(intake_svc.intake.sign(campaign, d) for d in data))
+
+    intake_svc.intake.start()
+    try:
+        answers = asyncio.run(sign_all())
+    finally:
+        intake_svc.intake.stop()
+    assert sum(a.created for a in answers) == 1
+    sent = [deliver(svc, smtp.url, now=utcnow() + timedelta(minutes=m)).sent for m in (0, 1)]
+    assert sent == [1, 0]  # the confirmation; 199 notices answered with nothing while its code is fresh
+    hourly = []
+    for hour in range(1, 7):  # one more sign each hour: a reminder an hour, three in a day
+        with svc.db.write.begin() as session:
+            signing.sign(session, campaign=campaign, data=signing.validate({**SIGNER, "email": "many@example.org",
+                                                                            "consent": True}),
+                         keyring=svc.keyring, composer=svc.composer, settings=svc.settings, now=utcnow())
+        hourly.append(deliver(svc, smtp.url, now=utcnow() + timedelta(minutes=61 * hour)).sent)
+    assert hourly == [1, 1, 1, 0, 0, 0]
+    with svc.db.read() as session:
+        assert Counter(session.scalars(select(OutboxMessage.kind))) == {"confirm": 1, "already": 3}
+
+
+@pytest.mark.parametrize("stored", ["erased", "never"])
+def test_a_ticket_for_an_address_without_a_row_answers_like_any_wrong_code(client, svc, stored):
+    sign_form(client, email="gone@example.org")
+    if stored == "erased":
+        with svc.db.write.begin() as session:
+            erasure.erase(session, keys=erasure.email_keys(svc.keyring, "gone@example.org"), now=utcnow())
+    else:
+        with svc.db.write.begin() as session:
+            session.query(Signature).delete()
+    token = csrf_token(client, "/c/mamay/thanks")
+    answer = client.post("/c/mamay/code", data={"code": "AAAAAAAA", "csrf_token": token, "lang": "en"})
+    assert answer.status_code == 422 and "does not open a signature" in answer.text
