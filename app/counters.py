@@ -68,20 +68,6 @@ def fold_countries(counts: Mapping[str, int], k: int) -> dict[str, int]:
     return folded
 
 
-def fold_days(counts: Mapping[str, int], k: int) -> dict[str, int]:
-    """A day under k is carried into the next day; a tail still under k is reported as "other"."""
-    folded: dict[str, int] = {}
-    carry = 0
-    for day, n in sorted(counts.items()):
-        carry += n
-        if carry >= k:
-            folded[day] = carry
-            carry = 0
-    if carry:
-        folded["other"] = carry
-    return folded
-
-
 def _down(n: int, k: int) -> int:
     return n // k * k
 
