@@ -151,7 +151,8 @@ async def sign(request: Request):
 @router.get("/campaigns/{slug}/stats", response_model=StatsOut,
             responses={404: {"model": ErrorBody}, 422: {"model": ErrorBody}})
 async def stats(slug: str, request: Request) -> Response:
-    """Confirmed signatures; countries and days under the minimum cell size are folded into "other"."""
+    """Confirmed signatures as published for the current period (they change only at the schedule's boundaries);
+    every figure is a multiple of the minimum cell size, and countries and days under it are folded."""
     svc = services(request)  # not a dependency: a sync dependency costs a thread hop on every request
     campaign = campaign_or_404(svc, slug)
 
@@ -161,7 +162,7 @@ async def stats(slug: str, request: Request) -> Response:
             by_country=s.by_country, by_day=s.by_day,
         ).model_dump_json().encode()
 
-    # Served from memory while the counters cannot have moved (see stats_cache.py); else checked in a thread.
+    # Served from memory until the next boundary (see stats_cache.py); else fetched in a thread.
     body = svc.stats_cache.cached(slug) or await run_in_threadpool(svc.stats_cache.answer, campaign, render)
     return Response(body, media_type="application/json")
 

@@ -125,15 +125,15 @@ def stats(slug: str, exact: bool = typer.Option(False, help="Unfolded counts (or
     if campaign is None:
         console.print(f"[red]no campaign {slug!r}[/red]; known: {', '.join(svc.campaigns)}")
         raise typer.Exit(2)
-    with svc.db.read() as session:
-        if exact:
+    if exact:
+        with svc.db.read() as session:
             by_country, by_day = counters.exact_counts(session, slug)
             out = {"campaign": slug, "confirmed": sum(by_country.values()), "goal": campaign.goal,
                    "by_country": by_country, "by_day": by_day, "recount": counters.recount(session, slug)}
-        else:
-            st = counters.public_stats(session, campaign, k=svc.settings.min_cell)
-            out = {"campaign": slug, "confirmed": st.confirmed, "goal": st.goal,
-                   "by_country": st.by_country, "by_day": st.by_day}
+    else:
+        st = svc.stats_cache.stats(campaign)  # what the pages show in this period
+        out = {"campaign": slug, "confirmed": st.confirmed, "goal": st.goal, "by_country": st.by_country,
+               "by_day": st.by_day}
     sys.stdout.write(json.dumps(out, ensure_ascii=False, indent=2) + "\n")
 
 

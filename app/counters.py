@@ -1,21 +1,23 @@
 """Counts: the confirmed counter per campaign, country and day, and what of it may be shown.
 
 The counter moves only in the transaction that confirms a row (`add`), so a recount from the rows always agrees.
-Public figures fold every cell under the minimum cell size into "other", so no small group can be picked out.
+Public figures are published once per period (a stored snapshot every process reads) and every cell of them is a
+multiple of the minimum cell size k: so no total, and no change between two publications, is a group under k.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 
 from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from app.campaigns import Campaign
-from app.models import CONFIRMED, Signature, SignatureCount
+from app.models import CONFIRMED, PublicFigures, Signature, SignatureCount
 
 
 def add(session: Session, *, campaign: str, country: str, day: date, delta: int = 1) -> None:
@@ -66,28 +68,84 @@ def fold_countries(counts: Mapping[str, int], k: int) -> dict[str, int]:
     return folded
 
 
-def fold_days(counts: Mapping[str, int], k: int) -> dict[str, int]:
-    """A day under k is carried into the next day; a tail still under k is reported as "other"."""
-    folded: dict[str, int] = {}
+def _down(n: int, k: int) -> int:
+    return n // k * k
+
+
+def publish_countries(counts: Mapping[str, int], k: int) -> dict[str, int]:
+    """Public per-country cells: a country of k or more, rounded down to a multiple of k; "other" is the rounded
+    total less those. Every cell is a multiple of k, so a change between two publications is 0 or at least k."""
+    shown = {c: _down(n, k) for c, n in counts.items() if n >= k}
+    published = dict(sorted(shown.items(), key=lambda cn: (-cn[1], cn[0])))
+    other = _down(sum(counts.values()), k) - sum(shown.values())  # >= 0: a sum of floors is at most the floor
+    if other:
+        published["other"] = other
+    return published
+
+
+def publish_days(counts: Mapping[str, int], k: int) -> dict[str, int]:
+    """Public per-day cells: days are carried forward until they hold k, and a day shows its carry rounded down to
+    a multiple of k (the rest carries on). The cells sum to the rounded total; the tail under k is not shown."""
+    published: dict[str, int] = {}
     carry = 0
     for day, n in sorted(counts.items()):
         carry += n
         if carry >= k:
-            folded[day] = carry
-            carry = 0
-    if carry:
-        folded["other"] = carry
-    return folded
+            published[day] = _down(carry, k)
+            carry -= published[day]
+    return published
 
 
-def public_stats(session: Session, campaign: Campaign, *, k: int) -> Stats:
+def publishable(session: Session, campaign: Campaign, *, k: int) -> Stats:
+    """What would be published from the counters as they stand: only ever shown through a period's snapshot."""
     by_country, by_day = exact_counts(session, campaign.slug)
     return Stats(
-        confirmed=sum(by_country.values()),
+        confirmed=_down(sum(by_country.values()), k),
         goal=campaign.goal,
-        by_country=fold_countries(by_country, k),
-        by_day=fold_days(by_day, k),
+        by_country=publish_countries(by_country, k),
+        by_day=publish_days(by_day, k),
     )
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def period(now: datetime, every: timedelta) -> tuple[datetime, datetime]:
+    """The publication period holding `now`: [start, end), boundaries counted from the epoch in whole
+    microseconds, so every process finds the same ones."""
+    step = every // timedelta(microseconds=1)
+    since = (now - EPOCH) // timedelta(microseconds=1)
+    start = EPOCH + timedelta(microseconds=since // step * step)
+    return start, start + every
+
+
+def published(session: Session, campaign: Campaign, *, starts_at: datetime) -> Stats | None:
+    """The snapshot published for the period starting at `starts_at`, if one was written."""
+    row = session.get(PublicFigures, (campaign.slug, starts_at))
+    if row is None:
+        return None
+    return Stats(confirmed=row.confirmed, goal=campaign.goal, by_country=json.loads(row.by_country),
+                 by_day=json.loads(row.by_day))
+
+
+def public_stats(session: Session, campaign: Campaign, *, k: int, now: datetime, every: timedelta) -> Stats:
+    """The public figures for the period holding `now`. The first caller in a period writes them from the
+    counters (in a write transaction); everyone else, in any process, reads that same row, so no two answers for
+    one period differ by the confirmations made in between."""
+    starts_at, _ = period(now, every)
+    found = published(session, campaign, starts_at=starts_at)
+    if found is not None:
+        return found
+    stats = publishable(session, campaign, k=k)
+    values = {"campaign": campaign.slug, "starts_at": starts_at, "confirmed": stats.confirmed,
+              "by_country": json.dumps(stats.by_country), "by_day": json.dumps(stats.by_day)}
+    dialect = session.get_bind().dialect.name
+    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(PublicFigures).values(**values)
+    session.execute(insert.on_conflict_do_nothing(index_elements=["campaign", "starts_at"]))
+    # A concurrent first writer may have won (our insert waited for it): answer what is stored, not what we built.
+    found = published(session, campaign, starts_at=starts_at)
+    assert found is not None  # written above, or by the writer our insert waited for
+    return found
 
 
 def recount(session: Session, campaign: str) -> int:

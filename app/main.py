@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gc
+from collections.abc import Callable
 from contextlib import asynccontextmanager
+from datetime import datetime
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -13,7 +15,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import admin, admin_api, api, i18n, notices, outbox, retention, web, web_embed, web_erasure, web_letters
-from app.db import Database
+from app.db import Database, utcnow
 from app.security import SecurityHeaders
 from app.settings import Settings, load_settings
 from app.state import Services
@@ -21,9 +23,10 @@ from app.state import Services
 STATIC_DIR = Path(__file__).parent / "static"
 
 
-def create_app(settings: Settings | None = None, *, db: Database | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, db: Database | None = None,
+               clock: Callable[[], datetime] = utcnow) -> FastAPI:
     settings = settings or load_settings()
-    svc = Services.build(settings, db=db)
+    svc = Services.build(settings, db=db, clock=clock)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

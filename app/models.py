@@ -83,6 +83,19 @@ class SignatureCount(Base):
     confirmed: Mapped[int] = mapped_column(Integer, default=0)
 
 
+class PublicFigures(Base):
+    """The public figures of one campaign for one publication period, written once by the first process that
+    needs them: every process then answers the same figures until the next period (see counters.py)."""
+
+    __tablename__ = "public_figures"
+
+    campaign: Mapped[str] = mapped_column(String(64), primary_key=True)
+    starts_at: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    confirmed: Mapped[int] = mapped_column(Integer)
+    by_country: Mapped[str] = mapped_column(Text)  # JSON object, in the order it is shown
+    by_day: Mapped[str] = mapped_column(Text)  # JSON object
+
+
 class TargetOptIn(Base):
     """A signer's explicit consent to be named to one target. Absent row: not named."""
 

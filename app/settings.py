@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     sign_rate_limit: str = "10/minute;100/day"
     login_rate_limit: str = "5/minute"
     min_cell: int = Field(default=5, ge=1)
+    # Public figures move only at these boundaries (UTC, from the epoch), never per confirmation: see counters.py.
+    public_refresh_minutes: float = Field(default=10, gt=0)
     retention_days: int = Field(default=180, ge=1)
     confirm_token_days: int = Field(default=7, ge=1)
     target_hourly_cap: int = Field(default=30, ge=1)

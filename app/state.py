@@ -5,14 +5,16 @@ Routes reach them with `services(request)`; nothing here is a module-level globa
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 from fastapi import Request
 
 from app import campaigns as campaigns_mod
 from app import mail
 from app.campaigns import Campaign
-from app.db import Database
+from app.db import Database, utcnow
 from app.encryption import Keyring, load_keyring
 from app.intake import Intake
 from app.ratelimit import Limiter
@@ -31,17 +33,23 @@ class Services:
     login_limiter: Limiter
     # The sign path's group-commit writer; create_app's lifespan starts and stops it.
     intake: Intake = field(default=None)  # type: ignore[assignment]  # built from the fields above
-    # The public stats answer, served from memory while the counters have not moved.
+    # The time public figures are published against (tests pass a clock they move).
+    clock: Callable[[], datetime] = utcnow
+    # The public figures of the current period, served from memory until the next boundary.
     stats_cache: StatsCache = field(default=None)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         if self.intake is None:
             self.intake = Intake(self.db, keyring=self.keyring, composer=self.composer, settings=self.settings)
         if self.stats_cache is None:
-            self.stats_cache = StatsCache(self.db, min_cell=self.settings.min_cell)
+            self.stats_cache = StatsCache(
+                self.db, min_cell=self.settings.min_cell,
+                every=timedelta(minutes=self.settings.public_refresh_minutes), clock=self.clock,
+            )
 
     @classmethod
-    def build(cls, settings: Settings, *, db: Database | None = None) -> Services:
+    def build(cls, settings: Settings, *, db: Database | None = None,
+              clock: Callable[[], datetime] = utcnow) -> Services:
         return cls(
             settings=settings,
             db=db or Database(settings.sqlalchemy_url),
@@ -50,6 +58,7 @@ class Services:
             composer=mail.Composer(settings),
             sign_limiter=Limiter(settings.sign_rate_limit, redis_url=settings.redis_url),
             login_limiter=Limiter(settings.login_rate_limit, redis_url=settings.redis_url),
+            clock=clock,
         )
 
 

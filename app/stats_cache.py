@@ -1,81 +1,83 @@
-"""The public stats answer, kept in memory as ready JSON while the stored counters have not moved.
+"""The public figures of the current period, kept in memory until the next boundary.
 
-Exact because: the counters (signature_counts) only ever grow (a confirmation adds one, erasure keeps confirmed
-rows counted, demo data adds), so a campaign's counters are unchanged exactly while their sum is unchanged. An
-answer is served from memory only while (a) no write transaction has committed in this process since it was
-checked, and (b) it was checked against the database's sum less than `ttl` seconds ago (writes from other
-processes; while one request re-checks, the others may still get the previous answer for that moment).
-Otherwise the sum is read again (one indexed aggregate) and the answer rebuilt only if it moved.
+Each period's figures are read (or, by the first process to need them, written) once per process from the
+stored snapshot (counters.public_stats), so every process answers the same figures for a period and no request
+between two boundaries touches the database. At a boundary one request per campaign fetches the new snapshot;
+meanwhile the others still get the previous period's answer, which every process published too.
 """
 
 from __future__ import annotations
 
 import threading
-import time
-from dataclasses import dataclass
-
-from sqlalchemy import event, func, select
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 
 from app import counters
 from app.campaigns import Campaign
 from app.db import Database
-from app.models import SignatureCount
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Entry:
-    version: int  # sum of the campaign's counters when `body` was built
-    body: bytes
-    checked_at: float  # monotonic time of the last check against the database
-    generation: int  # this process's write generation at that check
+    starts_at: datetime
+    ends_at: datetime
+    stats: counters.Stats
+    body: bytes | None  # the stats API's answer, rendered on first use
 
 
 class StatsCache:
-    def __init__(self, db: Database, *, min_cell: int, ttl: float = 0.5) -> None:
-        self.db, self.min_cell, self.ttl = db, min_cell, ttl
+    def __init__(self, db: Database, *, min_cell: int, every: timedelta, clock: Callable[[], datetime]) -> None:
+        self.db, self.min_cell, self.every, self.clock = db, min_cell, every, clock
         self._entries: dict[str, _Entry] = {}
         self._lock = threading.Lock()
-        self._checking: set[str] = set()
-        self.generation = 0
-        # Any write committed by this process may have moved a counter: the next answer checks again.
-        event.listen(db.write, "after_commit", self._written)
-
-    def _written(self, _session) -> None:
-        self.generation += 1
+        self._fetching: set[str] = set()
 
     def cached(self, slug: str) -> bytes | None:
-        """The answer if it is known to be current, without touching the database; else None.
+        """The stats API's answer without touching the database, or None: then call `answer` (in a thread).
 
-        Once the ttl has run out, one caller re-checks while the others keep the answer for that moment (not
-        after a local commit: that one is always re-checked before anyone hears a count)."""
+        Past a boundary one caller fetches the new period while the others keep the previous answer."""
         entry = self._entries.get(slug)
-        if entry is None or entry.generation != self.generation:
+        if entry is None or entry.body is None:
             return None
-        if time.monotonic() - entry.checked_at < self.ttl:
+        if self.clock() < entry.ends_at:
             return entry.body
         with self._lock:
-            if slug in self._checking:
+            if slug in self._fetching:
                 return entry.body
-            self._checking.add(slug)
+            self._fetching.add(slug)
         return None
 
-    def answer(self, campaign: Campaign, render) -> bytes:
-        """Check the counters' sum and rebuild the answer (with `render(stats) -> bytes`) if it moved."""
-        generation, now = self.generation, time.monotonic()  # taken before reading: a later commit re-checks
+    def answer(self, campaign: Campaign, render: Callable[[counters.Stats], bytes]) -> bytes:
+        """The stats API's answer for the current period, rendered once per period with `render`."""
         try:
-            with self.db.read() as session:
-                version = session.scalar(
-                    select(func.coalesce(func.sum(SignatureCount.confirmed), 0)).where(
-                        SignatureCount.campaign == campaign.slug
-                    )
-                ) or 0
-                entry = self._entries.get(campaign.slug)
-                if entry is None or entry.version != version:
-                    stats = counters.public_stats(session, campaign, k=self.min_cell)
-                    entry = _Entry(version, render(stats), now, generation)
-            with self._lock:
-                self._entries[campaign.slug] = _Entry(entry.version, entry.body, now, generation)
+            entry = self._current(campaign)
+            if entry.body is None:
+                entry = replace(entry, body=render(entry.stats))
+                with self._lock:
+                    self._entries[campaign.slug] = entry
+            assert entry.body is not None
             return entry.body
         finally:
             with self._lock:
-                self._checking.discard(campaign.slug)
+                self._fetching.discard(campaign.slug)
+
+    def stats(self, campaign: Campaign) -> counters.Stats:
+        """The public figures for the pages (petition, home, embed, signer): the same snapshot as the API's."""
+        return self._current(campaign).stats
+
+    def _current(self, campaign: Campaign) -> _Entry:
+        now = self.clock()
+        entry = self._entries.get(campaign.slug)
+        if entry is not None and entry.starts_at <= now < entry.ends_at:
+            return entry
+        starts_at, ends_at = counters.period(now, self.every)
+        with self.db.read() as session:  # the usual case: another process (or an earlier us) wrote it already
+            stats = counters.published(session, campaign, starts_at=starts_at)
+        if stats is None:
+            with self.db.write.begin() as session:
+                stats = counters.public_stats(session, campaign, k=self.min_cell, now=now, every=self.every)
+        entry = _Entry(starts_at, ends_at, stats, None)
+        with self._lock:
+            self._entries[campaign.slug] = entry
+        return entry

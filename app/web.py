@@ -15,7 +15,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app import counters, i18n, security, signing
+from app import i18n, security, signing
 from app.campaigns import Campaign
 from app.db import utcnow
 from app.models import Signature
@@ -55,6 +55,7 @@ def page(request: Request, template: str, lang: str, *, status: int = 200, **con
         path=request.url.path,
         min_cell=svc.settings.min_cell,
         retention_days=svc.settings.retention_days,
+        refresh_minutes=f"{svc.settings.public_refresh_minutes:g}",
         **context,
     )
     response = HTMLResponse(html, status_code=status)
@@ -112,17 +113,13 @@ def client_address(request: Request) -> str:
 def index(request: Request, lang: str | None = None) -> HTMLResponse:
     svc = services(request)
     lang = pick_lang(request, lang)
-    with svc.db.read() as session:
-        stats = {
-            slug: counters.public_stats(session, c, k=svc.settings.min_cell) for slug, c in svc.campaigns.items()
-        }
+    stats = {slug: svc.stats_cache.stats(c) for slug, c in svc.campaigns.items()}
     return page(request, "index.html", lang, campaigns=list(svc.campaigns.values()), stats=stats)
 
 
 def _petition(request: Request, campaign: Campaign, lang: str, *, status: int = 200, form=None, errors=None):
     svc = services(request)
-    with svc.db.read() as session:
-        stats = counters.public_stats(session, campaign, k=svc.settings.min_cell)
+    stats = svc.stats_cache.stats(campaign)
     return page(
         request, "petition.html", lang, status=status, campaign=campaign, stats=stats,
         countries=i18n.countries(lang), form=form or {}, errors=errors or {},
@@ -250,7 +247,7 @@ def signer_page(request: Request, token: str, lang: str | None = None) -> HTMLRe
     with svc.db.read() as session:
         row = signer_by_manage_token(session, token)
         campaign = campaign_or_404(svc, row.campaign)
-        stats = counters.public_stats(session, campaign, k=svc.settings.min_cell)
+    stats = svc.stats_cache.stats(campaign)
     lang = campaign.lang(lang or row.language)
     from app import web_letters  # the letters part of this page; web_letters builds on this module
 

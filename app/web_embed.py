@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
-from app import counters, i18n, security, signing
+from app import i18n, security, signing
 from app.campaigns import Campaign
 from app.db import utcnow
 from app.settings import Settings
@@ -47,8 +47,7 @@ def embed(request: Request, slug: str, lang: str | None = None) -> HTMLResponse:
     svc = services(request)
     campaign = campaign_or_404(svc, slug)
     lang = pick_lang(request, lang, campaign)
-    with svc.db.read() as session:
-        stats = counters.public_stats(session, campaign, k=svc.settings.min_cell)
+    stats = svc.stats_cache.stats(campaign)
     html = i18n.page_env(lang).get_template("embed.html").render(
         campaign=campaign, stats=stats, countries=i18n.countries(lang), form_token=_serializer(svc).dumps(slug),
         is_open=campaign.is_open(utcnow().date()), path=request.url.path,
@@ -72,8 +71,7 @@ def _form_token_valid(svc: Services, slug: str, token: object) -> bool:
 def _full_petition(request: Request, campaign: Campaign, lang: str, *, status: int, form: dict, errors: dict
                    ) -> HTMLResponse:
     svc = services(request)
-    with svc.db.read() as session:
-        stats = counters.public_stats(session, campaign, k=svc.settings.min_cell)
+    stats = svc.stats_cache.stats(campaign)
     return page(
         request, "petition.html", lang, status=status, campaign=campaign, stats=stats,
         countries=i18n.countries(lang), form=form, errors=errors, is_open=campaign.is_open(utcnow().date()),

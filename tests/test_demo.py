@@ -21,7 +21,7 @@ def check_filled(svc, db: Database, *, rows: int, confirmed: int, share: float, 
         found = s.scalars(select(Signature).order_by(Signature.id)).all()
         assert len(found) == rows
         assert counters.recount(s, "mamay") == confirmed == s.scalar(select(func.sum(SignatureCount.confirmed)))
-        assert counters.public_stats(s, svc.campaigns["mamay"], k=5).confirmed == confirmed
+        assert counters.publishable(s, svc.campaigns["mamay"], k=5).confirmed == confirmed // 5 * 5
     assert share - 0.05 < confirmed / rows < share + 0.05
     names = {svc.keyring.open(r.name_enc, "name", r.key_id) for r in found}
     emails = [svc.keyring.open(r.email_enc, "email", r.key_id) for r in found]

@@ -142,7 +142,7 @@ def test_erasure_leaves_no_trace_in_any_table_and_keeps_the_count(app_client, sm
     keys = erasure.email_keys(svc.keyring, EMAIL)
     needles = [stored_address, EMAIL, signing.normalise_email(stored_address), NAME, CITY, MESSAGE]
     assert traces(svc, needles, keys)  # the scan does find what is there
-    assert client.get("/api/v1/campaigns/mamay/stats").json()["confirmed"] == 2
+    assert stored_count(svc, "mamay") == 2  # the exact count (the public one moves only on its schedule)
 
     # The request, the mail, the link (GET changes nothing), the button.
     assert ask_for_link(client, EMAIL.lower()).status_code == 200
@@ -172,7 +172,6 @@ def test_erasure_leaves_no_trace_in_any_table_and_keeps_the_count(app_client, sm
         assert s.scalar(select(func.count()).where(Signature.campaign == "second")) == 0
         # The count stays right: the stored counter and the rows agree.
         assert counters.recount(s, "mamay") == stored_count(svc, "mamay") == 2
-    assert client.get("/api/v1/campaigns/mamay/stats").json()["confirmed"] == 2
     # The bystander is untouched and still readable.
     assert traces(svc, ["Bystander Person", "bystander@example.org"], [])
 

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from sqlalchemy import event, select
 
-from app import erasure, notices, signing
+from app import erasure, signing
 from app.db import utcnow
 from app.models import OutboxMessage, Signature
 from app.state import Services
@@ -171,7 +171,7 @@ def test_code_guesses_are_capped_across_new_codes_and_repeat_signatures(client, 
     sign_form(client, email="guess@example.org")
     token = csrf_token(client, "/c/mamay/thanks")
     moment = utcnow()
-    for round_ in range(3):  # guess, sign again for a new code, guess again...
+    for _round in range(3):  # guess, sign again for a new code, guess again...
         for _ in range(4):
             client.post("/c/mamay/code", data={"code": "AAAAAAAA", "csrf_token": token, "lang": "en"})
         sign_form(client, email="guess@example.org")

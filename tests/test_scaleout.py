@@ -98,15 +98,20 @@ def test_two_servers_two_senders_postgres_redis(tmp_path, pg_url, redis_db, smtp
         try:
             with engine.connect() as conn:
                 assert conn.scalar(select(func.count()).select_from(Signature)) == len(signers)
+                assert conn.scalar(select(func.count()).where(Signature.status == "confirmed")) == len(to_confirm)
                 states = dict(conn.execute(text("SELECT state, count(*) FROM outbox GROUP BY state")).all())
                 assert states == {"sent": expected}
                 assert conn.scalar(select(func.count()).select_from(OutboxMessage)) == expected
         finally:
             engine.dispose()
-        time.sleep(0.6)  # another server's confirmation reaches a server's stats answer within its 0.5 s check
-        for server in servers:
-            stats = httpx.get(f"{server.url}/api/v1/campaigns/mamay/stats", timeout=10).json()
-            assert stats["confirmed"] == len(to_confirm)
+        # Every server publishes the same figures for a period (the exact count is the rows', checked above); a
+        # second try covers the rare run that crosses a boundary between the two answers.
+        for _ in range(2):
+            answers = {httpx.get(f"{server.url}/api/v1/campaigns/mamay/stats", timeout=10).content
+                       for server in servers}
+            if len(answers) == 1:
+                break
+        assert len(answers) == 1, answers
 
         # One client, 5 per minute, spread over both servers: the sixth is refused wherever it lands.
         answers = [sign(servers[i % 2], email=f"limit{i}@example.org", client_ip="198.51.100.7") for i in range(6)]

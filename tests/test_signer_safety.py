@@ -153,8 +153,9 @@ def test_folding_never_leaves_a_small_remainder(counts, expected):
 
 
 def test_small_days_are_carried_forward(svc):
-    assert counters.fold_days({"2026-01-01": 2, "2026-01-02": 4, "2026-01-03": 9, "2026-01-04": 1}, 5) == {
-        "2026-01-02": 6, "2026-01-03": 9, "other": 1,
+    # Each shown day is a multiple of k (the rest carries on); the tail under k is not shown.
+    assert counters.publish_days({"2026-01-01": 2, "2026-01-02": 4, "2026-01-03": 9, "2026-01-04": 1}, 5) == {
+        "2026-01-02": 5, "2026-01-03": 10,
     }
 
 
@@ -184,12 +185,15 @@ def test_privacy_notice_is_linked_from_every_public_page(client):
 
 def test_stats_cli_prints_folded_json(tmp_path, sqlite_url, svc):
     sign_and_confirm(svc, {"name": "A", "email": "a@example.kz", "country": "KZ"})
+    for i in range(5):
+        sign_and_confirm(svc, {"name": f"D{i}", "email": f"d{i}@example.de", "country": "DE"})
     env = {"CAMPAIGN_DATABASE_URL": sqlite_url, "CAMPAIGN_VAR_DIR": str(tmp_path / "var"),
            "CAMPAIGN_DATA_KEY": svc.settings.data_key, "CAMPAIGN_ENV": "test"}
     out = CliRunner().invoke(cli.app, ["stats", "mamay"], env=env)
     assert out.exit_code == 0, out.output
     data = json.loads(out.stdout)
-    assert data["confirmed"] == 1 and data["by_country"] == {"other": 1}
+    # The published figures, in steps of the minimum cell size: the lone Kazakh signer is not in them.
+    assert data["confirmed"] == 5 and data["by_country"] == {"DE": 5}
 
 
 def test_a_confirmation_link_opens_only_with_its_own_row_and_secret_together(svc, smtp):
