@@ -268,6 +268,11 @@ def envelope(raw: bytes, *, recipients: list[str], outbox_id: int, domain: str) 
     return Envelope(wire, sender, recipients, message_id)
 
 
+# An address as it goes into RCPT TO: ASCII, nothing smtplib's parseaddr could read as another address.
+_WIRE_ADDRESS = re.compile(r"[!-~]+@[!-~]+", re.ASCII)
+_NOT_ON_THE_WIRE = re.compile(r"[\s<>(),;:\"\\]")
+
+
 class SMTPTransport:
     """One SMTP connection, opened on first use and reused across sends until closed or broken."""
 
@@ -305,8 +310,11 @@ class SMTPTransport:
         return self._conn
 
     def send(self, env: Envelope) -> None:
-        conn = self._connect()
         recipients = env.recipients
+        if not all(_WIRE_ADDRESS.fullmatch(r) and not _NOT_ON_THE_WIRE.search(r) for r in recipients):
+            # smtplib would read "a@b <c@d>" as c@d, and a non-ASCII address needs SMTPUTF8, which we never use.
+            raise PermanentFailure("a recipient is not a plain ASCII address")
+        conn = self._connect()
         try:
             refused = conn.sendmail(env.sender, recipients, env.raw)
         except smtplib.SMTPRecipientsRefused as exc:
