@@ -277,7 +277,7 @@ def set_named(session: Session, *, campaign: Campaign, row: Signature, target_ke
 
 
 def header_name(name: str) -> str:
-    """A display name for a mail header: one line, whatever was stored."""
+    """A display name for a mail header (a target's, from the campaign's own files; never a signer's): one line."""
     return " ".join(name.split())
 
 
@@ -285,8 +285,11 @@ def send_for_me(
     session: Session, *, campaign: Campaign, row: Signature, target_key: str, lang: str, keyring: Keyring,
     composer: mail.Composer, secret: bytes, k: int, now: datetime,
 ) -> Letter:
-    """Queue the signer's letter to one target, once. Reply-To and Cc carry the signer only where the target may
-    see names and the signer said yes; otherwise it is signed anonymously and the signer gets a separate copy."""
+    """Queue the signer's letter to one target, once, and the signer's own copy of it as a separate mail.
+
+    The letter goes from the campaign's address with no Cc or Reply-To: a signer's address is never handed to a
+    target (the sign form promises so), and no signer text reaches a header of it. Whether the letter names the
+    signer is `view_for`'s decision, and the copy says which."""
     target = _signers_target(campaign, row, target_key)
     if not target.email:
         raise LetterRefused("no_email")
@@ -301,19 +304,20 @@ def send_for_me(
                           public=current_public_countries(session, campaign.slug, k=k))
     letter = render_letter(campaign, target, lang, view, secret=secret)
     to = Address(display_name=header_name(target.name[letter.lang]), addr_spec=target.email)
-    signer = Address(display_name=header_name(supporter.name), addr_spec=supporter.email) if view.named else None
-    msg = composer.build(to=to, subject=letter.subject, body=letter.text, html=letter.html, reply_to=signer,
-                         cc=signer)
+    msg = composer.build(to=to, subject=letter.subject, body=letter.text, html=letter.html)
     outbox.enqueue(session, msg, kind="letter", keyring=keyring, now=now, signature_id=row.id, target=target.key)
-    if signer is None:
-        _ = i18n.translations(supporter.language).gettext
+    _ = i18n.translations(supporter.language).gettext
+    if view.named:
+        intro = _("This is a copy of the letter we are sending for you to %(target)s. It is signed with your name "
+                  "as shown; your email address is not given to them.") % {"target": target.name[letter.lang]}
+    else:
         intro = _("This is a copy of the letter we are sending for you to %(target)s. It is signed as shown; "
                   "your name and email address are not given to them.") % {"target": target.name[letter.lang]}
-        subject = _("Your copy") if row.discreet else (
-            _("Copy of your letter to %(target)s") % {"target": target.name[letter.lang]})
-        copy = composer.build(to=supporter.email, subject=subject, body=f"{intro}\n\n{letter.text}\n",
-                              from_name=_("Notifications") if row.discreet else None)
-        outbox.enqueue(session, copy, kind="letter_copy", keyring=keyring, now=now, signature_id=row.id)
+    subject = _("Your copy") if row.discreet else (
+        _("Copy of your letter to %(target)s") % {"target": target.name[letter.lang]})
+    copy = composer.build(to=supporter.email, subject=subject, body=f"{intro}\n\n{letter.text}\n",
+                          from_name=_("Notifications") if row.discreet else None)
+    outbox.enqueue(session, copy, kind="letter_copy", keyring=keyring, now=now, signature_id=row.id)
     return letter
 
 

@@ -19,7 +19,7 @@ from email.utils import formatdate, getaddresses
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from app import i18n
+from app import i18n, retention
 from app.campaigns import Campaign
 from app.settings import Settings
 
@@ -92,6 +92,7 @@ class Composer:
         msg.set_content(body, cte="quoted-printable")
         if html is not None:
             msg.add_alternative(html, subtype="html")
+        check_head(msg.as_bytes(policy=STORED).partition(b"\n\n")[0], msg.keys())
         return msg
 
     def prepare(self, *, to: str, subject: str, body: str, from_name: str | None = None,
@@ -106,7 +107,9 @@ class Composer:
             proto["From"] = Address(sender[0], addr_spec=sender[1])
             proto["Subject"] = subject
             proto.set_content("\u00e9", cte="base64")  # the body's headers: any non-ASCII text gives these
-            head = self._heads[(subject, *sender)] = proto.as_bytes(policy=STORED).partition(b"\n\n")[0]
+            head = proto.as_bytes(policy=STORED).partition(b"\n\n")[0]
+            check_head(head, proto.keys())
+            self._heads[(subject, *sender)] = head
         raw = b"".join((head, b"\nTo: ", to.encode(), b"\nDate: ", _date_now(), b"\n\n", base64_lines(body.encode())))
         return Prepared(raw, (to,))
 
@@ -147,7 +150,7 @@ class Composer:
             "confirm.txt", campaign=campaign, lang=lang, to=to, discreet=discreet,
             subject=_("Please confirm your signature: %(title)s") % {"title": campaign.title[campaign.lang(lang)]},
             link=f"{self.settings.base_url}/confirm/{token}?lang={lang}", code=code,
-            days=self.settings.confirm_token_days,
+            days=self.settings.confirm_token_days, kept_days=retention.unconfirmed_days(self.settings),
         )
 
     def already_signed(
@@ -179,6 +182,32 @@ class Composer:
                             link=f"{self.settings.base_url}/erase/{token}?lang={lang}")
         return self.prepare(to=to, subject=_("The link you asked for"), body=body, from_name=_("Notifications"),
                             from_addr=self.settings.discreet_mail_from or f"noreply@{mail_domain(self.settings)}")
+
+
+# Every header a mail of ours may have. Python 3.11 before 3.11.10 does not check the lines it generates: a
+# display name holding an encoded word with CR/LF comes out as extra header lines (Bcc: ...), so we check.
+ALLOWED_HEADERS = frozenset({"from", "to", "cc", "reply-to", "subject", "date", "mime-version", "content-type",
+                             "content-transfer-encoding"})
+_HEADER_LINE = re.compile(rb"[!-9;-~]+:")
+
+
+def check_head(head: bytes, names: list[str]) -> None:
+    """ValueError unless the serialized header block is exactly the headers we set (`names`, each once), one
+    logical line each: no CR, no stray line, no header that a value smuggled in."""
+    if b"\r" in head:
+        raise ValueError("a header value produced a bare CR")
+    found: list[str] = []
+    for line in head.split(b"\n"):
+        if line[:1] in (b" ", b"\t"):
+            if not found:
+                raise ValueError("the header block starts with a continuation line")
+            continue  # folding: part of the header before it
+        if not _HEADER_LINE.match(line):
+            raise ValueError("a header value produced a line that is not a header")
+        found.append(line.split(b":", 1)[0].decode("ascii").lower())
+    wanted = sorted(name.lower() for name in names)
+    if sorted(found) != wanted or not set(wanted) <= ALLOWED_HEADERS:
+        raise ValueError(f"generated headers {sorted(found)} are not the ones set {wanted}")
 
 
 def _date_now() -> bytes:
@@ -239,6 +268,11 @@ def envelope(raw: bytes, *, recipients: list[str], outbox_id: int, domain: str) 
     return Envelope(wire, sender, recipients, message_id)
 
 
+# An address as it goes into RCPT TO: ASCII, nothing smtplib's parseaddr could read as another address.
+_WIRE_ADDRESS = re.compile(r"[!-~]+@[!-~]+", re.ASCII)
+_NOT_ON_THE_WIRE = re.compile(r"[\s<>(),;:\"\\]")
+
+
 class SMTPTransport:
     """One SMTP connection, opened on first use and reused across sends until closed or broken."""
 
@@ -276,8 +310,11 @@ class SMTPTransport:
         return self._conn
 
     def send(self, env: Envelope) -> None:
-        conn = self._connect()
         recipients = env.recipients
+        if not all(_WIRE_ADDRESS.fullmatch(r) and not _NOT_ON_THE_WIRE.search(r) for r in recipients):
+            # smtplib would read "a@b <c@d>" as c@d, and a non-ASCII address needs SMTPUTF8, which we never use.
+            raise PermanentFailure("a recipient is not a plain ASCII address")
+        conn = self._connect()
         try:
             refused = conn.sendmail(env.sender, recipients, env.raw)
         except smtplib.SMTPRecipientsRefused as exc:
@@ -290,9 +327,17 @@ class SMTPTransport:
         except smtplib.SMTPResponseException as exc:
             self._reset()
             raise _classify(exc) from exc
+        except (UnicodeError, smtplib.SMTPNotSupportedError) as exc:
+            # A non-ASCII address needs SMTPUTF8, which we never ask for: this message can never go. The server
+            # may already have our MAIL FROM, so the transaction is reset for the next message.
+            self._reset()
+            raise PermanentFailure(f"an address is not ASCII and cannot be sent: {type(exc).__name__}") from exc
         except (OSError, smtplib.SMTPException) as exc:
             self._drop()
             raise TemporaryFailure(f"connection lost: {exc}") from exc
+        except Exception:
+            self._drop()  # anything else: the connection is in an unknown state, the next send opens a new one
+            raise
         if refused and len(refused) == len(recipients):
             raise TemporaryFailure(f"every recipient refused: {refused}")
 
@@ -318,6 +363,16 @@ class SMTPTransport:
                 pass
             finally:
                 self._drop()
+
+
+_BRACKETED = re.compile(r"<[^<>]*>")
+_ADDRESS = re.compile(r"[^\s<>\"'(),;:\[\]]*@[^\s<>\"'(),;:]+")
+
+
+def redacted(text: str) -> str:
+    """An error text without any address in it: servers quote the recipient (`550 <dana@example.net>: no such
+    user`), and the error is stored in plain text and shown on the dashboard."""
+    return _ADDRESS.sub("…", _BRACKETED.sub("<…>", text))
 
 
 def _classify(exc: smtplib.SMTPResponseException) -> Exception:

@@ -176,7 +176,7 @@ def deliver_due(
         rows = claim(session, now=now, limit=batch)
         sent_per_target: dict[str, int] = {}
         held: dict[str, datetime] = {}
-        plans: list[tuple[int, mail.Envelope | None]] = []
+        plans: list[tuple[int, mail.Envelope | str]] = []  # an envelope to send, or why the row cannot be sent
         for row in rows:
             if row.target:
                 used = sent_per_target.setdefault(row.target, sent_last_hour(session, row.target, now))
@@ -190,26 +190,24 @@ def deliver_due(
                     report.deferred += 1
                     continue
                 sent_per_target[row.target] = used + 1
-            recipients = [r for r in (keyring.open(row.recipient_enc, "recipient", row.key_id) or "").split(",") if r]
-            if row.message_enc is None or not recipients:
-                plans.append((row.id, None))
-                continue
-            raw = keyring.open_bytes(row.message_enc, "message", row.key_id)
-            plans.append((row.id, mail.envelope(raw, recipients=recipients, outbox_id=row.id, domain=domain)))
+            plans.append((row.id, _plan(row, keyring=keyring, domain=domain)))
 
     # Sending happens outside any transaction: a slow SMTP server never holds a database lock.
     outcomes: list[tuple[int, str, str | None]] = []
     for row_id, env in plans:
-        if env is None:
-            outcomes.append((row_id, FAILED, "nothing to send (erased or empty)"))
+        if isinstance(env, str):
+            outcomes.append((row_id, FAILED, env))
         else:
             try:
                 transport.send(env)
                 outcomes.append((row_id, SENT, None))
             except mail.PermanentFailure as exc:
-                outcomes.append((row_id, FAILED, str(exc)[:1000]))
+                outcomes.append((row_id, FAILED, str(exc)))
             except mail.TemporaryFailure as exc:
-                outcomes.append((row_id, QUEUED, str(exc)[:1000]))
+                outcomes.append((row_id, QUEUED, str(exc)))
+            except Exception as exc:  # one bad message fails alone: the batch goes on, and no lease stays behind
+                log.exception("outbox: unexpected error sending message %s", row_id)
+                outcomes.append((row_id, FAILED, f"cannot be sent: {type(exc).__name__}: {exc}"))
         if len(outcomes) >= RECORD_EVERY:
             _record(db, outcomes, now=now if clock_given else utcnow(), max_attempts=max_attempts, report=report)
             outcomes = []
@@ -218,11 +216,26 @@ def deliver_due(
     return report
 
 
+def _plan(row: OutboxMessage, *, keyring: Keyring, domain: str) -> mail.Envelope | str:
+    """The row ready for the wire, or the reason it can never be sent (it then fails alone)."""
+    try:
+        recipients = [r for r in (keyring.open(row.recipient_enc, "recipient", row.key_id) or "").split(",") if r]
+        if row.message_enc is None or not recipients:
+            return "nothing to send (erased or empty)"
+        raw = keyring.open_bytes(row.message_enc, "message", row.key_id)
+        return mail.envelope(raw, recipients=recipients, outbox_id=row.id, domain=domain)
+    except Exception as exc:
+        log.exception("outbox: message %s cannot be read", row.id)
+        return f"cannot be read: {type(exc).__name__}: {exc}"
+
+
 def _record(
     db: Database, outcomes: list[tuple[int, str, str | None]], *, now: datetime, max_attempts: int, report: Report,
 ) -> None:
     """One transaction for a group of outcomes; the sent ones (nearly all) in a single UPDATE."""
     sent = [row_id for row_id, state, _ in outcomes if state == SENT]
+    # Stored in plain text and shown on the dashboard: no address may be in it.
+    outcomes = [(row_id, state, error and mail.redacted(error)[:1000]) for row_id, state, error in outcomes]
     with db.write.begin() as session:
         if sent:
             report.sent += session.execute(
@@ -264,13 +277,23 @@ def drop_queued_for(session: Session, signature_ids: list[int]) -> int:
 
 
 def drop_old_bodies(session: Session, *, now: datetime, days: int = 28) -> int:
-    """Retention: a sent mail keeps its row (for the count of sends) but not its body or recipient."""
-    return session.execute(
+    """Retention: a sent or failed mail keeps its row (for the outbox's figures) but not its body, recipient or
+    error (a server's refusal may quote the address) once `days` have passed since it was sent or queued."""
+    cutoff = now - timedelta(days=days)
+    sent = session.execute(
         update(OutboxMessage)
-        .where(OutboxMessage.state == SENT, OutboxMessage.sent_at < now - timedelta(days=days))
+        .where(OutboxMessage.state == SENT, OutboxMessage.sent_at < cutoff)
         .where(OutboxMessage.message_enc.is_not(None))
         .values(message_enc=None, recipient_enc=None)
     ).rowcount
+    failed = session.execute(
+        update(OutboxMessage)
+        .where(OutboxMessage.state == FAILED, OutboxMessage.created_at < cutoff)
+        .where(or_(OutboxMessage.message_enc.is_not(None), OutboxMessage.recipient_enc.is_not(None),
+                   OutboxMessage.last_error.is_not(None)))
+        .values(message_enc=None, recipient_enc=None, last_error=None)
+    ).rowcount
+    return sent + failed
 
 
 class Worker(threading.Thread):

@@ -1,7 +1,7 @@
 """Retention: personal data is kept no longer than the campaign needs it.
 
 - a closed campaign's signatures are anonymised (as by erasure) `retention_days` after it closes;
-- sent mails lose their body and recipient after 28 days (the row stays, for the outbox's figures);
+- sent and failed mails lose their body, recipient and error after 28 days (the row stays, for the figures);
 - unconfirmed signatures whose confirmation expired more than 7 days ago are deleted.
 Each step commits in small batches, so a large first run never holds the write lock for long. Run hourly by the
 outbox worker loop and by `campaign retention`.
@@ -31,6 +31,12 @@ EXPIRED_GRACE = timedelta(days=7)
 BATCH = 500
 
 
+def unconfirmed_days(settings: Settings) -> int:
+    """How long an unconfirmed signature is kept: its link's life, then the grace before `delete_expired`. The
+    confirmation mail states this figure, so it is computed here, where the deletion rule lives."""
+    return settings.confirm_token_days + EXPIRED_GRACE.days
+
+
 @dataclass
 class Report:
     anonymised: int = 0  # signatures of closed campaigns (confirmed kept as anonymous units, pending deleted)
@@ -39,7 +45,7 @@ class Report:
 
     def __str__(self) -> str:
         return (f"anonymised {self.anonymised} signatures of closed campaigns, dropped {self.bodies_dropped} "
-                f"sent mail bodies, deleted {self.expired_deleted} expired unconfirmed signatures")
+                f"sent or failed mail bodies, deleted {self.expired_deleted} expired unconfirmed signatures")
 
 
 def closed_long_ago(campaigns: Mapping[str, Campaign], *, retention_days: int, now: datetime) -> list[str]:

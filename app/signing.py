@@ -14,6 +14,8 @@ import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from email.errors import HeaderParseError
+from email.header import decode_header, make_header
 
 import pycountry
 from email_validator import EmailNotValidError, validate_email
@@ -67,6 +69,45 @@ class SignatureIn:
 
 def _printable_line(value: str) -> bool:
     return value.isprintable() and not (set(value) & BIDI_CONTROLS)
+
+
+# An RFC 2047 encoded word, or anything a lenient reader might take for one ("= ?", "? =", any case, fullwidth
+# forms after NFKC): Python 3.11 before 3.11.10 decodes such a display name and writes its CR/LF out as header
+# lines. Nobody's name or city needs one, so it is refused rather than escaped.
+_ENCODED_WORD = re.compile(r"=\s*\?.*\?\s*=", re.IGNORECASE | re.DOTALL)
+
+
+def _header_safe(value: str) -> bool:
+    """True when the text, as typed and as a mail reader would decode it, holds no encoded word and no control or
+    line/paragraph separator (so it could never become more than one header line)."""
+    if "=" not in value and "=" not in unicodedata.normalize("NFKC", value):
+        return True  # no encoded word can start: decode_header would return the text as it is
+    if _ENCODED_WORD.search(value) or _ENCODED_WORD.search(unicodedata.normalize("NFKC", value)):
+        return False
+    try:
+        decoded = str(make_header(decode_header(value)))
+    except (HeaderParseError, UnicodeError, LookupError, ValueError):
+        return False
+    return _printable_line(decoded)
+
+
+class AddressNotMailable(ValueError):
+    """A valid address our mail cannot reach: its local part is not ASCII, which needs SMTPUTF8 end to end."""
+
+
+def mailable_email(address: str) -> str:
+    """The address as we store and send it: email-validator's normalised form with the domain in ASCII (A-labels),
+    or EmailNotValidError, or AddressNotMailable for a non-ASCII local part (email-validator's `ascii_email`)."""
+    normalized = checked_email(address)
+    local, _, domain = normalized.rpartition("@")
+    if not local.isascii():
+        raise AddressNotMailable(address)
+    return normalized if domain.isascii() else f"{local}@{_ascii_checked_domain(domain)}"
+
+
+@functools.lru_cache(maxsize=1024)
+def _ascii_checked_domain(domain: str) -> str:
+    return validate_email(f"x@{domain}", check_deliverability=False).ascii_domain
 
 
 def _printable_text(value: str) -> bool:
@@ -133,27 +174,30 @@ def validate(raw: Mapping[str, object]) -> SignatureIn:
         return value if isinstance(value, str) else ""
 
     name = text("name").strip()
-    if not 1 <= len(name) <= 100 or not _printable_line(name):
+    if not 1 <= len(name) <= 100 or not _printable_line(name) or not _header_safe(name):
         errors["name"] = N_("Enter your name: 1 to 100 characters, no control characters.")
 
     email = text("email").strip()
     normalized_email = ""
     if not email:
         errors["email"] = N_("Enter your email address.")
-    elif len(email) > 254 or not _printable_line(email):
+    elif len(email) > 254 or not _printable_line(email) or not _header_safe(email):
         errors["email"] = N_("Enter a valid email address.")
     else:
         try:
-            normalized_email = checked_email(email)
+            normalized_email = mailable_email(email)
         except EmailNotValidError:
             errors["email"] = N_("Enter a valid email address.")
+        except AddressNotMailable:
+            errors["email"] = N_("This address cannot receive our mail: use an address with only Latin letters "
+                                 "before the @.")
 
     country = text("country").strip().upper()
     if country not in COUNTRIES:
         errors["country"] = N_("Choose your country from the list.")
 
     city = text("city").strip()
-    if len(city) > 100 or not _printable_line(city):
+    if len(city) > 100 or not _printable_line(city) or not _header_safe(city):
         errors["city"] = N_("City: at most 100 characters, no control characters.")
 
     message = text("message").replace("\r\n", "\n").strip()

@@ -1,6 +1,6 @@
 """Delivery, as a confirmed signer takes it: their letters on their own page exactly as each target will see
 them, the opt-in per target, "from my own mailbox" (mailto), "send it for me" (through the outbox to a real
-SMTP server, with Reply-To/Cc only where the signer agreed to be named) and the per-target hourly cap.
+SMTP server, never with the signer's address; the name only where they agreed) and the per-target hourly cap.
 """
 
 from __future__ import annotations
@@ -76,24 +76,27 @@ def test_a_confirmed_signer_takes_their_letter_each_of_the_three_ways(client, sv
     assert len(smtp.sink.to(PRESIDENT)) == 1
 
 
-def test_named_target_with_opt_in_gets_reply_to_and_cc_of_the_signer(client, svc, smtp):
+def test_named_target_with_opt_in_gets_the_name_but_never_the_signers_address(client, svc, smtp):
+    """Named means the letter is signed with the name: the address stays ours (no Cc, no Reply-To), as the sign
+    form promises, and the signer gets their copy as a separate mail."""
     sig, token = add_signer(svc, name="Ann Smith", email="ann@example.org", country="GB", city="Leeds")
     assert post(client, token, "named", target="embassy-gb", named="on").status_code == 303
     assert post(client, token, "send", target="embassy-gb").status_code == 303
     deliver(svc, smtp.url)
     [received] = [r for r in smtp.sink.messages if LONDON in r.envelope_to]
     msg = received.message
-    assert sorted(received.envelope_to) == sorted([LONDON, "ann@example.org"])
+    assert received.envelope_to == [LONDON]
     assert msg["From"].addresses[0].addr_spec == svc.settings.mail_from
     assert msg["To"].addresses[0].addr_spec == LONDON
-    assert msg["Reply-To"].addresses[0].addr_spec == "ann@example.org"
-    assert msg["Reply-To"].addresses[0].display_name == "Ann Smith"
-    assert msg["Cc"].addresses[0].addr_spec == "ann@example.org"
+    assert msg["Reply-To"] is None and msg["Cc"] is None
+    assert b"ann@example.org" not in msg.as_bytes()
     text = plain(msg)
     assert text.rstrip().endswith("Ann Smith\nUnited Kingdom")  # `name` level: no city
     assert "Leeds" not in text
     assert text.strip() == expected_letter(svc, sig, "embassy-gb").text.strip()
-    assert not [r for r in smtp.sink.messages if r.envelope_to == ["ann@example.org"]]  # the Cc is the copy
+    [copy] = [r.message for r in smtp.sink.messages if r.envelope_to == ["ann@example.org"]]
+    assert "signed with your name as shown; your email address is not given to them" in plain(copy)
+    assert text.strip() in plain(copy)
 
 
 def test_count_target_gets_an_anonymous_letter_without_reply_to_and_the_signer_a_copy(client, svc, smtp):
@@ -223,8 +226,8 @@ def test_hostile_name_comes_out_literally_and_adds_no_mail_header(client, svc, s
     [received] = [r for r in smtp.sink.messages if LONDON in r.envelope_to]
     msg = received.message
     assert msg["Bcc"] is None and msg.get_all("Subject") == [svc.campaigns["mamay"].subject["en"]]
-    assert msg["Reply-To"].addresses[0].display_name == "Eve {{ config }} <script>alert(1)</script> Bcc: " \
-                                                       "spy@example.org"
+    assert msg["Reply-To"] is None and msg["Cc"] is None  # no signer text in any header
+    assert b"spy@example.org" not in received.message.as_bytes().split(b"\n\n", 1)[0]
     text = plain(msg)
     assert "Eve {{ config }} <script>alert(1)</script>\nBcc: spy@example.org" in text
     html_part = msg.get_body(preferencelist=("html",)).get_content()

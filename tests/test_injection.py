@@ -118,8 +118,8 @@ def test_hostile_text_is_shown_as_typed_and_inert_on_every_page_and_in_the_lette
         assert_inert(client.get(f"/s/{who.manage}?lang={lang}").text, f"signer's page ({lang})")
     assert_inert(client.get("/c/mamay/letter?lang=en&target=embassy-ca").text, "letter preview")
 
-    # 4. "Send it for me": the mail to the embassy carries the text literally, its HTML part escaped, and the
-    #    name in Reply-To/Cc as a display name only.
+    # 4. "Send it for me": the mail to the embassy carries the text literally, its HTML part escaped, and no
+    #    signer text (nor address) in any header.
     send = client.post(f"/s/{who.manage}/send", data={"csrf_token": own, "target": "embassy-ca", "lang": "en"},
                        follow_redirects=False)
     assert send.status_code == 303
@@ -130,9 +130,8 @@ def test_hostile_text_is_shown_as_typed_and_inert_on_every_page_and_in_the_lette
     for line in typed_lines:
         assert line in text
     assert_inert(html, "letter mail (HTML part)", shows=tuple(typed_lines))
-    for header in ("Reply-To", "Cc"):
-        [address] = letter[header].addresses
-        assert address.display_name == HOSTILE["name"] and address.addr_spec == "hostile@example.org"
+    assert letter["Reply-To"] is None and letter["Cc"] is None
+    assert "hostile@example.org" not in letter.as_string()
     assert letter["Subject"] == svc.campaigns["mamay"].subject["en"]
     for received in smtp.sink.messages:
         raw = received.message.as_string()
@@ -202,8 +201,8 @@ def test_line_breaks_in_fields_that_reach_mail_headers_are_refused_and_nothing_i
 
 
 def test_a_name_with_line_breaks_that_got_into_the_database_still_cannot_add_a_header(app_client, smtp):
-    """Defence in depth: if a stored name ever held CR/LF (an import, an old version), the letter's Reply-To and
-    Cc stay one header each, and the only recipients are the embassy and the signer."""
+    """Defence in depth: if a stored name ever held CR/LF (an import, an old version), it adds no header and no
+    recipient: the letter goes to the embassy alone, the signer's copy to the signer alone."""
     client, svc = app_client
     who = confirm(client, svc, smtp, sign_up(client, svc, smtp, "crlf@example.org", country="GB"))
     evil = "Ann\r\nBcc: spy@evil.example\r\nSubject: forged"
@@ -219,15 +218,15 @@ def test_a_name_with_line_breaks_that_got_into_the_database_still_cannot_add_a_h
     assert sent.status_code == 303
     deliver(svc, smtp.url)
     [received] = [r for r in smtp.sink.messages if "London@mfa.kz" in r.envelope_to]
-    assert sorted(received.envelope_to) == sorted(["London@mfa.kz", "crlf@example.org"])
+    assert received.envelope_to == ["London@mfa.kz"]
+    assert sorted(to for r in smtp.sink.messages for to in r.envelope_to if "spy" in to) == []
     raw = received.message.as_bytes()
     msg = message_from_bytes(raw, policy=policy.default)
     assert msg["Bcc"] is None and len(msg.get_all("Subject")) == 1
     assert msg["Subject"] == svc.campaigns["mamay"].subject["en"]
     headers = raw.split(b"\n\n", 1)[0]  # (in the body the typed text may say anything: it is the letter)
     assert not re.search(rb"^(Bcc|Subject: forged)", headers, re.MULTILINE)
-    [reply_to] = msg["Reply-To"].addresses
-    assert reply_to.addr_spec == "crlf@example.org" and "\n" not in reply_to.display_name
+    assert msg["Reply-To"] is None and msg["Cc"] is None
 
 
 @pytest.mark.parametrize("header", ["subject", "to", "reply_to", "from_name"])
