@@ -59,6 +59,17 @@ LEAD_SET = frozenset(FORMULA_LEADS)
 INNER_LEAD = re.compile("([,;\t])(?=[\" ]*[" + re.escape("".join(FORMULA_LEADS)) + "])")
 
 
+def _inner_lead(line: str, *, commas: bool) -> bool:
+    """Whether a separator in the line is followed (after quotes or spaces) by a lead; a split is cheaper than a
+    regular expression here. Commas count only when a cell holds one (else they are the line's own)."""
+    for sep in (";", "\t", ",") if commas else (";", "\t"):
+        if sep in line:
+            for part in line.split(sep)[1:]:
+                if part.lstrip('" ')[:1] in LEAD_SET:
+                    return True
+    return False
+
+
 def inert_csv(value: str) -> str:
     """A CSV cell that no spreadsheet runs, whichever of "," ";" or tab it splits the line on."""
     if value and value[0] in LEAD_SET:
@@ -229,7 +240,8 @@ class Reader:
             line = ",".join(cells)
             # A separator inside a cell could start a formula where ";" or a tab splits the line: rare, so looked
             # for once in the whole line, and only then cell by cell.
-            if (line.count(",") != 10 or ";" in line or "\t" in line) and INNER_LEAD.search(line):
+            extra_commas = line.count(",") != 10
+            if (extra_commas or ";" in line or "\t" in line) and _inner_lead(line, commas=extra_commas):
                 cells = tuple(INNER_LEAD.sub("\\1'", cell) for cell in cells)
                 line = ",".join(cells)
             # Where no cell holds a comma, a quote or a line break, csv.writer would write exactly this line; else
