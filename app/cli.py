@@ -62,7 +62,9 @@ def db_upgrade(revision: str = typer.Argument("head")) -> None:
 def serve(
     host: str = "127.0.0.1",
     port: int = 8000,
-    workers: int = typer.Option(1, min=1, help="Server processes (use PostgreSQL for more than one host)."),
+    workers: int = typer.Option(
+        1, min=1, help="Server processes (more than one needs CAMPAIGN_REDIS_URL; more than one host, PostgreSQL)."
+    ),
 ) -> None:
     """Serve the site. The outbox sender runs inside each server process unless CAMPAIGN_OUTBOX_IN_PROCESS=0."""
     import uvicorn
