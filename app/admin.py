@@ -28,7 +28,8 @@ def _safe_next(target: str | None) -> str:
 def _signed_in(request: Request) -> organisers.Who | None:
     svc = services(request)
     with svc.db.read() as session:
-        return organisers.from_cookie(session, request.cookies.get(organisers.SESSION_COOKIE), settings=svc.settings)
+        return organisers.from_cookie(session, request.cookies.get(organisers.SESSION_COOKIE), settings=svc.settings,
+                                      now=utcnow())
 
 
 @router.get("/organiser/login", response_class=HTMLResponse)
@@ -49,9 +50,9 @@ async def login(request: Request) -> Response:
         response = page(request, "admin/login.html", lang, status=429, next=target, problem="too_many")
         response.headers["Retry-After"] = str(retry_after)
         return response
-    with svc.db.read() as session:
+    with svc.db.write.begin() as session:
         who = organisers.authenticate(session, str(form.get("token", "")).strip(), settings=svc.settings)
-        cookie = organisers.session_cookie(who, session, settings=svc.settings) if who else None
+        cookie = organisers.session_cookie(who, session, settings=svc.settings, now=utcnow()) if who else None
     if cookie is None:
         return page(request, "admin/login.html", lang, status=401, next=target, problem="wrong")
     response = RedirectResponse(target, status_code=303)
@@ -65,6 +66,9 @@ async def login(request: Request) -> Response:
 @router.post("/organiser/logout")
 async def logout(request: Request) -> Response:
     await read_form(request)
+    svc = services(request)
+    with svc.db.write.begin() as session:  # ends the session on the server: a copy of the cookie dies too
+        organisers.end_session(session, request.cookies.get(organisers.SESSION_COOKIE), settings=svc.settings)
     response = RedirectResponse("/organiser/login", status_code=303)
     response.delete_cookie(organisers.SESSION_COOKIE, path="/", httponly=True, samesite="strict")
     return response

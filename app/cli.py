@@ -62,12 +62,20 @@ def db_upgrade(revision: str = typer.Argument("head")) -> None:
 def serve(
     host: str = "127.0.0.1",
     port: int = 8000,
-    workers: int = typer.Option(1, min=1, help="Server processes (use PostgreSQL for more than one host)."),
+    workers: int = typer.Option(
+        1, min=1, help="Server processes (more than one needs CAMPAIGN_REDIS_URL; more than one host, PostgreSQL)."
+    ),
 ) -> None:
     """Serve the site. The outbox sender runs inside each server process unless CAMPAIGN_OUTBOX_IN_PROCESS=0."""
     import uvicorn
 
     s = settings()
+    if workers > 1 and not s.redis_url:
+        # Each process would keep its own rate limits (N times the budget) and its own record of used embed
+        # forms (a replay through another worker): several workers share them through Redis, or do not start.
+        console.print(f"[red]--workers {workers} needs CAMPAIGN_REDIS_URL:[/red] without Redis every worker keeps "
+                      "its own rate limits and used-form records. Set CAMPAIGN_REDIS_URL or use --workers 1.")
+        raise typer.Exit(2)
     svc = services()  # fail here, with a clear message, on a broken campaign file or a missing key
     console.print(f"Serving on http://{host}:{port}  (mail: {s.smtp_url or s.mail_dir})")
     _announce_organiser_token(svc, f"http://{host}:{port}/organiser/login")

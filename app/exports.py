@@ -16,6 +16,7 @@ import json
 import logging
 import multiprocessing
 import os
+import re
 import sys
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -52,6 +53,28 @@ FORMULA_LEADS = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "
 
 
 LEAD_SET = frozenset(FORMULA_LEADS)
+# A spreadsheet may split a line on ";" (the Russian and Kazakh default list separator) or a tab rather than ",":
+# then every separator inside a cell starts a field of its own. One that a lead would begin (after quotes or
+# spaces, which the split can leave in front) gets an apostrophe right after the separator.
+INNER_LEAD = re.compile("([,;\t])(?=[\" ]*[" + re.escape("".join(FORMULA_LEADS)) + "])")
+
+
+def _inner_lead(line: str, *, commas: bool) -> bool:
+    """Whether a separator in the line is followed (after quotes or spaces) by a lead; a split is cheaper than a
+    regular expression here. Commas count only when a cell holds one (else they are the line's own)."""
+    for sep in (";", "\t", ",") if commas else (";", "\t"):
+        if sep in line:
+            for part in line.split(sep)[1:]:
+                if part.lstrip('" ')[:1] in LEAD_SET:
+                    return True
+    return False
+
+
+def inert_csv(value: str) -> str:
+    """A CSV cell that no spreadsheet runs, whichever of "," ";" or tab it splits the line on."""
+    if value and value[0] in LEAD_SET:
+        value = "'" + value
+    return INNER_LEAD.sub("\\1'", value)
 
 
 def inert(value: Any) -> Any:
@@ -215,6 +238,12 @@ class Reader:
                 "'" + targets if targets and targets[0] in leads else targets,
             )
             line = ",".join(cells)
+            # A separator inside a cell could start a formula where ";" or a tab splits the line: rare, so looked
+            # for once in the whole line, and only then cell by cell.
+            extra_commas = line.count(",") != 10
+            if (extra_commas or ";" in line or "\t" in line) and _inner_lead(line, commas=extra_commas):
+                cells = tuple(INNER_LEAD.sub("\\1'", cell) for cell in cells)
+                line = ",".join(cells)
             # Where no cell holds a comma, a quote or a line break, csv.writer would write exactly this line; else
             # it writes it, quoted.
             if line.count(",") != 10 or '"' in line or "\n" in line or "\r" in line:
@@ -287,7 +316,7 @@ def count_text(fmt: Format, columns: tuple[str, ...], records: list[dict]) -> st
     writer = csv.writer(buf)
     writer.writerow(columns)
     for record in records:
-        writer.writerow([inert("" if record[c] is None else str(record[c])) for c in columns])
+        writer.writerow([inert_csv("" if record[c] is None else str(record[c])) for c in columns])
     return buf.getvalue()
 
 

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
+from urllib.parse import quote
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -14,13 +15,33 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app import admin, admin_api, api, i18n, notices, outbox, retention, web, web_embed, web_erasure, web_letters
+from app import (
+    admin,
+    admin_api,
+    api,
+    i18n,
+    notices,
+    outbox,
+    replay,
+    retention,
+    web,
+    web_embed,
+    web_erasure,
+    web_letters,
+)
 from app.db import Database, utcnow
 from app.security import SecurityHeaders
 from app.settings import Settings, load_settings
 from app.state import Services
 
 STATIC_DIR = Path(__file__).parent / "static"
+
+
+def same_site_path(path: str) -> str:
+    """A path that links only into this site, whatever was asked for: `//evil.example/x` (or `/\\evil.example`,
+    which browsers read alike) loses its extra slashes, and anything outside plain URL characters is escaped,
+    so no scheme, host or control character survives into an href."""
+    return "/" + quote(path.lstrip("/\\\t\n\r "), safe="/-._~!$&'()*+,;=@%")
 
 
 def create_app(settings: Settings | None = None, *, db: Database | None = None,
@@ -66,6 +87,7 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None,
         telemetry={"tracing": False, "metrics": False, "logs": False, "auto_configure": False},
     )
     app.state.services = svc
+    app.state.used_forms = replay.UsedOnce(settings.redis_url, prefix="campaign:embed-form-used")  # web_embed
     app.add_middleware(SecurityHeaders, hsts=settings.base_url.startswith("https://"))
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.include_router(api.router)
@@ -93,7 +115,8 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None,
             return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
         lang = i18n.negotiate(request.query_params.get("lang"), request.headers.get("accept-language"))
         html = i18n.page_env(lang).get_template("error.html").render(
-            message_id=None, detail=str(exc.detail), status=exc.status_code, campaign=None, path=request.url.path
+            message_id=None, detail=str(exc.detail), status=exc.status_code, campaign=None,
+            path=same_site_path(request.url.path),
         )
         return HTMLResponse(html, status_code=exc.status_code, headers=exc.headers)
 

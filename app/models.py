@@ -171,6 +171,20 @@ class Organiser(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
+class OrganiserSession(Base):
+    """A signed-in browser: the cookie holds a random handle whose hash is here. Sign-out and revocation delete
+    the row, so a copied cookie stops working on the server at once, not when it expires."""
+
+    __tablename__ = "organiser_sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
+    # None: the organiser of CAMPAIGN_ORGANISER_TOKEN, who has no row.
+    organiser_id: Mapped[int | None] = mapped_column(ForeignKey("organisers.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 class ExportLog(Base):
     """Who exported what, when: every export of counts or signatures writes one row."""
 

@@ -1,7 +1,8 @@
 """Organiser accounts: tokens (only their hashes are stored), sign-in sessions, and the CurrentOrganiser dependency.
 
 A token is checked by looking up its hash and comparing in constant time; a revoked organiser is refused at once,
-including any browser session they still hold, because every session is re-checked against its row.
+including any browser session they still hold, because every session is re-checked against its row. A browser
+session is itself a row (organiser_sessions): sign-out and revocation delete it, so a copied cookie dies with it.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import hmac
 import os
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import quote
@@ -17,12 +18,12 @@ from urllib.parse import quote
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from itsdangerous import BadSignature, URLSafeTimedSerializer
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from app import security
-from app.db import Database
-from app.models import Organiser
+from app.db import Database, utcnow
+from app.models import Organiser, OrganiserSession
 from app.settings import Settings
 from app.state import services
 
@@ -83,6 +84,7 @@ def revoke(session: Session, *, name_or_id: str, now: datetime) -> list[Organise
         raise OrganiserError(f"no active organiser {name_or_id!r}")
     for row in rows:
         row.revoked_at = now
+    session.execute(delete(OrganiserSession).where(OrganiserSession.organiser_id.in_([r.id for r in rows])))
     return rows
 
 
@@ -110,25 +112,48 @@ def _serializer(settings: Settings) -> URLSafeTimedSerializer:
     return URLSafeTimedSerializer(settings.secret_key, salt="organiser-session")
 
 
-def session_cookie(who: Who, session: Session, *, settings: Settings) -> str:
-    """A signed cookie naming the organiser and a fingerprint of their token: a new token ends old sessions."""
+def session_cookie(who: Who, session: Session, *, settings: Settings, now: datetime) -> str:
+    """A new browser session: a row holding the hash of a random handle, and a signed cookie carrying the handle,
+    the organiser and a fingerprint of their token (a new CAMPAIGN_ORGANISER_TOKEN ends old sessions too)."""
     if who.id is None:
         fingerprint = _env_fingerprint(settings)
     else:
         row = session.get(Organiser, who.id)
         assert row is not None
         fingerprint = row.token_hash.hex()[:16]
-    return _serializer(settings).dumps({"id": who.id, "fp": fingerprint})
+    session.execute(delete(OrganiserSession).where(OrganiserSession.expires_at < now))  # keeps the table small
+    handle = security.new_token()
+    session.add(OrganiserSession(token_hash=security.token_hash(handle), organiser_id=who.id, created_at=now,
+                                 expires_at=now + timedelta(seconds=SESSION_SECONDS)))
+    return _serializer(settings).dumps({"id": who.id, "fp": fingerprint, "s": handle})
 
 
-def from_cookie(session: Session, cookie: str | None, *, settings: Settings) -> Who | None:
+def _cookie_data(cookie: str | None, settings: Settings) -> dict | None:
     if not cookie or len(cookie) > 500:
         return None
     try:
         data = _serializer(settings).loads(cookie, max_age=SESSION_SECONDS)
     except BadSignature:
         return None
-    if not isinstance(data, dict) or not isinstance(data.get("fp"), str):
+    if not isinstance(data, dict) or not isinstance(data.get("fp"), str) or not isinstance(data.get("s"), str):
+        return None
+    return data
+
+
+def end_session(session: Session, cookie: str | None, *, settings: Settings) -> None:
+    """Sign-out: the session's row goes, so this cookie (and any copy of it) is refused from now on."""
+    data = _cookie_data(cookie, settings)
+    if data is not None:
+        session.execute(delete(OrganiserSession).where(OrganiserSession.token_hash == security.token_hash(data["s"])))
+
+
+def from_cookie(session: Session, cookie: str | None, *, settings: Settings, now: datetime) -> Who | None:
+    data = _cookie_data(cookie, settings)
+    if data is None:
+        return None
+    live = session.scalar(select(OrganiserSession).where(
+        OrganiserSession.token_hash == security.token_hash(data["s"])))
+    if live is None or live.expires_at <= now or live.organiser_id != data.get("id"):
         return None
     if data.get("id") is None:
         if settings.organiser_token and hmac.compare_digest(data["fp"], _env_fingerprint(settings)):
@@ -157,7 +182,7 @@ def current_organiser(
         if credentials is not None:
             who = authenticate(session, credentials.credentials, settings=svc.settings)
         else:
-            who = from_cookie(session, request.cookies.get(SESSION_COOKIE), settings=svc.settings)
+            who = from_cookie(session, request.cookies.get(SESSION_COOKIE), settings=svc.settings, now=utcnow())
     if who is not None:
         return who
     if request.url.path.startswith("/api/"):

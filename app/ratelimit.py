@@ -1,13 +1,15 @@
-"""Rate limits (the `limits` library), in memory or in Redis, keyed on a hash of the client address.
+"""Rate limits (the `limits` library), in memory or in Redis, keyed on a hash of the client's network.
 
-The address itself is never stored: the key is an HMAC under a random key that changes every UTC day and lives
-only in process memory or in Redis (with an expiry), never in the database or a log.
+One client is one IPv4 address or one IPv6 /64 (what one household or one server is given), so an attacker
+cannot get a fresh budget from every address of their prefix. The address itself is never stored: the key is
+an HMAC under a daily key derived from CAMPAIGN_SECRET_KEY and the UTC date. That key lives only in process
+memory, never in Redis, the database or a log, so what Redis holds cannot be turned back into addresses.
 """
 
 from __future__ import annotations
 
 import hmac
-import secrets
+import ipaddress
 import threading
 import time
 from datetime import UTC, datetime
@@ -16,48 +18,58 @@ from limits import parse_many
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
+KEY_LABEL = b"ratelimit v2"
+
+
+def client_network(host: str) -> str:
+    """The unit a limit counts: an IPv4 address, or the /64 of an IPv6 one (IPv4-mapped ones as IPv4)."""
+    if ":" not in host:
+        return host  # IPv4 or "unknown": the hot path does no parsing
+    try:
+        ip = ipaddress.IPv6Address(host.partition("%")[0])  # a zone id (fe80::1%eth0) names no other client
+    except ValueError:
+        return host
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.IPv6Network((ip, 64), strict=False))
+
+
+def daily_key(secret: str, day: str) -> bytes:
+    """HMAC(secret, label + date): every worker and host derives the same key without sharing it anywhere."""
+    return hmac.digest(secret.encode(), KEY_LABEL + day.encode(), "sha256")
+
 
 class DailyKey:
-    """Today's hashing key: shared through Redis when there is one, so every worker hashes alike."""
+    """Today's hashing key, derived again when the UTC day changes."""
 
-    def __init__(self, redis_url: str = "") -> None:
-        self._redis = None
-        if redis_url:
-            import redis
-
-            self._redis = redis.Redis.from_url(redis_url)
+    def __init__(self, secret: str) -> None:
+        self._secret = secret
         self._lock = threading.Lock()
-        self._day = ""
+        self._day = -1
         self._key = b""
 
     def get(self) -> bytes:
-        day = datetime.now(UTC).strftime("%Y-%m-%d")
-        with self._lock:
-            if day != self._day:
-                self._key = self._fetch(day)
+        day = int(time.time() // 86400)
+        if day != self._day:
+            with self._lock:
+                date = datetime.fromtimestamp(day * 86400, UTC).strftime("%Y-%m-%d")
+                self._key = daily_key(self._secret, date)
                 self._day = day
-            return self._key
-
-    def _fetch(self, day: str) -> bytes:
-        if self._redis is None:
-            return secrets.token_bytes(32)
-        name = f"campaign:ratelimit-key:{day}"
-        self._redis.set(name, secrets.token_bytes(32), nx=True, ex=2 * 86400)
-        return bytes(self._redis.get(name))
+        return self._key
 
 
 class Limiter:
     """`hit(scope, client)` -> seconds to wait (0 when allowed)."""
 
-    def __init__(self, spec: str, *, redis_url: str = "") -> None:
+    def __init__(self, spec: str, *, secret: str, redis_url: str = "") -> None:
         self.enabled = spec.strip().lower() not in {"", "off", "none", "0"}
         self.limits = parse_many(spec) if self.enabled else []
         storage = storage_from_string(redis_url if redis_url else "memory://")
         self.limiter = MovingWindowRateLimiter(storage)
-        self.daily_key = DailyKey(redis_url)
+        self.daily_key = DailyKey(secret)
 
     def client_key(self, client: str) -> str:
-        return hmac.new(self.daily_key.get(), client.encode(), "sha256").hexdigest()[:32]
+        return hmac.new(self.daily_key.get(), client_network(client).encode(), "sha256").hexdigest()[:32]
 
     def hit(self, scope: str, client: str) -> int:
         if not self.enabled:

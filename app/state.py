@@ -56,8 +56,8 @@ class Services:
             keyring=load_keyring(settings, create=settings.env != "production"),
             campaigns=campaigns_mod.load_campaigns(settings.letters_dir),
             composer=mail.Composer(settings),
-            sign_limiter=Limiter(settings.sign_rate_limit, redis_url=settings.redis_url),
-            login_limiter=Limiter(settings.login_rate_limit, redis_url=settings.redis_url),
+            sign_limiter=Limiter(settings.sign_rate_limit, secret=settings.secret_key, redis_url=settings.redis_url),
+            login_limiter=Limiter(settings.login_rate_limit, secret=settings.secret_key, redis_url=settings.redis_url),
             clock=clock,
         )
 

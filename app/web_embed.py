@@ -2,18 +2,25 @@
 
 Only origins listed in CAMPAIGN_FRAME_ANCESTORS may frame it (its own Content-Security-Policy; none by default).
 Inside a third-party frame the browser neither stores nor sends our SameSite=Strict CSRF cookie, so the form
-carries a signed, expiring form token instead and posts to the top window; a form that does not validate opens the
-full petition page, filled in, where the signer can correct it.
+carries a signed, expiring, single-use form token instead and posts to the top window; a form that does not
+validate opens the full petition page, filled in, where the signer can correct it.
+
+A token alone proves nothing about the browser that sends it (anyone can fetch one), so a post is also refused
+unless its Origin (or, when that is absent or "null", its Referer) is this site or a listed frame ancestor: another
+site cannot make its visitors sign, and a token, once used, cannot be replayed.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import secrets
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from itsdangerous import BadSignature, URLSafeTimedSerializer
+from starlette.datastructures import Headers
 
 from app import i18n, security, signing
 from app.campaigns import Campaign
@@ -24,7 +31,7 @@ from app.web import HONEYPOT_FIELD, campaign_or_404, client_address, page, pick_
 
 log = logging.getLogger(__name__)
 router = APIRouter(include_in_schema=False)
-FORM_SALT = "embed-form v1"
+FORM_SALT = "embed-form v2"  # v2: [slug, nonce]
 FORM_SECONDS = 24 * 3600
 # A CSP host-source (scheme://host[:port], '*.' wildcard allowed) or 'self'; anything else is refused.
 SOURCE = re.compile(r"^(?:'self'|https?://(?:\*\.)?[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*(?::\d{1,5})?)$")
@@ -38,6 +45,51 @@ def frame_ancestors(settings: Settings) -> str:
     return " ".join(valid) or "'none'"
 
 
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin(url: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of a URL or an origin; None for "null", opaque or malformed values."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port or DEFAULT_PORTS.get(parts.scheme.lower(), 0)
+    except ValueError:
+        return None
+    if parts.scheme.lower() not in DEFAULT_PORTS or not parts.hostname:
+        return None
+    return parts.scheme.lower(), parts.hostname.lower().rstrip("."), port
+
+
+def _allowed_sources(settings: Settings) -> list[tuple[str, str, int, bool]]:
+    """This site and each valid frame-ancestors source as (scheme, host, port, subdomains only)."""
+    found = []
+    for source in [settings.base_url, *(s.strip().rstrip("/") for s in settings.frame_ancestors)]:
+        if source != settings.base_url and not SOURCE.match(source):
+            continue
+        wildcard = "://*." in source
+        origin = _origin(source.replace("://*.", "://", 1))
+        if origin is not None:
+            found.append((*origin, wildcard))
+    return found
+
+
+def allowed_origin(settings: Settings, headers: Headers) -> bool:
+    """True when the post comes from a page of this site or of a listed frame ancestor (wildcards as in CSP).
+    Browsers send Origin on every POST; "null" (a sandboxed or no-referrer page) falls back to the Referer, and
+    neither at all is refused."""
+    value = headers.get("origin", "")
+    if not value or value == "null":
+        value = headers.get("referer", "")
+    got = _origin(value) if value else None
+    if got is None:
+        return False
+    scheme, host, port = got
+    return any(
+        scheme == s and port == p and (host.endswith("." + h) if wildcard else host == h)
+        for s, h, p, wildcard in _allowed_sources(settings)
+    )
+
+
 def _serializer(svc: Services) -> URLSafeTimedSerializer:
     return URLSafeTimedSerializer(svc.settings.secret_key, salt=FORM_SALT)
 
@@ -49,7 +101,8 @@ def embed(request: Request, slug: str, lang: str | None = None) -> HTMLResponse:
     lang = pick_lang(request, lang, campaign)
     stats = svc.stats_cache.stats(campaign)
     html = i18n.page_env(lang).get_template("embed.html").render(
-        campaign=campaign, stats=stats, countries=i18n.countries(lang), form_token=_serializer(svc).dumps(slug),
+        campaign=campaign, stats=stats, countries=i18n.countries(lang),
+        form_token=_serializer(svc).dumps([slug, secrets.token_urlsafe(16)]),
         is_open=campaign.is_open(utcnow().date()), path=request.url.path,
     )
     # No CSRF cookie here: in a third-party frame it would be neither stored nor sent back.
@@ -59,13 +112,17 @@ def embed(request: Request, slug: str, lang: str | None = None) -> HTMLResponse:
     return response
 
 
-def _form_token_valid(svc: Services, slug: str, token: object) -> bool:
+def _form_token_valid(request: Request, slug: str, token: object) -> bool:
+    """Signed by us for this campaign, not expired, and never used before (the nonce is spent here)."""
     if not isinstance(token, str) or len(token) > 200:
         return False
     try:
-        return _serializer(svc).loads(token, max_age=FORM_SECONDS) == slug
+        data = _serializer(services(request)).loads(token, max_age=FORM_SECONDS)
     except BadSignature:
         return False
+    if not (isinstance(data, list) and len(data) == 2 and data[0] == slug and isinstance(data[1], str)):
+        return False
+    return request.app.state.used_forms.first_use(data[1], FORM_SECONDS)
 
 
 def _full_petition(request: Request, campaign: Campaign, lang: str, *, status: int, form: dict, errors: dict
@@ -89,7 +146,10 @@ async def embed_sign(request: Request, slug: str) -> Response:
     thanks = RedirectResponse(f"/c/{slug}/thanks?lang={lang}", status_code=303)
     if form.get(HONEYPOT_FIELD):
         return thanks
-    if not _form_token_valid(svc, slug, form.get("form_token")):
+    # The origin first: a refused cross-site post must not spend the token of the visitor's own embed.
+    if not allowed_origin(svc.settings, request.headers) or not _form_token_valid(
+        request, slug, form.get("form_token")
+    ):
         return _full_petition(request, campaign, lang, status=403, form=form,
                               errors={"form": "This form has expired. Go back, reload the page and send it again."})
     retry_after = svc.sign_limiter.hit("sign", client_address(request))

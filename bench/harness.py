@@ -157,6 +157,10 @@ def server(env: dict[str, str], *, workers: int = 1, log_dir: Path) -> Iterator[
     """`campaign serve` as shipped, on a free loopback port; stopped with SIGTERM (a clean shutdown commits
     whatever the intake still holds) and, after 20 s, SIGKILL."""
     port = free_port()
+    if workers > 1 and not env.get("CAMPAIGN_REDIS_URL"):
+        # `serve` refuses several workers without Redis (they would keep separate limits); the sign path does not
+        # touch it while the limit is off, so this changes no figure.
+        env = {**env, "CAMPAIGN_REDIS_URL": f"redis://{REDIS_HOST_PORT[0]}:{REDIS_HOST_PORT[1]}/15"}
     log = log_dir / f"server-{port}.log"
     with log.open("w") as fh:
         process = subprocess.Popen(

@@ -20,6 +20,8 @@ from tests.conftest import SIGNER, free_port, make_settings
 from tests.servers import ARTIFACTS, AppProcess, server_env, upgrade
 
 PARTNER = "https://partner.example"
+# What a browser sends with the embed's post: the origin of the frame's document, this site (see embed.html).
+FROM_EMBED = {"Origin": "http://testserver"}
 
 
 def frame_ancestors(answer) -> str:
@@ -87,7 +89,7 @@ def embed_form(client: TestClient) -> dict[str, str]:
 def test_embed_form_signs_without_any_cookie(client, svc):
     data = embed_form(client)
     client.cookies.clear()  # what the partner page's visitor has: no cookie of ours
-    answer = client.post("/c/mamay/embed/sign", data=data, follow_redirects=False)
+    answer = client.post("/c/mamay/embed/sign", data=data, headers=FROM_EMBED, follow_redirects=False)
     assert answer.status_code == 303 and answer.headers["location"] == "/c/mamay/thanks?lang=en"
     with svc.db.read() as s:
         assert s.scalar(select(func.count()).select_from(Signature)) == 1
@@ -97,7 +99,8 @@ def test_embed_form_signs_without_any_cookie(client, svc):
 def test_embed_form_with_a_forged_or_missing_token_stores_nothing(client, svc):
     data = embed_form(client)
     for token in ("forged", "", data["form_token"][:-3] + "xyz"):
-        answer = client.post("/c/mamay/embed/sign", data={**data, "form_token": token}, follow_redirects=False)
+        answer = client.post("/c/mamay/embed/sign", data={**data, "form_token": token}, headers=FROM_EMBED,
+                             follow_redirects=False)
         assert answer.status_code == 403
         assert "This form has expired" in answer.text and 'value="Aigerim Test"' in answer.text  # kept, to resend
     with svc.db.read() as s:
@@ -106,7 +109,7 @@ def test_embed_form_with_a_forged_or_missing_token_stores_nothing(client, svc):
 
 def test_embed_form_errors_open_the_full_petition_filled_in(client, svc):
     data = embed_form(client)
-    answer = client.post("/c/mamay/embed/sign", data={**data, "consent": "", "name": "Kept Name"})
+    answer = client.post("/c/mamay/embed/sign", data={**data, "consent": "", "name": "Kept Name"}, headers=FROM_EMBED)
     assert answer.status_code == 422
     assert "Please tick the box" in answer.text and 'value="Kept Name"' in answer.text
     assert 'action="/c/mamay/sign"' in answer.text  # the site's own form, with its own CSRF cookie
