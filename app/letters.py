@@ -343,6 +343,10 @@ class TargetLetter:
     paragraph_kept_out: bool = False  # the signer wrote one, and chose to keep it out of this letter
     signer_country: str = ""  # where the signer said they live: decides how strongly the page warns
 
+    @property
+    def to_the_state(self) -> bool:
+        return reaches_the_state(self.target)
+
 
 def signer_letters(
     session: Session, *, campaign: Campaign, row: Signature, lang: str, keyring: Keyring, secret: bytes, k: int
