@@ -96,7 +96,8 @@ def _blank(pattern: re.Pattern[str], text: str) -> tuple[str, bool]:
 
 _EMAIL = re.compile(r"(?<![\w.+-])[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 _URL = re.compile(r"(?i)(?<!\w)(?:https?://|www\.)\S+")
-_HANDLE = re.compile(r"(?<![\w@.])@[A-Za-z0-9_][A-Za-z0-9_.]{2,}")  # Telegram, Instagram, X ...
+# Telegram, Instagram, X ...: 4+ characters ("@SUM(" is a spreadsheet formula, not a person).
+_HANDLE = re.compile(r"(?<![\w@.])@[A-Za-z0-9_][A-Za-z0-9_.]{3,}(?![\w(])")
 # Bare domains: only well-known endings, so that "No. 11/2023", "e.g." or "т.д." are never one.
 _TLDS = (
     "kz|қаз|ru|рф|su|by|ua|uz|kg|tj|tm|az|am|ge|com|org|net|info|biz|io|me|co|uk|de|ca|us|eu|fr|it|es|nl|pl|cz|"
@@ -208,9 +209,24 @@ def _fold(word: str) -> str:
     return word.casefold().translate(_FOLD)
 
 
+_JOINERS = re.compile(r"[-'’.]")
+
+
+def name_words(name: str) -> set[str]:
+    """The words (3+ letters, folded) of a person's name: each space-separated part, bare of brackets and commas,
+    split at hyphens and apostrophes ("Jean-Pierre O'Neil"). A part with digits or symbols inside
+    ("alert(1)</script>") is not a name and gives none."""
+    words: set[str] = set()
+    for part in name.split():
+        pieces = _JOINERS.split(part.strip("()[]{}<>\"«»“”„,;:!?*/"))
+        if all(_WORD.fullmatch(piece) for piece in pieces if piece):
+            words.update(_fold(piece) for piece in pieces if len(piece) >= 3)
+    return words
+
+
 def _has_name(text: str, name: str) -> bool:
     """Any word of the name (3+ letters) as a word of the text, also with a case ending ("Айгерімнің")."""
-    own = {_fold(w) for w in _WORD.findall(name) if len(w) >= 3}
+    own = name_words(name)
     if not own:
         return False
     for word in _WORD.findall(text):
