@@ -192,7 +192,8 @@ def _has_address(text: str) -> bool:
         text = re.sub(re.escape(spelled), word, text, flags=re.IGNORECASE)
     tokens = _TOKEN.findall(text)  # case kept for the "cap" rules; keywords are looked up case-folded
     for i, token in enumerate(tokens):
-        rules = _ADDRESS_WORDS.get(token.casefold())
+        word = token.casefold()
+        rules = _ADDRESS_WORDS.get(word) or _ADDRESS_WORDS.get(word.rstrip("."))  # "Street." ends a sentence
         if rules and (_reaches_house(tokens, i + 1, 1, rules[0]) or _reaches_house(tokens, i - 1, -1, rules[1])):
             return True
     return False
@@ -201,12 +202,20 @@ def _has_address(text: str) -> bool:
 # --- the signer's own name --------------------------------------------------------------------------------
 
 _WORD = re.compile(r"[^\W\d_]+")
-# Kazakh letters and ё folded to their nearest Russian ones: "Айгерім" and "Айгерим" are one name.
-_FOLD = str.maketrans("әіңғүұқөһё", "аингуукохе")
+# Names are compared by a Latin skeleton, so that "Aigerim", "Айгерим" and "Айгерім", or "Qasymqyzy" and
+# "Қасымқызы", are one name whichever alphabet the name and the paragraph were typed in.
+_LATIN = str.maketrans({
+    "а": "a", "ә": "a", "б": "b", "в": "v", "г": "g", "ғ": "g", "д": "d", "е": "e", "ё": "e", "ж": "zh", "з": "z",
+    "и": "i", "й": "i", "і": "i", "к": "k", "қ": "k", "л": "l", "м": "m", "н": "n", "ң": "n", "о": "o", "ө": "o",
+    "п": "p", "р": "r", "с": "s", "т": "t", "у": "u", "ұ": "u", "ү": "u", "ф": "f", "х": "h", "һ": "h", "ц": "ts",
+    "ч": "ch", "ш": "sh", "щ": "shch", "ъ": "", "ы": "i", "ь": "", "э": "e", "ю": "iu", "я": "ia",
+    "q": "k", "w": "v", "x": "h", "y": "i", "j": "zh",
+})
+_GLIDE = re.compile(r"i(?=[aeiou])")  # "Yerlan"/"Ерлан", "Tokayev"/"Токаев": a glide is spelled either way
 
 
 def _fold(word: str) -> str:
-    return word.casefold().translate(_FOLD)
+    return _GLIDE.sub("", word.casefold().translate(_LATIN).replace("kh", "h"))
 
 
 _JOINERS = re.compile(r"[-'’.]")
