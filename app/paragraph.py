@@ -115,7 +115,7 @@ _THOUSANDS = re.compile(r"\d{1,3}(?: \d{3})+")  # "1 000 000 000": an amount, no
 
 
 def _number_kind(run: str) -> str | None:
-    digits = "".join(ch for ch in run if "0" <= ch <= "9")
+    digits = "".join(ch for ch in run if ch.isdecimal())  # \d is any script's digits: "+７ ７０１ ..." too
     if run.startswith("+"):
         return "phone" if 8 <= len(digits) <= 15 else None
     if len(digits) == 12 and _iin_date(digits):

@@ -33,6 +33,7 @@ FOUND = [
     ("+7(727)2501234", "phone"),
     ("Наш городской: 250-12-34", "phone"),
     ("My sister in London: +44 20 7946 0958", "phone"),
+    ("＋７ ７０１ １２３ ４５ ６７", "phone"),  # full-width digits
     ("Write to aigerim.t@mail.kz for details.", "email"),
     ("Пишите: ерлан@пример.қаз", "email"),
     ("Мой ИИН 900101300123, я не боюсь.", "iin"),
