@@ -37,6 +37,7 @@ class SignRequest(BaseModel):
     consent: bool
     lang: Literal["en", "ru", "kk"] = "en"
     discreet: bool = False
+    message_private: bool = False  # keep the paragraph out of letters to the authorities of Kazakhstan
 
 
 class SignAccepted(BaseModel):

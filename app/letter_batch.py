@@ -132,13 +132,14 @@ class Renderer:
                 )}
             rows = session.execute(
                 select(Signature.id, Signature.key_id, Signature.name_enc, Signature.city_enc,
-                       Signature.message_enc, Signature.country, Signature.language)
+                       Signature.message_enc, Signature.country, Signature.language,
+                       Signature.paragraph_to_authorities)
                 .where(*self.selection(batch, in_range=True), Signature.id.between(lo, hi))
                 .order_by(Signature.id)
                 .execution_options(yield_per=1000)
             )
             open_ = self.keyring.open
-            for sig_id, key_id, name_enc, city_enc, message_enc, country, language in rows:
+            for sig_id, key_id, name_enc, city_enc, message_enc, country, language, to_state in rows:
                 message = open_(message_enc, "message", key_id) or ""
                 lang = self.campaign.lang(batch.lang or language)
                 for target in targets:
@@ -151,6 +152,7 @@ class Renderer:
                         name=open_(name_enc, "name", key_id) if opted else None,
                         city=open_(city_enc, "city", key_id) if opted else None,
                         country=country, message=message, opted_in=opted, public_countries=plan.public,
+                        message_to_authorities=to_state,
                     )
                     yield sig_id, letters.render_letter(self.campaign, target, lang, view, secret=self.secret,
                                                         html=False)

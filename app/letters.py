@@ -28,6 +28,7 @@ from app.encryption import Keyring
 from app.models import CONFIRMED, Delivery, Signature, TargetOptIn
 
 KINDS = ("txt", "html")
+STATE_KINDS = ("authority", "embassy")  # targets that are the Kazakh state: see reaches_the_state
 PREVIEW_KEY = "preview"
 
 # How an anonymous supporter signs, in the letter's language. Russian and Kazakh put the country in brackets:
@@ -85,14 +86,25 @@ def view_for(
     message: str | None,
     opted_in: bool,
     public_countries: frozenset[str] | set[str],
+    message_to_authorities: bool = True,
 ) -> SignerView:
     """Named only where the target's level allows names AND the signer said yes for this target; otherwise
-    anonymous, with the country only when that country's public cell is at least k."""
+    anonymous, with the country only when that country's public cell is at least k. The signer's paragraph is
+    left out of a letter to the Kazakh state when they chose to keep it out."""
+    if not message_to_authorities and reaches_the_state(target):
+        message = ""
     if opted_in and target.allows_names() and name:
         with_city = target.disclosure_level == "name_city" and bool(city)
         return SignerView(variant_key, name=name, city=city if with_city else None, country=country,
                           message=message or "")
     return SignerView(variant_key, country=country if country in public_countries else None, message=message or "")
+
+
+def reaches_the_state(target: Target) -> bool:
+    """Whether a letter to `target` is read by the Kazakh state: its authorities, and every embassy a campaign
+    writes to, which is an embassy of Kazakhstan (the state abroad, whatever country it stands in). A new kind
+    of target (campaigns.Target.kind) must be placed here when it is added."""
+    return target.kind in STATE_KINDS
 
 
 def preview_view(target: Target) -> SignerView:
@@ -204,6 +216,7 @@ class Supporter:
     country: str
     message: str
     language: str
+    message_to_authorities: bool = True
 
 
 def open_supporter(row: Signature, keyring: Keyring) -> Supporter:
@@ -215,6 +228,7 @@ def open_supporter(row: Signature, keyring: Keyring) -> Supporter:
         country=row.country,
         message=keyring.open(row.message_enc, "message", row.key_id) or "",
         language=row.language,
+        message_to_authorities=row.paragraph_to_authorities,
     )
 
 
@@ -226,6 +240,7 @@ def supporter_view(target: Target, supporter: Supporter, *, opted_in: bool, publ
     return view_for(
         target, variant_key=signer_key(supporter.id), name=supporter.name, city=supporter.city,
         country=supporter.country, message=supporter.message, opted_in=opted_in, public_countries=public,
+        message_to_authorities=supporter.message_to_authorities,
     )
 
 
@@ -329,6 +344,12 @@ class TargetLetter:
     letter: Letter
     opted_in: bool
     delivered_at: datetime | None
+    paragraph_kept_out: bool = False  # the signer wrote one, and chose to keep it out of this letter
+    signer_country: str = ""  # where the signer said they live: decides how strongly the page warns
+
+    @property
+    def to_the_state(self) -> bool:
+        return reaches_the_state(self.target)
 
 
 def signer_letters(
@@ -342,8 +363,11 @@ def signer_letters(
     found = []
     for target in targets_for(campaign, row.country):
         view = supporter_view(target, supporter, opted_in=target.key in named, public=public)
-        found.append(TargetLetter(target, render_letter(campaign, target, lang, view, secret=secret),
-                                  target.key in named, sent.get(target.key)))
+        found.append(TargetLetter(
+            target, render_letter(campaign, target, lang, view, secret=secret), target.key in named,
+            sent.get(target.key), paragraph_kept_out=bool(supporter.message) and not view.message,
+            signer_country=supporter.country,
+        ))
     return found
 
 

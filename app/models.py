@@ -19,6 +19,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     text,
+    true,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -59,6 +60,9 @@ class Signature(Base):
     language: Mapped[str] = mapped_column(String(2))
     status: Mapped[str] = mapped_column(String(16), default=PENDING)
     discreet: Mapped[bool] = mapped_column(Boolean, default=False)
+    # False: the signer kept their paragraph out of letters to the Kazakh state (letters.reaches_the_state).
+    # Not "message_...": that prefix is kept for sealed columns (tests/test_schema.py).
+    paragraph_to_authorities: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     erased_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -23,7 +23,7 @@ from email_validator.rfc_constants import CASE_INSENSITIVE_MAILBOX_NAMES
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from app import counters, db, mail, outbox, security
+from app import counters, db, mail, outbox, paragraph, security
 from app.campaigns import LANGUAGES, Campaign
 from app.encryption import Keyring
 from app.models import CONFIRMED, PENDING, Notice, Signature
@@ -65,6 +65,7 @@ class SignatureIn:
     message: str
     lang: str
     discreet: bool = False
+    message_to_authorities: bool = True  # False: the signer keeps the paragraph out of letters to the state
 
 
 def _printable_line(value: str) -> bool:
@@ -203,6 +204,11 @@ def validate(raw: Mapping[str, object]) -> SignatureIn:
     message = text("message").replace("\r\n", "\n").strip()
     if len(message) > 2000 or not _printable_text(message):
         errors["message"] = N_("Your message: at most 2,000 characters, no control characters.")
+    # The paragraph reaches the authorities of Kazakhstan word for word: refuse what identifies its writer there,
+    # unless the signer keeps it out of those letters (paragraph.py).
+    to_authorities = not _truthy(raw.get("message_private"))
+    if "message" not in errors and to_authorities and (found := paragraph.findings(message, name=name)):
+        errors["message"] = paragraph.refusal(found)
 
     if not _truthy(raw.get("consent")):
         errors["consent"] = N_("Please tick the box to agree that we store your signature.")
@@ -221,6 +227,7 @@ def validate(raw: Mapping[str, object]) -> SignatureIn:
         message=message,
         lang=lang,
         discreet=_truthy(raw.get("discreet")),
+        message_to_authorities=to_authorities,
     )
 
 
@@ -345,6 +352,7 @@ def _new_row(campaign: Campaign, data: SignatureIn, email_key: bytes, keyring: K
         "language": data.lang,
         "status": PENDING,
         "discreet": data.discreet,
+        "paragraph_to_authorities": data.message_to_authorities,
         "created_at": now,
     }
 

@@ -28,7 +28,7 @@ from tests.seed import add_signatures, settings_env, signature_values
 EMAIL = "Aigerim.Test+petition@Example.ORG"
 NAME = "Aigerim Zhanbolatova"
 CITY = "Shymkent"
-MESSAGE = "A paragraph only Aigerim writes"
+MESSAGE = "A paragraph only she writes"  # without her name: a paragraph naming its writer is refused
 FIELDS = ("name", "email", "city", "message", "recipient")
 
 

@@ -102,7 +102,8 @@ def test_hostile_text_is_shown_as_typed_and_inert_on_every_page_and_in_the_lette
     # 2. The same through the embed's form.
     embed = client.get("/c/mamay/embed?lang=en")
     form_token = re.search(r'name="form_token" value="([^"]+)"', embed.text).group(1)
-    embedded = client.post("/c/mamay/embed/sign", data={**SIGNER, **HOSTILE, "consent": "", "form_token": form_token})
+    embedded = client.post("/c/mamay/embed/sign", data={**SIGNER, **HOSTILE, "consent": "", "form_token": form_token},
+                           headers={"Origin": "http://testserver"})  # as a browser sends it from the embed
     assert embedded.status_code == 422
     assert_inert(embedded.text, "embed form shown again", shows=(HOSTILE["name"], HOSTILE["city"]))
 
