@@ -19,7 +19,7 @@ from email.utils import formatdate, getaddresses
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from app import i18n, retention
+from app import i18n
 from app.campaigns import Campaign
 from app.settings import Settings
 
@@ -150,7 +150,7 @@ class Composer:
             "confirm.txt", campaign=campaign, lang=lang, to=to, discreet=discreet,
             subject=_("Please confirm your signature: %(title)s") % {"title": campaign.title[campaign.lang(lang)]},
             link=f"{self.settings.base_url}/confirm/{token}?lang={lang}", code=code,
-            days=self.settings.confirm_token_days, kept_days=retention.unconfirmed_days(self.settings),
+            days=self.settings.confirm_token_days, kept_days=self.settings.unconfirmed_days,
         )
 
     def already_signed(

@@ -23,18 +23,12 @@ from app import erasure, outbox
 from app.campaigns import Campaign
 from app.db import Database, utcnow
 from app.models import PENDING, Signature
-from app.settings import Settings
+from app.settings import UNCONFIRMED_GRACE_DAYS, Settings
 
 log = logging.getLogger(__name__)
 SENT_BODY_DAYS = 28
-EXPIRED_GRACE = timedelta(days=7)
+EXPIRED_GRACE = timedelta(days=UNCONFIRMED_GRACE_DAYS)  # Settings.unconfirmed_days, which mails state, counts it
 BATCH = 500
-
-
-def unconfirmed_days(settings: Settings) -> int:
-    """How long an unconfirmed signature is kept: its link's life, then the grace before `delete_expired`. The
-    confirmation mail states this figure, so it is computed here, where the deletion rule lives."""
-    return settings.confirm_token_days + EXPIRED_GRACE.days
 
 
 @dataclass

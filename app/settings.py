@@ -13,6 +13,8 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ROOT = Path(__file__).resolve().parent.parent
+# An unconfirmed signature is deleted this long after its link expires (retention.py).
+UNCONFIRMED_GRACE_DAYS = 7
 DEV_SECRET = "dev-secret-change-me"  # noqa: S105 - refused outside development
 
 
@@ -73,8 +75,9 @@ class Settings(BaseSettings):
         return self.var_dir / "mail"
 
     @property
-    def rate_limit_enabled(self) -> bool:
-        return self.sign_rate_limit.strip().lower() not in {"", "off", "none", "0"}
+    def unconfirmed_days(self) -> int:
+        """How long an unconfirmed signature is kept after its last link or code was mailed (the mail says so)."""
+        return self.confirm_token_days + UNCONFIRMED_GRACE_DAYS
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -296,7 +296,7 @@ def test_tokens_are_long_random_and_stored_only_as_hashes(client, svc, smtp, set
     assert payload and who.email.split("@")[0] not in repr(payload)
 
 
-def test_five_wrong_codes_end_that_code(client, svc, smtp):
+def test_wrong_codes_up_to_the_cap_end_every_code(client, svc, smtp):
     who = sign_up(client, svc, smtp, "guess@example.org")
     token = csrf_token(client, "/c/mamay/thanks")
     for _ in range(signing.MAX_CODE_ATTEMPTS):
