@@ -12,8 +12,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from app import dashboard, exports, i18n, organisers
 from app.db import utcnow
 from app.organisers import CurrentOrganiser
+from app.pages import client_address, page, pick_lang, read_form
 from app.state import services
-from app.web import client_address, page, pick_lang, read_form
 
 router = APIRouter(include_in_schema=False)
 

@@ -6,15 +6,14 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import StreamingResponse
 
 from app import exports
 from app.organisers import CurrentOrganiser
-from app.state import Services, services
+from app.state import Services, ServicesDep
 
 router = APIRouter(prefix="/api/v1", tags=["organiser"])
-ServicesDep = Annotated[Services, Depends(services)]
 ERRORS: dict[int | str, dict] = {401: {"description": "No valid organiser token"},
                                  404: {"description": "No such campaign"}}
 STREAM: dict[int | str, dict] = {200: {"content": {"text/csv": {}, "application/json": {}}}}

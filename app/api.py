@@ -7,9 +7,9 @@ is folded so that no cell under the minimum can be read or subtracted out.
 from __future__ import annotations
 
 from datetime import date
-from typing import Annotated, Literal
+from typing import Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -17,12 +17,10 @@ from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy import text
 
 from app import counters, i18n, signing
-from app.campaigns import Campaign
-from app.state import Services, services
-from app.web import client_address
+from app.pages import campaign_or_404, client_address
+from app.state import ServicesDep, services
 
 router = APIRouter(prefix="/api/v1", tags=["public"])
-ServicesDep = Annotated[Services, Depends(services)]
 
 
 class SignRequest(BaseModel):
@@ -100,13 +98,6 @@ class CampaignOut(BaseModel):
     opens_on: date
     closes_on: date | None
     languages: list[str]
-
-
-def campaign_or_404(svc: Services, slug: str) -> Campaign:
-    campaign = svc.campaigns.get(slug)
-    if campaign is None:
-        raise HTTPException(404, "No such campaign")
-    return campaign
 
 
 def field_errors(errors: dict[str, str], lang: str) -> list[dict[str, str]]:

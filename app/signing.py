@@ -394,6 +394,12 @@ class Confirmed:
     counted: bool
 
 
+def signer_by_manage_token(session: Session, token: str) -> Signature | None:
+    """The signature a private link names (its hash is indexed), unless erased."""
+    row = session.scalar(select(Signature).where(Signature.manage_token_hash == security.token_hash(token[:100])))
+    return row if row is not None and row.email_key is not None else None
+
+
 def find_by_token(session: Session, token: str, *, now: datetime) -> Signature:
     """The signature a confirmation link names, without changing anything (GET of the link)."""
     named = security.split_row_token(token)

@@ -8,8 +8,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Depends, Request
 
 from app import campaigns as campaigns_mod
 from app import mail
@@ -64,3 +65,7 @@ class Services:
 
 def services(request: Request) -> Services:
     return request.app.state.services
+
+
+# For routes that take the services as a dependency (a sync one costs a thread hop: hot routes call `services`).
+ServicesDep = Annotated[Services, Depends(services)]

@@ -1,5 +1,5 @@
-"""Public HTML routes: campaign list, petition page and form, thank-you and code entry, confirmation links,
-the signer's own page and the privacy notice.
+"""Public HTML routes: campaign list, petition page and form, thank-you and code entry, confirmation links and
+the privacy notice (the signer's own page is with its letters, web_letters.py).
 
 Every page works without JavaScript and loads nothing from another origin. Before a form is submitted the only
 cookie set is the CSRF one. Routes parse, call one domain function inside one transaction, and render.
@@ -7,86 +7,28 @@ cookie set is the CSRF one. Routes parse, call one domain function inside one tr
 
 from __future__ import annotations
 
-from typing import Any
-
-from fastapi import APIRouter, HTTPException, Request
-from fastapi.concurrency import run_in_threadpool
+from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from app import i18n, security, signing
 from app.campaigns import Campaign
 from app.db import utcnow
-from app.models import Signature
+from app.pages import (
+    HONEYPOT_FIELD,
+    campaign_or_404,
+    client_address,
+    page,
+    pick_lang,
+    read_form,
+    secure,
+    too_many,
+    write,
+)
 from app.state import Services, services
 
 router = APIRouter(include_in_schema=False)
 TICKET_COOKIE = "ticket"
 TICKET_SECONDS = 7 * 86400
-HONEYPOT_FIELD = "website"
-
-
-def campaign_or_404(svc: Services, slug: str) -> Campaign:
-    campaign = svc.campaigns.get(slug)
-    if campaign is None:
-        raise HTTPException(404, "No such campaign")
-    return campaign
-
-
-def pick_lang(request: Request, lang: str | None, campaign: Campaign | None = None) -> str:
-    chosen = i18n.negotiate(lang, request.headers.get("accept-language"))
-    return campaign.lang(chosen) if campaign else chosen
-
-
-def _secure(svc: Services) -> bool:
-    return svc.settings.base_url.startswith("https://")
-
-
-def page(request: Request, template: str, lang: str, *, status: int = 200, **context: Any) -> HTMLResponse:
-    """Render one of our pages; hands out the CSRF cookie when the visitor has none yet."""
-    svc = services(request)
-    cookie = request.cookies.get(security.CSRF_COOKIE)
-    fresh = cookie is None or len(cookie) > 100
-    if fresh:
-        cookie = security.new_token()
-    html = i18n.page_env(lang).get_template(template).render(
-        csrf_token=security.csrf_form_token(svc.settings.secret_key, cookie),
-        path=request.url.path,
-        min_cell=svc.settings.min_cell,
-        retention_days=svc.settings.retention_days,
-        refresh_minutes=f"{svc.settings.public_refresh_minutes:g}",
-        **context,
-    )
-    response = HTMLResponse(html, status_code=status)
-    response.headers["Cache-Control"] = "no-store"
-    if fresh:
-        response.set_cookie(
-            security.CSRF_COOKIE, cookie, httponly=True, samesite="strict", secure=_secure(svc), path="/"
-        )
-    return response
-
-
-def too_many(request: Request, lang: str, retry_after: int, campaign: Campaign | None = None) -> HTMLResponse:
-    """The rate limit's answer: 429 with Retry-After, in the visitor's language."""
-    response = page(request, "error.html", lang, status=429, message_id="too_many", campaign=campaign)
-    response.headers["Retry-After"] = str(retry_after)
-    return response
-
-
-def check_csrf(request: Request, form: dict[str, Any]) -> None:
-    svc = services(request)
-    if not security.csrf_valid(
-        svc.settings.secret_key, request.cookies.get(security.CSRF_COOKIE), form.get(security.CSRF_FIELD)
-    ):
-        raise HTTPException(403, "This form has expired. Go back, reload the page and send it again.")
-
-
-async def read_form(request: Request) -> dict[str, Any]:
-    form = await request.form(max_files=0, max_fields=50, max_part_size=64 * 1024)
-    data = {k: v for k, v in form.items() if isinstance(v, str)}
-    check_csrf(request, data)
-    return data
 
 
 def _ticket_for(svc: Services, slug: str, email: str) -> str:
@@ -103,10 +45,6 @@ def _ticket(request: Request, svc: Services, slug: str) -> list[bytes] | None:
     if named != slug.encode() or not keys or len(keys) % 32:
         return None
     return [keys[i:i + 32] for i in range(0, len(keys), 32)]
-
-
-def client_address(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -155,7 +93,7 @@ async def sign_form(request: Request, slug: str) -> Response:
         return page(request, "error.html", lang, status=409, message_id="closed", campaign=campaign)
     thanks.set_cookie(
         TICKET_COOKIE, _ticket_for(svc, slug, data.email), max_age=TICKET_SECONDS, httponly=True,
-        samesite="strict", secure=_secure(svc), path=f"/c/{slug}",
+        samesite="strict", secure=secure(svc), path=f"/c/{slug}",
     )
     return thanks
 
@@ -185,14 +123,10 @@ async def confirm_code(request: Request, slug: str) -> Response:
     if retry_after:
         return too_many(request, lang, retry_after, campaign)
 
-    def run() -> signing.Confirmed | signing.ConfirmProblem:
-        with svc.db.write.begin() as session:
-            return signing.confirm_by_code(
-                session, campaign=slug, keys=keys, code=code, campaigns=svc.campaigns, keyring=svc.keyring,
-                composer=svc.composer, settings=svc.settings, now=utcnow(),
-            )
-
-    opened = await run_in_threadpool(run)
+    opened = await write(svc, lambda session: signing.confirm_by_code(
+        session, campaign=slug, keys=keys, code=code, campaigns=svc.campaigns, keyring=svc.keyring,
+        composer=svc.composer, settings=svc.settings, now=utcnow(),
+    ))
     if isinstance(opened, signing.ConfirmProblem):  # one answer for every wrong, used-up or unknown code
         return page(request, "thanks.html", lang, status=422, campaign=campaign, has_ticket=True, problem=opened)
     return RedirectResponse(f"/s/{opened.manage_token}?lang={lang}", status_code=303)
@@ -219,40 +153,13 @@ async def confirm_post(request: Request, token: str) -> Response:
     form = await read_form(request)
     lang = i18n.negotiate(form.get("lang"), None)
 
-    def run() -> signing.Confirmed:
-        with svc.db.write.begin() as session:
-            return signing.confirm_by_token(
-                session, token[:100], campaigns=svc.campaigns, keyring=svc.keyring, composer=svc.composer,
-                now=utcnow(),
-            )
-
     try:
-        opened = await run_in_threadpool(run)
+        opened = await write(svc, lambda session: signing.confirm_by_token(
+            session, token[:100], campaigns=svc.campaigns, keyring=svc.keyring, composer=svc.composer, now=utcnow(),
+        ))
     except signing.ConfirmProblem as exc:
         return page(request, "confirm.html", lang, status=404, problem=exc, campaign=None, done=False)
     return RedirectResponse(f"/s/{opened.manage_token}?lang={lang}", status_code=303)
-
-
-def signer_by_manage_token(session: Session, token: str) -> Signature:
-    """The signer behind a private link from their mail; 404 once erased or unknown."""
-    row = session.scalar(select(Signature).where(Signature.manage_token_hash == security.token_hash(token[:100])))
-    if row is None or row.email_key is None:
-        raise HTTPException(404, "This link is not valid (any more).")
-    return row
-
-
-@router.get("/s/{token}", response_class=HTMLResponse)
-def signer_page(request: Request, token: str, lang: str | None = None) -> HTMLResponse:
-    svc = services(request)
-    with svc.db.read() as session:
-        row = signer_by_manage_token(session, token)
-        campaign = campaign_or_404(svc, row.campaign)
-    stats = svc.stats_cache.stats(campaign)
-    lang = campaign.lang(lang or row.language)
-    from app import web_letters  # the letters part of this page; web_letters builds on this module
-
-    return page(request, "signer.html", lang, campaign=campaign, stats=stats, token=token,
-                **web_letters.signer_context(request, token=token, lang=lang))
 
 
 @router.get("/privacy", response_class=HTMLResponse)

@@ -25,9 +25,9 @@ from starlette.datastructures import Headers
 from app import i18n, security, signing
 from app.campaigns import Campaign
 from app.db import utcnow
+from app.pages import HONEYPOT_FIELD, campaign_or_404, client_address, page, pick_lang, too_many
 from app.settings import Settings
 from app.state import Services, services
-from app.web import HONEYPOT_FIELD, campaign_or_404, client_address, page, pick_lang, too_many
 
 log = logging.getLogger(__name__)
 router = APIRouter(include_in_schema=False)

@@ -13,8 +13,8 @@ from fastapi.responses import HTMLResponse, Response
 
 from app import erasure
 from app.db import utcnow
+from app.pages import client_address, page, pick_lang, read_form, too_many
 from app.state import services
-from app.web import client_address, page, pick_lang, read_form, too_many
 
 router = APIRouter(include_in_schema=False)
 

@@ -11,13 +11,13 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 from fastapi import APIRouter, HTTPException, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from app import letters, pdf, web
+from app import letters, pdf
 from app.campaigns import Campaign
 from app.db import utcnow
 from app.models import Signature
+from app.pages import campaign_or_404, page, pick_lang, read_form, signer_or_404, write
 from app.state import Services, services
 
 router = APIRouter(include_in_schema=False)
@@ -55,32 +55,35 @@ def card(item: letters.TargetLetter) -> Card:
 @router.get("/c/{slug}/letter", response_class=HTMLResponse)
 def preview(request: Request, slug: str, lang: str | None = None, target: str | None = None) -> HTMLResponse:
     svc = services(request)
-    campaign = web.campaign_or_404(svc, slug)
-    lang = web.pick_lang(request, lang, campaign)
+    campaign = campaign_or_404(svc, slug)
+    lang = pick_lang(request, lang, campaign)
     chosen = campaign.target(target) if target else campaign.targets[0]
     if chosen is None:
         raise HTTPException(404, "No such recipient in this campaign")
     letter = letters.render_letter(campaign, chosen, lang, letters.preview_view(chosen),
                                    secret=letters.variation_secret(svc.settings.secret_key))
-    return web.page(request, "letter_preview.html", lang, campaign=campaign, target=chosen, letter=letter,
+    return page(request, "letter_preview.html", lang, campaign=campaign, target=chosen, letter=letter,
                     variants=len(campaign.openings[lang]) * len(campaign.closings[lang]))
 
 
-def signer_context(request: Request, *, token: str, lang: str) -> dict[str, object]:
-    """The letters part of the signer's page (GET /s/{token} in web.py renders it into signer.html)."""
+@router.get("/s/{token}", response_class=HTMLResponse)
+def signer_page(request: Request, token: str, lang: str | None = None) -> HTMLResponse:
+    """The signer's own page: their letter to each target, the ways to deliver it, and the opt-ins."""
     svc = services(request)
     done = request.query_params.get("done")
     with svc.db.read() as session:
-        row = web.signer_by_manage_token(session, token)
-        campaign = web.campaign_or_404(svc, row.campaign)
+        row = signer_or_404(session, token)
+        campaign = campaign_or_404(svc, row.campaign)
+        lang = campaign.lang(lang or row.language)
         try:
             items = letters.signer_letters(
-                session, campaign=campaign, row=row, lang=campaign.lang(lang), keyring=svc.keyring,
+                session, campaign=campaign, row=row, lang=lang, keyring=svc.keyring,
                 secret=letters.variation_secret(svc.settings.secret_key), k=svc.settings.min_cell,
             )
         except letters.LetterRefused:
             items = []
-    return {"cards": [card(item) for item in items], "done": done if done in DONE else None}
+    return page(request, "signer.html", lang, campaign=campaign, stats=svc.stats_cache.stats(campaign), token=token,
+                cards=[card(item) for item in items], done=done if done in DONE else None)
 
 
 def _done_url(token: str, lang: str, done: str, target: str) -> str:
@@ -88,16 +91,16 @@ def _done_url(token: str, lang: str, done: str, target: str) -> str:
 
 
 def _refused(request: Request, token: str, lang: str, campaign: Campaign, exc: letters.LetterRefused) -> HTMLResponse:
-    return web.page(request, "letter_refused.html", lang, status=409 if exc.reason == "already_sent" else 400,
+    return page(request, "letter_refused.html", lang, status=409 if exc.reason == "already_sent" else 400,
                     campaign=campaign, reason=exc.reason, back=f"/s/{token}?lang={lang}")
 
 
 async def _signer_form(request: Request, token: str) -> tuple[Services, Campaign, dict, str]:
     svc = services(request)
-    form = await web.read_form(request)
+    form = await read_form(request)
     with svc.db.read() as session:
-        row = web.signer_by_manage_token(session, token)
-    campaign = web.campaign_or_404(svc, row.campaign)
+        row = signer_or_404(session, token)
+    campaign = campaign_or_404(svc, row.campaign)
     return svc, campaign, form, campaign.lang(str(form.get("lang") or row.language))
 
 
@@ -107,13 +110,11 @@ async def named(request: Request, token: str) -> Response:
     svc, campaign, form, lang = await _signer_form(request, token)
     target_key, yes = str(form.get("target", ""))[:64], form.get("named") == "on"
 
-    def run() -> None:
-        with svc.db.write.begin() as session:
-            row = web.signer_by_manage_token(session, token)
-            letters.set_named(session, campaign=campaign, row=row, target_key=target_key, named=yes, now=utcnow())
-
     try:
-        await run_in_threadpool(run)
+        await write(svc, lambda session: letters.set_named(
+            session, campaign=campaign, row=signer_or_404(session, token), target_key=target_key, named=yes,
+            now=utcnow(),
+        ))
     except letters.LetterRefused as exc:
         return _refused(request, token, lang, campaign, exc)
     return RedirectResponse(_done_url(token, lang, "named" if yes else "unnamed", target_key), status_code=303)
@@ -125,17 +126,12 @@ async def send(request: Request, token: str) -> Response:
     svc, campaign, form, lang = await _signer_form(request, token)
     target_key = str(form.get("target", ""))[:64]
 
-    def run() -> None:
-        with svc.db.write.begin() as session:
-            row = web.signer_by_manage_token(session, token)
-            letters.send_for_me(
-                session, campaign=campaign, row=row, target_key=target_key, lang=lang, keyring=svc.keyring,
-                composer=svc.composer, secret=letters.variation_secret(svc.settings.secret_key),
-                k=svc.settings.min_cell, now=utcnow(),
-            )
-
     try:
-        await run_in_threadpool(run)
+        await write(svc, lambda session: letters.send_for_me(
+            session, campaign=campaign, row=signer_or_404(session, token), target_key=target_key, lang=lang,
+            keyring=svc.keyring, composer=svc.composer, secret=letters.variation_secret(svc.settings.secret_key),
+            k=svc.settings.min_cell, now=utcnow(),
+        ))
     except letters.LetterRefused as exc:
         return _refused(request, token, lang, campaign, exc)
     return RedirectResponse(_done_url(token, lang, "sent", target_key), status_code=303)
@@ -146,8 +142,8 @@ def letter_pdf(request: Request, token: str, target: str, lang: str | None = Non
     """Print and post: the signer's own letter to one target, with the address block, in their language."""
     svc = services(request)
     with svc.db.read() as session:
-        row: Signature = web.signer_by_manage_token(session, token)
-        campaign = web.campaign_or_404(svc, row.campaign)
+        row: Signature = signer_or_404(session, token)
+        campaign = campaign_or_404(svc, row.campaign)
         try:
             letter = letters.signer_letter(
                 session, campaign=campaign, row=row, target_key=target[:64], lang=campaign.lang(lang or row.language),

@@ -1,0 +1,111 @@
+"""What every HTML route uses: render a page (with its CSRF cookie), read a form, pick the language, find the
+campaign or the signer behind a private link, answer a rate limit, and run a write transaction off the event loop.
+
+Each route module (web, web_letters, web_embed, web_erasure, admin) builds on this one and on none of the others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from fastapi import HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse
+from sqlalchemy.orm import Session
+
+from app import i18n, security, signing
+from app.campaigns import Campaign
+from app.models import Signature
+from app.state import Services, services
+
+HONEYPOT_FIELD = "website"
+FORM_LIMITS = {"max_files": 0, "max_fields": 50, "max_part_size": 64 * 1024}
+T = TypeVar("T")
+
+
+def campaign_or_404(svc: Services, slug: str) -> Campaign:
+    campaign = svc.campaigns.get(slug)
+    if campaign is None:
+        raise HTTPException(404, "No such campaign")
+    return campaign
+
+
+def signer_or_404(session: Session, token: str) -> Signature:
+    """The signer behind a private link from their mail; 404 once erased or unknown."""
+    row = signing.signer_by_manage_token(session, token)
+    if row is None:
+        raise HTTPException(404, "This link is not valid (any more).")
+    return row
+
+
+def pick_lang(request: Request, lang: str | None, campaign: Campaign | None = None) -> str:
+    chosen = i18n.negotiate(lang, request.headers.get("accept-language"))
+    return campaign.lang(chosen) if campaign else chosen
+
+
+def secure(svc: Services) -> bool:
+    """Whether cookies are marked Secure: the site is served over HTTPS."""
+    return svc.settings.base_url.startswith("https://")
+
+
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def page(request: Request, template: str, lang: str, *, status: int = 200, **context: Any) -> HTMLResponse:
+    """Render one of our pages; hands out the CSRF cookie when the visitor has none yet."""
+    svc = services(request)
+    cookie = request.cookies.get(security.CSRF_COOKIE)
+    fresh = cookie is None or len(cookie) > 100
+    if fresh:
+        cookie = security.new_token()
+    html = i18n.page_env(lang).get_template(template).render(
+        csrf_token=security.csrf_form_token(svc.settings.secret_key, cookie),
+        path=request.url.path,
+        min_cell=svc.settings.min_cell,
+        retention_days=svc.settings.retention_days,
+        refresh_minutes=f"{svc.settings.public_refresh_minutes:g}",
+        **context,
+    )
+    response = HTMLResponse(html, status_code=status)
+    response.headers["Cache-Control"] = "no-store"
+    if fresh:
+        response.set_cookie(
+            security.CSRF_COOKIE, cookie, httponly=True, samesite="strict", secure=secure(svc), path="/"
+        )
+    return response
+
+
+def too_many(request: Request, lang: str, retry_after: int, campaign: Campaign | None = None) -> HTMLResponse:
+    """The rate limit's answer: 429 with Retry-After, in the visitor's language."""
+    response = page(request, "error.html", lang, status=429, message_id="too_many", campaign=campaign)
+    response.headers["Retry-After"] = str(retry_after)
+    return response
+
+
+async def read_fields(request: Request) -> dict[str, str]:
+    """A form's text fields (files refused, sizes bounded)."""
+    form = await request.form(**FORM_LIMITS)
+    return {k: v for k, v in form.items() if isinstance(v, str)}
+
+
+async def read_form(request: Request) -> dict[str, str]:
+    """A form's text fields, after its CSRF token is checked against the visitor's cookie (403 otherwise)."""
+    data = await read_fields(request)
+    svc = services(request)
+    if not security.csrf_valid(
+        svc.settings.secret_key, request.cookies.get(security.CSRF_COOKIE), data.get(security.CSRF_FIELD)
+    ):
+        raise HTTPException(403, "This form has expired. Go back, reload the page and send it again.")
+    return data
+
+
+async def write(svc: Services, work: Callable[[Session], T]) -> T:
+    """Run `work` in one write transaction, committed before it returns, in a thread (never on the event loop)."""
+
+    def run() -> T:
+        with svc.db.write.begin() as session:
+            return work(session)
+
+    return await run_in_threadpool(run)
