@@ -16,8 +16,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy import text
 
-from app import counters, i18n, signing
-from app.pages import campaign_or_404, client_address
+from app import counters, pages
 from app.state import ServicesDep, services
 
 router = APIRouter(prefix="/api/v1", tags=["public"])
@@ -100,10 +99,6 @@ class CampaignOut(BaseModel):
     languages: list[str]
 
 
-def field_errors(errors: dict[str, str], lang: str) -> list[dict[str, str]]:
-    return [{"field": f, "message": i18n.gettext(lang, m)} for f, m in errors.items()]
-
-
 # 422 is declared wherever a parameter can be wrong: our handler answers {"detail": [{field, message}]}, not FastAPI's
 # default shape, and the schema must say so.
 @router.get("/campaigns", response_model=list[CampaignOut], responses={422: {"model": ErrorBody}})
@@ -137,21 +132,9 @@ async def sign(request: Request):
     if refused := not_json(request):
         return refused
     svc = services(request)  # not a dependency: a sync dependency costs a thread hop on every request
-    campaign = campaign_or_404(svc, request.path_params["slug"])
+    campaign = pages.campaign_or_404(svc, request.path_params["slug"])
     body = await sign_request(request)
-    retry_after = svc.sign_limiter.hit("sign", client_address(request))
-    if retry_after:
-        return JSONResponse(
-            {"detail": "Too many requests. Try again later."}, 429, headers={"Retry-After": str(retry_after)}
-        )
-    try:
-        data = signing.validate(body.model_dump())
-    except signing.ValidationFailed as exc:
-        return JSONResponse({"detail": field_errors(exc.errors, body.lang)}, 422)
-    try:
-        await svc.intake.sign(campaign, data)  # answers after the batch holding it is committed
-    except signing.CampaignClosed:
-        return JSONResponse({"detail": "This campaign is closed."}, 409)
+    await pages.sign(request, campaign, body.model_dump(), lang=body.lang)  # answers after the commit
     return Response(SIGN_ACCEPTED, 202, media_type="application/json")
 
 
@@ -161,7 +144,7 @@ async def stats(slug: str, request: Request) -> Response:
     """Confirmed signatures as published for the current period (they change only at the schedule's boundaries);
     every figure is a multiple of the minimum cell size, and countries and days under it are folded."""
     svc = services(request)  # not a dependency: a sync dependency costs a thread hop on every request
-    campaign = campaign_or_404(svc, slug)
+    campaign = pages.campaign_or_404(svc, slug)
 
     def render(s: counters.Stats) -> bytes:
         return StatsOut(

@@ -22,6 +22,7 @@ from app import (
     i18n,
     notices,
     outbox,
+    pages,
     replay,
     retention,
     web,
@@ -30,6 +31,7 @@ from app import (
     web_letters,
 )
 from app.db import Database, utcnow
+from app.ratelimit import RateLimited
 from app.security import SecurityHeaders
 from app.settings import Settings, load_settings
 from app.state import Services
@@ -99,6 +101,9 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None,
     app.include_router(web_erasure.router)
     app.include_router(web_embed.router)
     app.include_router(web_letters.router)
+
+    for refused in (pages.Refused, RateLimited):  # one map from a refusal to its answer, page or JSON
+        app.add_exception_handler(refused, pages.refusal)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -1,22 +1,25 @@
-"""What every HTML route uses: render a page (with its CSRF cookie), read a form, pick the language, find the
-campaign or the signer behind a private link, answer a rate limit, and run a write transaction off the event loop.
+"""What every route uses: render a page (with its CSRF cookie), read a form, pick the language, find the campaign
+or the signer behind a private link, run a write transaction off the event loop, and the one way in for a
+signature (form, embed and API) with the one map from its refusals to answers.
 
-Each route module (web, web_letters, web_embed, web_erasure, admin) builds on this one and on none of the others.
+Each route module (web, web_letters, web_embed, web_erasure, admin, api) builds on this one and on none of the others.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from fastapi import HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from sqlalchemy.orm import Session
 
 from app import i18n, security, signing
 from app.campaigns import Campaign
+from app.db import utcnow
 from app.models import Signature
+from app.ratelimit import RateLimited
 from app.state import Services, services
 
 HONEYPOT_FIELD = "website"
@@ -77,11 +80,14 @@ def page(request: Request, template: str, lang: str, *, status: int = 200, **con
     return response
 
 
-def too_many(request: Request, lang: str, retry_after: int, campaign: Campaign | None = None) -> HTMLResponse:
-    """The rate limit's answer: 429 with Retry-After, in the visitor's language."""
-    response = page(request, "error.html", lang, status=429, message_id="too_many", campaign=campaign)
-    response.headers["Retry-After"] = str(retry_after)
-    return response
+def petition_page(request: Request, campaign: Campaign, lang: str, *, status: int = 200,
+                  form: Mapping[str, object] | None = None, errors: Mapping[str, str] | None = None) -> HTMLResponse:
+    """The petition with its form (filled in as typed, with the errors, when a signature was refused)."""
+    stats = services(request).stats_cache.stats(campaign)
+    return page(
+        request, "petition.html", lang, status=status, campaign=campaign, stats=stats, countries=i18n.countries(lang),
+        form=form or {}, errors=errors or {}, is_open=campaign.is_open(utcnow().date()),
+    )
 
 
 async def read_fields(request: Request) -> dict[str, str]:
@@ -109,3 +115,54 @@ async def write(svc: Services, work: Callable[[Session], T]) -> T:
             return work(session)
 
     return await run_in_threadpool(run)
+
+
+class Refused(Exception):
+    """A signature refused (a SigningError or the rate limit), with what its answer shows again."""
+
+    def __init__(self, error: Exception, *, campaign: Campaign, form: Mapping[str, object], lang: str) -> None:
+        super().__init__(str(error))
+        self.error, self.campaign, self.form, self.lang = error, campaign, form, lang
+
+
+async def sign(request: Request, campaign: Campaign, form: Mapping[str, object], *, lang: str
+               ) -> signing.SignatureIn:
+    """The one way in for a signature, whichever door it came through (form, embed, API): the rate limit, the
+    rules, then the intake, which answers after the signature is committed. Raises Refused."""
+    svc = services(request)
+    try:
+        svc.sign_limiter.check("sign", client_address(request))
+        data = signing.validate(form)
+        await svc.intake.sign(campaign, data)
+    except (signing.SigningError, RateLimited) as exc:
+        raise Refused(exc, campaign=campaign, form=form, lang=lang) from exc
+    return data
+
+
+def field_errors(errors: Mapping[str, str], lang: str) -> list[dict[str, str]]:
+    return [{"field": f, "message": i18n.gettext(lang, m)} for f, m in errors.items()]
+
+
+def refusal(request: Request, exc: Exception) -> Response:
+    """The one map from a refusal to its answer, as JSON under /api/ and as a page elsewhere (main.py registers it
+    for Refused and for RateLimited raised by any route)."""
+    campaign, form = (exc.campaign, exc.form) if isinstance(exc, Refused) else (None, {})
+    lang = exc.lang if isinstance(exc, Refused) else pick_lang(request, request.query_params.get("lang"))
+    error = exc.error if isinstance(exc, Refused) else exc
+    api = request.url.path.startswith("/api/")
+    if isinstance(error, RateLimited):
+        headers = {"Retry-After": str(error.retry_after)}
+        if api:
+            return JSONResponse({"detail": "Too many requests. Try again later."}, 429, headers=headers)
+        answer = page(request, "error.html", lang, status=429, message_id="too_many", campaign=campaign)
+        answer.headers.update(headers)
+        return answer
+    if isinstance(error, signing.ValidationFailed):
+        if api:
+            return JSONResponse({"detail": field_errors(error.errors, lang)}, 422)
+        return petition_page(request, campaign, lang, status=422, form=form, errors=error.errors)
+    if isinstance(error, signing.CampaignClosed):
+        if api:
+            return JSONResponse({"detail": "This campaign is closed."}, 409)
+        return page(request, "error.html", lang, status=409, message_id="closed", campaign=campaign)
+    raise error

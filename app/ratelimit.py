@@ -58,8 +58,16 @@ class DailyKey:
         return self._key
 
 
+class RateLimited(Exception):
+    """Over a limit: try again in `retry_after` seconds (main.py answers 429 with Retry-After)."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"retry after {retry_after}s")
+        self.retry_after = retry_after
+
+
 class Limiter:
-    """`hit(scope, client)` -> seconds to wait (0 when allowed)."""
+    """`hit(scope, client)` -> seconds to wait (0 when allowed); `check` raises RateLimited instead."""
 
     def __init__(self, spec: str, *, secret: str, redis_url: str = "") -> None:
         self.enabled = spec.strip().lower() not in {"", "off", "none", "0"}
@@ -80,3 +88,7 @@ class Limiter:
                 reset_at, _ = self.limiter.get_window_stats(limit, scope, key)
                 return max(1, int(reset_at - time.time()) + 1)
         return 0
+
+    def check(self, scope: str, client: str) -> None:
+        if retry_after := self.hit(scope, client):
+            raise RateLimited(retry_after)

@@ -11,17 +11,17 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from app import i18n, security, signing
-from app.campaigns import Campaign
 from app.db import utcnow
 from app.pages import (
     HONEYPOT_FIELD,
     campaign_or_404,
     client_address,
     page,
+    petition_page,
     pick_lang,
     read_form,
     secure,
-    too_many,
+    sign,
     write,
 )
 from app.state import Services, services
@@ -55,20 +55,10 @@ def index(request: Request, lang: str | None = None) -> HTMLResponse:
     return page(request, "index.html", lang, campaigns=list(svc.campaigns.values()), stats=stats)
 
 
-def _petition(request: Request, campaign: Campaign, lang: str, *, status: int = 200, form=None, errors=None):
-    svc = services(request)
-    stats = svc.stats_cache.stats(campaign)
-    return page(
-        request, "petition.html", lang, status=status, campaign=campaign, stats=stats,
-        countries=i18n.countries(lang), form=form or {}, errors=errors or {},
-        is_open=campaign.is_open(utcnow().date()),
-    )
-
-
 @router.get("/c/{slug}", response_class=HTMLResponse)
 def petition(request: Request, slug: str, lang: str | None = None) -> HTMLResponse:
     campaign = campaign_or_404(services(request), slug)
-    return _petition(request, campaign, pick_lang(request, lang, campaign))
+    return petition_page(request, campaign, pick_lang(request, lang, campaign))
 
 
 @router.post("/c/{slug}/sign")
@@ -81,16 +71,7 @@ async def sign_form(request: Request, slug: str) -> Response:
     thanks = RedirectResponse(f"/c/{slug}/thanks?lang={lang}", status_code=303)
     if form.get(HONEYPOT_FIELD):
         return thanks  # a bot filled the hidden field: same answer, nothing stored
-    retry_after = svc.sign_limiter.hit("sign", client_address(request))
-    if retry_after:
-        return too_many(request, lang, retry_after, campaign)
-    try:
-        data = signing.validate(form)
-        await svc.intake.sign(campaign, data)  # answers after the batch holding it is committed
-    except signing.ValidationFailed as exc:
-        return _petition(request, campaign, lang, status=422, form=form, errors=exc.errors)
-    except signing.CampaignClosed:
-        return page(request, "error.html", lang, status=409, message_id="closed", campaign=campaign)
+    data = await sign(request, campaign, form, lang=lang)
     thanks.set_cookie(
         TICKET_COOKIE, _ticket_for(svc, slug, data.email), max_age=TICKET_SECONDS, httponly=True,
         samesite="strict", secure=secure(svc), path=f"/c/{slug}",
@@ -119,9 +100,7 @@ async def confirm_code(request: Request, slug: str) -> Response:
     code = str(form.get("code", ""))[:64]
     if keys is None:
         return page(request, "thanks.html", lang, status=400, campaign=campaign, has_ticket=False, problem=None)
-    retry_after = svc.sign_limiter.hit("code", client_address(request))
-    if retry_after:
-        return too_many(request, lang, retry_after, campaign)
+    svc.sign_limiter.check("code", client_address(request))
 
     opened = await write(svc, lambda session: signing.confirm_by_code(
         session, campaign=slug, keys=keys, code=code, campaigns=svc.campaigns, keyring=svc.keyring,

@@ -22,10 +22,9 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from starlette.datastructures import Headers
 
-from app import i18n, security, signing
-from app.campaigns import Campaign
+from app import i18n, security
 from app.db import utcnow
-from app.pages import HONEYPOT_FIELD, campaign_or_404, client_address, page, pick_lang, too_many
+from app.pages import HONEYPOT_FIELD, campaign_or_404, petition_page, pick_lang, read_fields, sign
 from app.settings import Settings
 from app.state import Services, services
 
@@ -125,22 +124,11 @@ def _form_token_valid(request: Request, slug: str, token: object) -> bool:
     return request.app.state.used_forms.first_use(data[1], FORM_SECONDS)
 
 
-def _full_petition(request: Request, campaign: Campaign, lang: str, *, status: int, form: dict, errors: dict
-                   ) -> HTMLResponse:
-    svc = services(request)
-    stats = svc.stats_cache.stats(campaign)
-    return page(
-        request, "petition.html", lang, status=status, campaign=campaign, stats=stats,
-        countries=i18n.countries(lang), form=form, errors=errors, is_open=campaign.is_open(utcnow().date()),
-    )
-
-
 @router.post("/c/{slug}/embed/sign")
 async def embed_sign(request: Request, slug: str) -> Response:
     svc = services(request)
     campaign = campaign_or_404(svc, slug)
-    raw = await request.form(max_files=0, max_fields=50, max_part_size=64 * 1024)
-    form = {k: v for k, v in raw.items() if isinstance(v, str)}
+    form = await read_fields(request)  # no CSRF cookie in a third-party frame: the form token stands for it
     lang = campaign.lang(form.get("lang") or pick_lang(request, None, campaign))
     form["lang"] = lang
     thanks = RedirectResponse(f"/c/{slug}/thanks?lang={lang}", status_code=303)
@@ -150,16 +138,7 @@ async def embed_sign(request: Request, slug: str) -> Response:
     if not allowed_origin(svc.settings, request.headers) or not _form_token_valid(
         request, slug, form.get("form_token")
     ):
-        return _full_petition(request, campaign, lang, status=403, form=form,
-                              errors={"form": "This form has expired. Go back, reload the page and send it again."})
-    retry_after = svc.sign_limiter.hit("sign", client_address(request))
-    if retry_after:
-        return too_many(request, lang, retry_after, campaign)
-    try:
-        data = signing.validate(form)
-        await svc.intake.sign(campaign, data)  # answers after the batch holding it is committed
-    except signing.ValidationFailed as exc:
-        return _full_petition(request, campaign, lang, status=422, form=form, errors=exc.errors)
-    except signing.CampaignClosed:
-        return page(request, "error.html", lang, status=409, message_id="closed", campaign=campaign)
+        return petition_page(request, campaign, lang, status=403, form=form,
+                             errors={"form": "This form has expired. Go back, reload the page and send it again."})
+    await sign(request, campaign, form, lang=lang)
     return thanks

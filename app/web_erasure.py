@@ -13,7 +13,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from app import erasure
 from app.db import utcnow
-from app.pages import client_address, page, pick_lang, read_form, too_many
+from app.pages import client_address, page, pick_lang, read_form
 from app.state import services
 
 router = APIRouter(include_in_schema=False)
@@ -29,9 +29,7 @@ async def erase_request(request: Request) -> Response:
     svc = services(request)
     form = await read_form(request)
     lang = pick_lang(request, form.get("lang"))
-    retry_after = svc.sign_limiter.hit("erase", client_address(request))
-    if retry_after:
-        return too_many(request, lang, retry_after, None)
+    svc.sign_limiter.check("erase", client_address(request))
     email = str(form.get("email", "")).strip()
     try:
         if len(email) > 254:
