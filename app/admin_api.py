@@ -4,12 +4,12 @@ the browser's organiser session); every export is streamed and written to the ex
 from __future__ import annotations
 
 from datetime import date
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import StreamingResponse
 
-from app import exports
+from app import exports, i18n
 from app.organisers import CurrentOrganiser
 from app.state import Services, ServicesDep
 
@@ -54,7 +54,7 @@ def export_counts(
     svc: ServicesDep,
     by: Annotated[exports.CountsBy, Query()] = "country",
     format: Annotated[exports.Format, Query()] = "csv",  # noqa: A002
-    lang: Literal["en", "ru", "kk"] = "en",
+    lang: i18n.Lang = "en",
 ) -> StreamingResponse:
     """Exact confirmed counts per country (with country names) or per day."""
     chunks = exports.counts(svc.db, campaign=_campaign(svc, slug), by=by, fmt=format, organiser=who.name, lang=lang)

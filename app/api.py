@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy import text
 
-from app import counters, pages
+from app import counters, i18n, pages
 from app.state import ServicesDep, services
 
 router = APIRouter(prefix="/api/v1", tags=["public"])
@@ -32,7 +32,7 @@ class SignRequest(BaseModel):
     city: str = Field(default="", max_length=1000)
     message: str = Field(default="", max_length=20000)
     consent: bool
-    lang: Literal["en", "ru", "kk"] = "en"
+    lang: i18n.Lang = "en"
     discreet: bool = False
     message_private: bool = False  # keep the paragraph out of letters to the authorities of Kazakhstan
 
@@ -102,7 +102,7 @@ class CampaignOut(BaseModel):
 # 422 is declared wherever a parameter can be wrong: our handler answers {"detail": [{field, message}]}, not FastAPI's
 # default shape, and the schema must say so.
 @router.get("/campaigns", response_model=list[CampaignOut], responses={422: {"model": ErrorBody}})
-def list_campaigns(svc: ServicesDep, lang: Literal["en", "ru", "kk"] = "en") -> list[CampaignOut]:
+def list_campaigns(svc: ServicesDep, lang: i18n.Lang = "en") -> list[CampaignOut]:
     return [
         CampaignOut(
             slug=c.slug, title=c.title[c.lang(lang)], summary=c.summary[c.lang(lang)], goal=c.goal,

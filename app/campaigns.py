@@ -12,7 +12,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-LANGUAGES = ("en", "ru", "kk")
+from app import i18n
+
+LANGUAGES = i18n.LANGUAGES
 Disclosure = Literal["count", "country", "name", "name_city"]
 DISCLOSURE_ORDER = ("count", "country", "name", "name_city")
 

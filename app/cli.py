@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from app import counters, notices
+from app import counters, files, notices
 from app import outbox as outbox_mod
 from app.campaigns import CampaignError
 from app.settings import ROOT, Settings, load_settings
@@ -294,7 +294,6 @@ def export(
 ) -> None:
     """Export signatures (or counts) of a campaign, streamed, formula-safe, and written to the export log."""
     import getpass
-    import os
     from datetime import date
 
     from app import exports
@@ -331,8 +330,7 @@ def export(
                 for chunk in chunks:
                     sys.stdout.write(chunk)
                 return
-            fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            with files.open_private(output, "w", encoding="utf-8", newline="") as fh:
                 for chunk in chunks:
                     fh.write(chunk)
         else:
@@ -342,8 +340,7 @@ def export(
                 exports.write_signatures(db, keyring, query, sys.stdout.buffer, organiser=who, fmt=format,  # type: ignore[arg-type]
                                          workers=workers)
                 return
-            fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as fh:
+            with files.open_private(output) as fh:
                 exports.write_signatures(db, keyring, query, fh, organiser=who, fmt=format,  # type: ignore[arg-type]
                                          workers=workers)
     finally:

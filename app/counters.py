@@ -22,14 +22,18 @@ from app.models import CONFIRMED, PublicFigures, Signature, SignatureCount
 
 def add(session: Session, *, campaign: str, country: str, day: date, delta: int = 1) -> None:
     """Move the counter, in the caller's transaction (the one that confirms the row)."""
-    values = {"campaign": campaign, "country": country, "day": day, "confirmed": delta}
+    add_many(session, [{"campaign": campaign, "country": country, "day": day, "confirmed": delta}])
+
+
+def add_many(session: Session, cells: list[dict[str, object]]) -> None:
+    """Advance many cells ({campaign, country, day, confirmed}) in one statement (demo data loads this way)."""
     dialect = session.get_bind().dialect.name
-    stmt = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(SignatureCount).values(**values)
+    stmt = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(SignatureCount)
     stmt = stmt.on_conflict_do_update(
         index_elements=["campaign", "country", "day"],
         set_={"confirmed": SignatureCount.confirmed + stmt.excluded.confirmed},
     )
-    session.execute(stmt)
+    session.execute(stmt, cells)
 
 
 @dataclass(frozen=True)
@@ -153,9 +157,3 @@ def recount(session: Session, campaign: str) -> int:
     return session.scalar(
         select(func.count()).where(Signature.campaign == campaign, Signature.status == CONFIRMED)
     ) or 0
-
-
-def country_is_public(session: Session, campaign: str, country: str, *, k: int) -> bool:
-    """Whether naming this country beside an anonymous supporter keeps them among at least k others."""
-    by_country, _ = exact_counts(session, campaign)
-    return country in fold_countries(by_country, k)

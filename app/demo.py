@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import text
-from sqlalchemy.dialects import postgresql, sqlite
 
+from app import counters
 from app.db import Database
 from app.encryption import Keyring
-from app.models import CONFIRMED, PENDING, SignatureCount
+from app.models import CONFIRMED, PENDING
 
 # (first names, last names, languages they sign in)
 NAME_POOLS = {
@@ -372,14 +372,7 @@ def add_counts(session, campaign: str, counts: Counter) -> None:
     """Advance signature_counts by exactly these confirmed rows (same upsert as a real confirmation)."""
     if not counts:
         return
-    dialect = session.get_bind().dialect.name
-    insert_ = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = insert_(SignatureCount)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["campaign", "country", "day"],
-        set_={"confirmed": SignatureCount.confirmed + stmt.excluded.confirmed},
-    )
-    session.execute(stmt, [
+    counters.add_many(session, [
         {"campaign": campaign, "country": country, "day": day, "confirmed": n}
         for (country, day), n in sorted(counts.items())
     ])

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from app import files
 from app.settings import Settings
 
 NONCE_BYTES = 12
@@ -125,11 +126,4 @@ def load_keyring(settings: Settings, *, create: bool = False) -> Keyring:
 
 def write_key_file(path: Path, spec: str) -> None:
     """Replace the key file atomically, readable by its owner only."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(spec + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    files.write_private(path, spec + "\n")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 from functools import cache
 from pathlib import Path
+from typing import Literal, get_args
 
 import pycountry
 from babel import Locale
@@ -17,7 +18,8 @@ from babel.messages.pofile import read_po
 from babel.support import NullTranslations, Translations
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
-LANGUAGES = ("en", "ru", "kk")
+Lang = Literal["en", "ru", "kk"]  # the one list of languages: pages, mails, campaigns, the API's parameters
+LANGUAGES: tuple[str, ...] = get_args(Lang)
 LANGUAGE_NAMES = {"en": "English", "ru": "Русский", "kk": "Қазақша"}
 LOCALE_DIR = Path(__file__).parent / "locale"
 TEMPLATE_DIR = Path(__file__).parent / "templates"

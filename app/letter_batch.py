@@ -27,7 +27,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app import counters, letters, mail
+from app import counters, files, letters, mail
 from app.campaigns import Campaign, Target
 from app.db import Database
 from app.encryption import Keyring, load_keyring
@@ -283,7 +283,7 @@ def run(
     with tempfile.TemporaryDirectory(prefix="letters-", dir=output.parent) as tmp, contextlib.ExitStack() as stack:
         parts = [output if folder else Path(tmp) / f"{i:06d}" for i in range(len(plan.ranges))]
         out = None if folder else stack.enter_context(
-            os.fdopen(os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb"))
+            files.open_private(output))
         written = 0
 
         def done(i: int, letters_written: int) -> None:
@@ -351,8 +351,8 @@ def write_pack(
             as_of=as_of.date() if as_of else None, since=batch.since.date() if batch.since else None,
         )
         named = _named_rows(renderer, session, where, target, lang, on_progress) if target.allows_names() else ()
-        count = pdf.pack_pdf(pack, named, output)
-    output.chmod(0o600)
+        with files.open_private(output) as out:
+            count = pdf.pack_pdf(pack, named, out)
     if on_progress:
         on_progress(total - (count // 1000) * 1000)
     return count

@@ -73,7 +73,6 @@ class Letter:
     recipient: tuple[str, ...]  # the address block: name, title, postal address lines
     lang: str
     target: str
-    signed_as: tuple[str, ...]  # the signature lines, as the target sees them
 
 
 def view_for(
@@ -188,7 +187,7 @@ def render_letter(
     html_text = env.get_template(template_name(lang, "html")).render(context) if html else ""
     return Letter(
         subject=campaign.subject[lang], text=text, html=html_text, recipient=recipient_block(target, lang),
-        lang=lang, target=target.key, signed_as=tuple(lines),
+        lang=lang, target=target.key,
     )
 
 

@@ -8,7 +8,6 @@ session is itself a row (organiser_sessions): sign-out and revocation delete it,
 from __future__ import annotations
 
 import hmac
-import os
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -21,7 +20,7 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from app import security
+from app import files, security
 from app.db import Database, utcnow
 from app.models import Organiser, OrganiserSession
 from app.settings import Settings
@@ -216,10 +215,5 @@ def ensure_dev_token(db: Database, *, settings: Settings, now: datetime) -> Path
                 return path
             return None
         _, token = add(session, name=LOCAL_NAME, now=now)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(token + "\n")
-        os.replace(tmp, path)
+        files.write_private(path, token + "\n")
     return path

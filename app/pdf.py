@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import IO
 
 from fpdf import FPDF
 
@@ -166,8 +167,8 @@ class Pack:
     since: date | None
 
 
-def pack_pdf(pack: Pack, named: Iterable[tuple[str, ...]], path: Path) -> int:
-    """Write the pack to `path`; `named` yields (name, [city,] country name) of the opted-in supporters, in order.
+def pack_pdf(pack: Pack, named: Iterable[tuple[str, ...]], out: IO[bytes]) -> int:
+    """Write the pack to `out`; `named` yields (name, [city,] country name) of the opted-in supporters, in order.
 
     Returns how many were named. Rows are plain cells in one font, so 100,000 of them take seconds."""
     words = LABELS.get(pack.lang, LABELS["en"])
@@ -199,7 +200,7 @@ def pack_pdf(pack: Pack, named: Iterable[tuple[str, ...]], path: Path) -> int:
         doc.paragraph(words["total_only"], size=10)
     else:
         named_count = _tallies_and_names(doc, pack, named, words)
-    doc.output(str(path))
+    out.write(doc.output())
     return named_count
 
 

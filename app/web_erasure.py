@@ -8,12 +8,11 @@ from __future__ import annotations
 
 from email_validator import EmailNotValidError, validate_email
 from fastapi import APIRouter, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, Response
 
 from app import erasure
 from app.db import utcnow
-from app.pages import client_address, page, pick_lang, read_form
+from app.pages import client_address, page, pick_lang, read_form, write
 from app.state import services
 
 router = APIRouter(include_in_schema=False)
@@ -39,11 +38,8 @@ async def erase_request(request: Request) -> Response:
         return page(request, "erase.html", lang, status=422, form={"email": email[:254]},
                     error="Enter a valid email address.")
 
-    def run() -> None:
-        with svc.db.write.begin() as session:
-            erasure.request_link(session, email=email, lang=lang, keyring=svc.keyring, now=utcnow())
-
-    await run_in_threadpool(run)
+    await write(svc, lambda session: erasure.request_link(session, email=email, lang=lang, keyring=svc.keyring,
+                                                          now=utcnow()))
     return page(request, "erase_sent.html", lang)  # the same page whether or not this address signed
 
 
@@ -64,9 +60,5 @@ async def erase_post(request: Request, token: str) -> Response:
     if keys is None:
         return page(request, "erase_confirm.html", lang, status=404, valid=False, token=token)
 
-    def run() -> erasure.Forgotten:
-        with svc.db.write.begin() as session:
-            return erasure.erase(session, keys=keys, now=utcnow())
-
-    done = await run_in_threadpool(run)
+    done = await write(svc, lambda session: erasure.erase(session, keys=keys, now=utcnow()))
     return page(request, "erase_done.html", lang, done=done)

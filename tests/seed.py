@@ -8,13 +8,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
-from app import organisers, signing
+from app import counters, organisers, signing
 from app.db import utcnow
 from app.encryption import Keyring
-from app.models import CONFIRMED, SignatureCount, TargetOptIn
+from app.models import CONFIRMED, TargetOptIn
 from app.models import Signature as Sig
 from app.settings import Settings
 
@@ -63,18 +63,8 @@ def add_signatures(session: Session, rows: list[dict[str, Any]], *, opt_ins: dic
         for target in targets:
             session.add(TargetOptIn(signature_id=ids[position], target=target, created_at=utcnow()))
     for row in rows:
-        if row["status"] != CONFIRMED:
-            continue
-        day = row["confirmed_at"].date()
-        cell = session.scalar(select(SignatureCount).where(
-            SignatureCount.campaign == row["campaign"], SignatureCount.country == row["country"],
-            SignatureCount.day == day,
-        ))
-        if cell is None:
-            session.add(SignatureCount(campaign=row["campaign"], country=row["country"], day=day, confirmed=1))
-            session.flush()
-        else:
-            cell.confirmed += 1
+        if row["status"] == CONFIRMED:
+            counters.add(session, campaign=row["campaign"], country=row["country"], day=row["confirmed_at"].date())
     return ids
 
 
@@ -86,7 +76,7 @@ def bulk_confirmed(session: Session, keyring: Keyring, n: int, *, now: datetime,
         for i in range(n)
     ]
     session.execute(insert(Sig), rows)
-    session.add(SignatureCount(campaign=campaign, country="DE", day=now.date(), confirmed=n))
+    counters.add(session, campaign=campaign, country="DE", day=now.date(), delta=n)
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
