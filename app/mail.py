@@ -7,6 +7,7 @@ classified once, here: a 5xx answer is permanent, everything else (4xx, refused,
 from __future__ import annotations
 
 import binascii
+import hmac
 import re
 import smtplib
 import ssl
@@ -237,10 +238,17 @@ class Envelope:
     message_id: str
 
 
-def envelope(raw: bytes, *, recipients: list[str], outbox_id: int, domain: str) -> Envelope:
-    """Stamp a stored message without parsing it again: a Message-ID derived from the outbox row (so a receiver
-    can drop a duplicate of a retried send) replaces any other, and the From address becomes the envelope
-    sender (a discreet mail's bounce address must not name the campaign either)."""
+def message_id(key: bytes, outbox_id: int, domain: str) -> str:
+    """A Message-ID for an outbox row: the same for every try of the row (so a receiver can drop a duplicate of a
+    retried send), keyed so that nobody can read the row's number from it (consecutive numbers in a signer's own
+    mails would tell how many were mailed in between, and whether an address signed)."""
+    return f"<{hmac.digest(key, outbox_id.to_bytes(8, 'big'), 'sha256')[:16].hex()}@{domain}>"
+
+
+def envelope(raw: bytes, *, recipients: list[str], message_id: str) -> Envelope:
+    """Stamp a stored message without parsing it again: its Message-ID (see `message_id`) replaces any other,
+    and the From address becomes the envelope sender (a discreet mail's bounce address must not name the
+    campaign either)."""
     head, sep, body = raw.partition(b"\n\n")
     lines: list[bytes] = []
     sender = ""
@@ -261,7 +269,6 @@ def envelope(raw: bytes, *, recipients: list[str], outbox_id: int, domain: str) 
             inner = value.rpartition("<")[2].partition(">")[0] if value.rstrip().endswith(">") else ""
             sender = inner or getaddresses([value])[0][1]
             break
-    message_id = f"<outbox-{outbox_id}@{domain}>"
     lines.append(f"Message-ID: {message_id}".encode())
     # SMTP wants CRLF line ends, and smtplib converts them only for str, never for bytes.
     wire = (b"\n".join(lines) + sep + body).replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")

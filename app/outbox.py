@@ -8,6 +8,7 @@ Letters to one target are spread out by a per-target hourly cap. Knows nothing a
 
 from __future__ import annotations
 
+import hmac
 import logging
 import random
 import threading
@@ -216,6 +217,11 @@ def deliver_due(
     return report
 
 
+def message_id(keyring: Keyring, row_id: int, domain: str) -> str:
+    """The Message-ID of an outbox row's every try (keyed: see mail.message_id)."""
+    return mail.message_id(hmac.digest(keyring.index_keys[0], b"message-id v1", "sha256"), row_id, domain)
+
+
 def _plan(row: OutboxMessage, *, keyring: Keyring, domain: str) -> mail.Envelope | str:
     """The row ready for the wire, or the reason it can never be sent (it then fails alone)."""
     try:
@@ -223,7 +229,7 @@ def _plan(row: OutboxMessage, *, keyring: Keyring, domain: str) -> mail.Envelope
         if row.message_enc is None or not recipients:
             return "nothing to send (erased or empty)"
         raw = keyring.open_bytes(row.message_enc, "message", row.key_id)
-        return mail.envelope(raw, recipients=recipients, outbox_id=row.id, domain=domain)
+        return mail.envelope(raw, recipients=recipients, message_id=message_id(keyring, row.id, domain))
     except Exception as exc:
         log.exception("outbox: message %s cannot be read", row.id)
         return f"cannot be read: {type(exc).__name__}: {exc}"

@@ -313,8 +313,8 @@ def sign_many(
             i, _, token, code = fresh.pop((slug, email_key))
             campaign, data = requests[i]
             message = composer.confirmation(
-                campaign=campaign, lang=data.lang, to=data.email, token=security.row_token(new_id, token), code=code,
-                discreet=data.discreet,
+                campaign=campaign, lang=data.lang, to=data.email, code=code, discreet=data.discreet,
+                token=security.row_token(settings.secret_key, new_id, token),
             )
             mails.append(outbox.row_values(message, kind="confirm", keyring=keyring, signature_id=new_id, now=now))
             outcomes[i] = Signed(new_id, created=True)
@@ -369,8 +369,8 @@ def remind(
                     .execution_options(synchronize_session=False))
     to = keyring.open(row.email_enc, "email", row.key_id) or ""
     message = composer.already_signed(
-        campaign=campaign, lang=row.language, to=to, token=security.row_token(row.id, token), code=code,
-        confirmed=row.status == CONFIRMED, discreet=discreet or row.discreet,
+        campaign=campaign, lang=row.language, to=to, token=security.row_token(settings.secret_key, row.id, token),
+        code=code, confirmed=row.status == CONFIRMED, discreet=discreet or row.discreet,
     )
     outbox.enqueue(session, message, kind="already", keyring=keyring, signature_id=row.id, now=now)
 
@@ -400,9 +400,9 @@ def signer_by_manage_token(session: Session, token: str) -> Signature | None:
     return row if row is not None and row.email_key is not None else None
 
 
-def find_by_token(session: Session, token: str, *, now: datetime) -> Signature:
+def find_by_token(session: Session, token: str, *, secret: str, now: datetime) -> Signature:
     """The signature a confirmation link names, without changing anything (GET of the link)."""
-    named = security.split_row_token(token)
+    named = security.split_row_token(secret, token)
     row = session.get(Signature, named[0]) if named else None
     if row is None or not security.same(row.confirm_token_hash, security.token_hash(named[1])):  # type: ignore[index]
         raise ConfirmProblem("unknown")
@@ -413,9 +413,9 @@ def find_by_token(session: Session, token: str, *, now: datetime) -> Signature:
 
 def confirm_by_token(
     session: Session, token: str, *, campaigns: Mapping[str, Campaign], keyring: Keyring,
-    composer: mail.Composer, now: datetime,
+    composer: mail.Composer, secret: str, now: datetime,
 ) -> Confirmed:
-    row = find_by_token(session, token, now=now)
+    row = find_by_token(session, token, secret=secret, now=now)
     return _open(session, row, campaigns=campaigns, keyring=keyring, composer=composer, now=now)
 
 

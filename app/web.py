@@ -118,7 +118,7 @@ def confirm_link(request: Request, token: str, lang: str | None = None) -> HTMLR
     lang = pick_lang(request, lang)
     with svc.db.read() as session:
         try:
-            row = signing.find_by_token(session, token[:100], now=utcnow())
+            row = signing.find_by_token(session, token[:100], secret=svc.settings.secret_key, now=utcnow())
         except signing.ConfirmProblem as exc:
             return page(request, "confirm.html", lang, status=404, problem=exc, campaign=None, done=False)
     campaign = svc.campaigns.get(row.campaign)
@@ -134,7 +134,8 @@ async def confirm_post(request: Request, token: str) -> Response:
 
     try:
         opened = await write(svc, lambda session: signing.confirm_by_token(
-            session, token[:100], campaigns=svc.campaigns, keyring=svc.keyring, composer=svc.composer, now=utcnow(),
+            session, token[:100], campaigns=svc.campaigns, keyring=svc.keyring, composer=svc.composer,
+            secret=svc.settings.secret_key, now=utcnow(),
         ))
     except signing.ConfirmProblem as exc:
         return page(request, "confirm.html", lang, status=404, problem=exc, campaign=None, done=False)

@@ -95,7 +95,7 @@ def confirm_some(url: str, settings_env: dict[str, str], seconds: float) -> int:
                 with db.write.begin() as session:
                     confirmed = signing.confirm_by_token(
                         session, token, campaigns=svc.campaigns, keyring=svc.keyring, composer=svc.composer,
-                        now=utcnow(),
+                        secret=svc.settings.secret_key, now=utcnow(),
                     )
                 done += confirmed.manage_token is not None
             seen = max(seen, mails[-1][0])

@@ -185,12 +185,13 @@ def test_an_unexpected_error_sending_one_message_fails_it_alone(svc, tmp_path):
                            keyring=svc.keyring, now=t0)
         ids = s.scalars(select(OutboxMessage.id).order_by(OutboxMessage.id)).all()
     folder = tmp_path / "mail"
-    (folder / f"outbox-{ids[1]}@test.eml").mkdir(parents=True)  # a folder where that file must go
+    name = [outbox.message_id(svc.keyring, i, "test").strip("<>") + ".eml" for i in ids]
+    (folder / name[1]).mkdir(parents=True)  # a folder where that file must go
     report = outbox.deliver_due(svc.db, keyring=svc.keyring, transport=mail.FileTransport(folder), domain="test",
                                 now=t0)
     assert (report.sent, report.failed) == (2, 1)
     assert sorted(p.name for p in folder.glob("*.eml") if p.is_file()) == sorted(
-        [f"outbox-{ids[0]}@test.eml", f"outbox-{ids[2]}@test.eml"])
+        [name[0], name[2]])
     with svc.db.read() as s:
         rows = list(s.scalars(select(OutboxMessage).order_by(OutboxMessage.id)))
     assert [r.state for r in rows] == ["sent", "failed", "sent"]

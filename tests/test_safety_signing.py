@@ -226,3 +226,23 @@ def test_a_ticket_for_an_address_without_a_row_answers_like_any_wrong_code(clien
     token = csrf_token(client, "/c/mamay/thanks")
     answer = client.post("/c/mamay/code", data={"code": "AAAAAAAA", "csrf_token": token, "lang": "en"})
     assert answer.status_code == 422 and "does not open a signature" in answer.text
+
+
+def test_no_number_in_a_signers_own_mail_counts_rows_in_between(client, svc, smtp):
+    """A prober signs their own address before and after another address: neither the confirmation link nor the
+    Message-ID of their two mails carries a row number, so the gap between them says nothing (F1 of round 3)."""
+    sign_form(client, email="probe1@example.org")
+    sign_form(client, email="someone@example.org")
+    sign_form(client, email="probe2@example.org")
+    deliver(svc, smtp.url)
+    seen = []
+    for probe in ("probe1@example.org", "probe2@example.org"):
+        [mail] = smtp.sink.to(probe)
+        link = re.search(r"/confirm/([\w.-]+)", body(mail)).group(1)
+        row_part, message_id = link.partition(".")[0], mail["Message-ID"]
+        # An encrypted block and a keyed hash: no decimal row number, nothing that counts up.
+        assert len(row_part) == 22 and not row_part.isdigit()
+        assert re.fullmatch(r"<[0-9a-f]{32}@[\w.]+>", message_id) and "outbox" not in message_id
+        seen.append((base64.urlsafe_b64decode(row_part + "=="), message_id))
+    (block1, id1), (block2, id2) = seen
+    assert abs(int.from_bytes(block1, "big") - int.from_bytes(block2, "big")) > 2**64 and id1 != id2

@@ -197,7 +197,7 @@ def test_stats_cli_prints_folded_json(tmp_path, sqlite_url, svc):
 
 
 def test_a_confirmation_link_opens_only_with_its_own_row_and_secret_together(svc, smtp):
-    """The link names its row (so no index over random hashes), but the row's number alone opens nothing."""
+    """The link names its row (so no index over random hashes), encrypted; the row's part alone opens nothing."""
     now = utcnow()
     with svc.db.write.begin() as session:
         for email in ("row-a@example.org", "row-b@example.org"):
@@ -211,12 +211,15 @@ def test_a_confirmation_link_opens_only_with_its_own_row_and_secret_together(svc
     a, b = tokens["row-a@example.org"], tokens["row-b@example.org"]
     (a_id, a_secret), (b_id, b_secret) = a.split("."), b.split(".")
     with svc.db.read() as session:
-        assert signing.find_by_token(session, a, now=now).id == int(a_id)
+        a_row = session.scalar(select(Signature.id).where(
+            Signature.email_key == svc.keyring.email_key("row-a@example.org")))
+        assert signing.find_by_token(session, a, secret=svc.settings.secret_key, now=now).id == a_row
         for wrong in (f"{a_id}.{b_secret}", f"{b_id}.{a_secret}", a_id, f"{a_id}.", f".{a_secret}", a_secret,
-                      f"0{a_id}x.{a_secret}", f"\u0661.{a_secret}", f"-{a_id}.{a_secret}", "9" * 40 + "." + a_secret,
+                      f"{a_row}.{a_secret}", ("B" if a_id[0] != "B" else "C") + f"{a_id[1:]}.{a_secret}",
+                      f"\u0661.{a_secret}", "9" * 40 + "." + a_secret,
                       f"{a_id}.{a_secret}x"):
             with pytest.raises(signing.ConfirmProblem) as problem:
-                signing.find_by_token(session, wrong, now=now)
+                signing.find_by_token(session, wrong, secret=svc.settings.secret_key, now=now)
             assert problem.value.reason == "unknown", wrong
 
 
@@ -235,14 +238,15 @@ def test_confirmation_link_and_code_expire_after_the_configured_days(svc, smtp):
     keys = svc.keyring.email_keys(signing.normalise_email(SIGNER["email"]))
     with svc.db.write.begin() as session:
         with pytest.raises(signing.ConfirmProblem) as problem:
-            signing.find_by_token(session, token, now=later)
+            signing.find_by_token(session, token, secret=svc.settings.secret_key, now=later)
         assert problem.value.reason == "expired"
         late = signing.confirm_by_code(session, campaign="mamay", keys=keys, code=code, campaigns=svc.campaigns,
                                        keyring=svc.keyring, composer=svc.composer, settings=svc.settings, now=later)
         assert isinstance(late, signing.ConfirmProblem) and late.reason == "wrong_code"
         # Two minutes earlier it was still valid.
         earlier = later - timedelta(minutes=2)
-        assert signing.find_by_token(session, token, now=earlier).id == signed.signature_id
+        found = signing.find_by_token(session, token, secret=svc.settings.secret_key, now=earlier)
+        assert found.id == signed.signature_id
 
 
 def test_repeat_signer_is_found_mid_rotation_when_the_row_still_has_the_old_hash(tmp_path, sqlite_url):
