@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 
 from limits import parse_many
 from limits.storage import storage_from_string
-from limits.strategies import MovingWindowRateLimiter
+from limits.strategies import FixedWindowRateLimiter
 
 KEY_LABEL = b"ratelimit v2"
 
@@ -73,7 +73,9 @@ class Limiter:
         self.enabled = spec.strip().lower() not in {"", "off", "none", "0"}
         self.limits = parse_many(spec) if self.enabled else []
         storage = storage_from_string(redis_url if redis_url else "memory://")
-        self.limiter = MovingWindowRateLimiter(storage)
+        # Fixed windows: Redis (or memory) holds a counter per window, never the time of each request, which
+        # beside a seized secret key could be matched to the times of signatures.
+        self.limiter = FixedWindowRateLimiter(storage)
         self.daily_key = DailyKey(secret)
 
     def client_key(self, client: str) -> str:

@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     outbox_max_attempts: int = Field(default=12, ge=1)
     frame_ancestors: list[str] = []
     access_log: bool = False
+    # Addresses of the proxies whose X-Forwarded-For is believed ("127.0.0.1", "10.0.0.5,10.0.0.6", or "*" where
+    # only the proxy can reach the server). Empty: the client is the peer of the connection, and a forged
+    # X-Forwarded-For from anyone (even a local process) cannot pose as another client to the rate limits.
+    trusted_proxies: str = ""
 
     @field_validator("var_dir", "letters_dir")
     @classmethod

@@ -13,6 +13,7 @@ import re
 import secrets
 import signal
 import subprocess
+import time
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
@@ -160,6 +161,51 @@ def test_redis_holds_no_hashing_key_and_no_address(tmp_path, sqlite_url, redis_e
     for candidate in candidates:
         guess = hmac.new(candidate, marker.encode(), "sha256").hexdigest()[:32].encode()
         assert guess not in blob, f"Redis holds the key that hashes client addresses: {candidate!r}"
+
+
+def test_redis_holds_counts_not_the_time_of_each_request(tmp_path, sqlite_url, redis_empty):
+    """A moving window kept each request's time: with the secret key seized, a time to the microsecond could be
+    matched to a signature's. Fixed windows keep one small count per client and window."""
+    settings = make_settings(tmp_path, sqlite_url, sign_rate_limit="10/minute",
+                             redis_url=f"redis://127.0.0.1:6379/{REDIS_DB}")
+    db = Database(settings.sqlalchemy_url)
+    try:
+        with TestClient(create_app(settings, db=db), base_url="http://testserver", client=("203.0.113.9", 1)) as c:
+            for i in range(3):
+                assert c.post(SIGN, json={**SIGNER, "email": f"t{i}@example.org", "consent": True}).status_code == 202
+    finally:
+        db.dispose()
+    keys, values = everything_in(redis_empty)
+    assert keys and {redis_empty.type(k) for k in keys} == {b"string"}
+    assert sorted(values) == [b"3"]  # one counter, no timestamps
+
+
+def test_a_forged_x_forwarded_for_is_not_believed_unless_its_proxy_is_trusted(tmp_path, sqlite_url):
+    """Any process on the host (an onion service, a TCP proxy) reaches `campaign serve` from 127.0.0.1: a forged
+    header must not give it a fresh budget per request."""
+    env = server_env(var_dir=tmp_path / "var", database_url=sqlite_url)
+    env["CAMPAIGN_SIGN_RATE_LIMIT"] = "2/minute"
+    port = free_port()
+    proc = subprocess.Popen([str(CAMPAIGN_BIN), "serve", "--port", str(port)], env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        import httpx
+
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        codes = [httpx.post(f"{url}{SIGN}", json={**SIGNER, "email": f"x{i}@example.org", "consent": True},
+                            headers={"X-Forwarded-For": f"198.51.100.{i}"}, timeout=10).status_code
+                 for i in range(3)]
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(20)
+    assert codes == [202, 202, 429]
 
 
 def test_compose_runs_redis_with_a_password_on_an_internal_network_only():
