@@ -30,7 +30,8 @@ from app.models import CONFIRMED, PENDING, Notice, Signature
 from app.settings import Settings
 
 COUNTRIES = frozenset(c.alpha_2 for c in pycountry.countries)
-# Wrong codes per signature, across new codes and repeat signatures (a code has > 2^37 values).
+# Wrong codes per code mailed; a repeat signature does not reset them, a reminder's new code does (notices.py
+# sends at most three a day), so at most 40 guesses a day per signature against > 2^37 codes.
 MAX_CODE_ATTEMPTS = 10
 # Bidi embedding/override/isolate controls: they can make a name display as something else.
 BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
@@ -242,8 +243,7 @@ class Signed:
 
 
 def _confirmation(settings: Settings, now: datetime) -> tuple[str, str, dict[str, object]]:
-    """The secret of a confirmation link (see security.row_token), its code, and the columns that store them.
-    The count of wrong codes is not among them: it is kept across new codes (MAX_CODE_ATTEMPTS)."""
+    """The secret of a confirmation link (see security.row_token), its code, and the columns that store them."""
     token, code = security.new_token(), security.new_code()
     columns = {
         "confirm_token_hash": security.token_hash(token),
@@ -365,7 +365,9 @@ def remind(
     never to the one typed now (which may only look like it). Pending, they confirm; confirmed, they open the
     signer's private page. Earlier links and codes of this row stop working."""
     token, code, columns = _confirmation(settings, now)
-    session.execute(update(Signature).where(Signature.id == row.id).values(**columns)
+    # The new code gets its own MAX_CODE_ATTEMPTS: else a stranger's wrong guesses would leave the signer's code
+    # dead for good. Reminders are few (notices.py), so guesses stay bounded per signature and day.
+    session.execute(update(Signature).where(Signature.id == row.id).values(**columns, code_attempts=0)
                     .execution_options(synchronize_session=False))
     to = keyring.open(row.email_enc, "email", row.key_id) or ""
     message = composer.already_signed(
@@ -426,8 +428,8 @@ def confirm_by_code(
     """A code typed on the page after signing, for the signature of the address signed with (`keys`).
 
     Every failure is the same ConfirmProblem("wrong_code"), returned (not raised) so that the count of wrong
-    codes commits with the caller. That count is never reset by a new code or a repeat signature: after
-    MAX_CODE_ATTEMPTS only the link works."""
+    codes commits with the caller. After MAX_CODE_ATTEMPTS only the link works, until a reminder mails a new code
+    to the stored address."""
     typed = security.code_hash(settings.secret_key, code)
     row = _same_signer(session, campaign, keys)
     if row is None:
