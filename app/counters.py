@@ -1,8 +1,9 @@
 """Counts: the confirmed counter per campaign, country and day, and what of it may be shown.
 
 The counter moves only in the transaction that confirms a row (`add`), so a recount from the rows always agrees.
-Public figures are published once per period (a stored snapshot every process reads) and every cell of them is a
-multiple of the minimum cell size k: so no total, and no change between two publications, is a group under k.
+Public figures are published once per period (a stored snapshot every process reads), their countries and days
+once per UTC day, and every cell of them is a multiple of the minimum cell size k: so no total, and no change
+between two publications, is a group under k.
 """
 
 from __future__ import annotations
@@ -141,6 +142,16 @@ def public_stats(session: Session, campaign: Campaign, *, k: int, now: datetime,
     if found is not None:
         return found
     stats = publishable(session, campaign, k=k)
+    # Countries and days move once a UTC day, the total every period: a prober who confirms signatures of their
+    # own can learn the exact count and hold a cell one below its next step, so that a step shows one more
+    # confirmation; per period that would place one person's country in a ten-minute window.
+    midnight = starts_at.replace(hour=0, minute=0, second=0, microsecond=0)
+    today = session.scalar(select(PublicFigures).where(
+        PublicFigures.campaign == campaign.slug, PublicFigures.starts_at >= midnight,
+        PublicFigures.starts_at < starts_at,
+    ).order_by(PublicFigures.starts_at).limit(1))
+    if today is not None:
+        stats = Stats(stats.confirmed, stats.goal, json.loads(today.by_country), json.loads(today.by_day))
     values = {"campaign": campaign.slug, "starts_at": starts_at, "confirmed": stats.confirmed,
               "by_country": json.dumps(stats.by_country), "by_day": json.dumps(stats.by_day)}
     dialect = session.get_bind().dialect.name

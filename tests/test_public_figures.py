@@ -97,12 +97,35 @@ def test_one_confirmation_from_kazakhstan_shows_nowhere_until_the_next_boundary(
         assert public_view(app, (own_page,)) == before, f"a figure moved by {clock.now}"
         clock.advance(minutes=4)
 
-    # In the next period the count catches up in a step of k; a lone Kazakh signer would still not show.
+    # In the next period the total catches up in a step of k; countries wait for the next UTC day.
     for _ in range(4):
         confirm(svc, "KZ", now=clock.now)
     after = app.get(STATS).json()
-    assert after["confirmed"] == 15 and after["by_country"].get("KZ") == 5
+    assert after["confirmed"] == 15 and "KZ" not in after["by_country"]
     assert public_view(app, (own_page,)) != before
+    clock.advance(days=1)
+    assert app.get(STATS).json()["by_country"].get("KZ") == 5
+
+
+def test_countries_and_days_move_once_a_day_so_a_prober_holding_a_cell_one_below_a_step_learns_nothing(
+        app, svc, clock):
+    """Round 3, F3: a prober confirms signatures of their own until the Kazakh cell is one below its next step;
+    one more confirmation from Kazakhstan would then show in the next period. Countries and days are
+    republished only at the first publication of each UTC day, so within a day they never move."""
+    for _ in range(4):
+        confirm(svc, "KZ", now=clock.now)  # the prober's own four: KZ stands at 4, one below a step
+    for _ in range(6):
+        confirm(svc, "DE", now=clock.now)
+    morning = app.get(STATS).json()
+    for hour in range(1, 12):
+        clock.advance(hours=1)
+        if hour == 3:
+            confirm(svc, "KZ", now=clock.now)  # the one the prober waits for
+        answer = app.get(STATS).json()
+        assert answer["by_country"] == morning["by_country"] and answer["by_day"] == morning["by_day"], hour
+    assert answer["confirmed"] == morning["confirmed"]  # 11: still 10 in steps of 5; the total moves per period
+    clock.advance(days=1)
+    assert app.get(STATS).json()["by_country"]["KZ"] == 5
 
 
 def test_every_change_of_every_public_cell_is_zero_or_at_least_k(app, svc, clock):
