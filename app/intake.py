@@ -137,7 +137,7 @@ class Intake:
     def stop(self, timeout: float = 30) -> None:
         """Finish (commit and answer) every item already handed over, then end the writer. Called on the
         intake's loop (or after it closed)."""
-        writer, self.writer = self.writer, None
+        writer, self.writer, self.loop = self.writer, None, None
         if writer is not None:
             writer.stop(timeout)
 
@@ -148,16 +148,17 @@ class Intake:
     async def sign(self, campaign: Campaign, data: signing.SignatureIn) -> signing.Signed:
         """Sign from a request handler; returns after the signature is committed, raises what signing raised."""
         loop = asyncio.get_running_loop()
+        if loop is not self.loop:  # its answers are settled on the loop that started it, and only there
+            raise RuntimeError("sign intake: sign() on an event loop that did not start it (or after stop)")
         writer = self.writer
-        if writer is None or not writer.alive:
-            if writer is not None:  # its writer process died; it has failed what it held
-                # Starting another holds up the event loop for the child's start-up, about a second: a crash
-                # path, logged as an error.
-                log.error("sign intake: the writer ended; starting another")
+        if writer is None or not writer.alive:  # its writer died (having failed what it held), or did not start
+            # Starting another holds up the event loop for the child's start-up, about a second: a crash path,
+            # logged as an error. If it cannot start, this signature fails with WriterGone; the next tries again.
+            log.error("sign intake: no writer running; starting another")
+            if writer is not None:
+                self.writer = None
                 writer.stop(30)
-            writer = self._start()  # an app served without its lifespan still signs
-        elif loop is not self.loop:  # its futures could only be answered from another thread's loop
-            raise RuntimeError("sign intake: sign() on another event loop than the one that started it")
+            writer = self._start()
         future: asyncio.Future[signing.Signed] = loop.create_future()
         writer.put(Item(campaign, data, future))
         return await future

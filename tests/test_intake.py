@@ -316,13 +316,16 @@ def test_a_writer_process_that_cannot_start_is_an_error_and_signing_works_once_i
     assert rows(svc) == 1
 
 
-def test_sign_on_another_event_loop_than_the_one_that_started_the_intake_is_refused(svc, intake):
+def test_sign_on_another_event_loop_than_the_one_that_started_the_intake_or_after_stop_is_refused(svc, intake):
+    """Its answers are settled on the loop that started it: a request on another would never hear back."""
     async def elsewhere() -> None:
         await intake.sign(svc.campaigns["mamay"], signer(1))
 
     async def scenario() -> None:
-        with concurrent.futures.ThreadPoolExecutor(1) as pool, pytest.raises(RuntimeError, match="another event loop"):
+        with concurrent.futures.ThreadPoolExecutor(1) as pool, pytest.raises(RuntimeError, match="did not start it"):
             await asyncio.wrap_future(pool.submit(asyncio.run, elsewhere()))
 
     run(intake, scenario)
-    assert rows(svc) == 0
+    with pytest.raises(RuntimeError, match="after stop"):  # nor does a stopped intake start a writer again
+        asyncio.run(elsewhere())
+    assert rows(svc) == 0 and not intake.running
