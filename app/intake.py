@@ -1,17 +1,18 @@
 """Sign intake: one writer per server process commits many signatures per transaction (group commit).
 
-Request handlers hand over (campaign, validated data) and await a future; the writer takes up to `batch_size`
-waiting items and signs them together (`signing.sign_many`; if that fails, again with each item in its own
-SAVEPOINT, so one bad item never sinks the batch) in one transaction, and only after the commit are the futures
-resolved. So a request is never answered before its signature and mail are durable, and the database sees one
-write transaction where it would have seen hundreds competing for the lock.
+Request handlers hand over (campaign, validated data) with `await intake.sign(...)`, on the event loop that
+started the intake; the writer takes up to `batch_size` waiting items and signs them together
+(`signing.sign_many`; if that fails, again with each item in its own SAVEPOINT, so one bad item never sinks the
+batch) in one transaction, and only after the commit are the requests answered. So a request is never answered
+before its signature and mail are durable, and the database sees one write transaction where it would have seen
+hundreds competing for the lock.
 
-Where the batches are signed (`CAMPAIGN_SIGN_WRITER`):
-- "process" (`campaign serve`): in a child process, `intake_process.py`. In a thread of the server, sealing, the
-  mail and the SQL of a batch held the interpreter lock as long as the request handling did, and each side waited
-  for the other: one event loop took half the requests (bench/sign.py).
-- "thread": a thread of this process takes the batches and signs them itself (tests that inject a clock;
-  embedding without a child).
+Where the batches are signed (`CAMPAIGN_SIGN_WRITER`, chosen in state.py):
+- "process" (`campaign serve`): `intake_process.ProcessIntake`, in a child process. In a thread of the server,
+  sealing, the mail and the SQL of a batch held the interpreter lock as long as the request handling did, and each
+  side waited for the other: one event loop took half the requests (bench/sign.py).
+- "thread": `ThreadIntake` below, a thread of this process signs the batches itself (in-process tests, where a
+  child per test would cost a second each; embedding without a child).
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ import contextlib
 import logging
 import queue
 import threading
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from typing import Protocol
 
 from app import mail, signing
 from app.campaigns import Campaign
@@ -40,12 +41,11 @@ Outcome = signing.Signed | Exception
 
 @dataclass(frozen=True)
 class Item:
-    """One signature waiting for its batch, and the future its request awaits."""
+    """One signature waiting for its batch, and the future its request awaits (on the intake's loop)."""
 
     campaign: Campaign
     data: signing.SignatureIn
-    future: Future[signing.Signed] | asyncio.Future[signing.Signed]
-    loop: asyncio.AbstractEventLoop | None = None  # a request handler's future, settled on its own loop
+    future: asyncio.Future[signing.Signed]
 
 
 @dataclass
@@ -62,15 +62,11 @@ class WriterGone(RuntimeError):
     """The writer process ended before it answered: the signature was never acknowledged."""
 
 
-_STOP = object()
-
-
 class Committer:
     """Signs one batch in one transaction: the work both kinds of writer do."""
 
-    def __init__(self, db: Database, *, keyring: Keyring, composer: mail.Composer, settings: Settings,
-                 clock: Callable[[], datetime] = utcnow) -> None:
-        self.db, self.keyring, self.composer, self.settings, self.clock = db, keyring, composer, settings, clock
+    def __init__(self, db: Database, *, keyring: Keyring, composer: mail.Composer, settings: Settings) -> None:
+        self.db, self.keyring, self.composer, self.settings = db, keyring, composer, settings
 
     def write(self, batch: Sequence[tuple[Campaign, signing.SignatureIn]]) -> tuple[list[Outcome], bool]:
         """The outcome of each item, in order, and whether the transaction committed (with every Signed)."""
@@ -102,55 +98,46 @@ class Committer:
 
     def _sign(self, session, batch: Sequence[tuple[Campaign, signing.SignatureIn]]) -> list[Outcome]:
         return signing.sign_many(session, batch, keyring=self.keyring, composer=self.composer,
-                                 settings=self.settings, now=self.clock())
+                                 settings=self.settings, now=utcnow())
+
+
+class Writer(Protocol):
+    """One running writer (a thread, a child process), started on the intake's event loop."""
+
+    @property
+    def alive(self) -> bool: ...
+
+    def put(self, item: Item) -> None: ...
+
+    def stop(self, timeout: float) -> None: ...
 
 
 class Intake:
-    """The way in to the writer: `sign` (request handlers) and `submit` (any thread), both answered after commit."""
+    """The way in to the writer: `await sign(...)`, on the event loop that started it; answered after commit.
+    A subclass says what kind of writer signs the batches (`_new_writer`)."""
 
-    def __init__(
-        self,
-        db: Database,
-        *,
-        keyring: Keyring,
-        composer: mail.Composer,
-        settings: Settings,
-        batch_size: int = 128,
-        clock: Callable[[], datetime] = utcnow,
-    ) -> None:
-        self.committer = Committer(db, keyring=keyring, composer=composer, settings=settings, clock=clock)
-        self.settings = settings
+    def __init__(self, *, batch_size: int = 128) -> None:
         self.batch_size = batch_size
         self.totals = Totals()
-        self.writer: _ThreadWriter | intake_process.ProcessWriter | None = None
-        self._lock = threading.Lock()
+        self.writer: Writer | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
 
-    # --- life cycle ----------------------------------------------------------------------------------------
+    def _new_writer(self) -> Writer:
+        raise NotImplementedError
 
     def start(self) -> None:
-        """Start the writer. In process mode, started from a running event loop (the app's lifespan), answers
-        are read on that loop; started elsewhere, by a thread."""
-        with self._lock:
-            self._writer()
+        """Start the writer, from the running event loop that will sign and be answered (the app's lifespan)."""
+        self._start()
 
-    def _writer(self) -> _ThreadWriter | intake_process.ProcessWriter:
-        writer = self.writer
-        if writer is None or not writer.alive:
-            if writer is not None:  # its writer process died; it has failed what it held
-                # Starting another holds up this caller (the event loop) for the child's start-up, about a second:
-                # a crash path, logged as an error.
-                log.error("sign intake: the writer ended; starting another")
-                writer.stop()
-            if self.settings.sign_writer == "process":
-                writer = self.writer = intake_process.ProcessWriter(self)
-            else:
-                writer = self.writer = _ThreadWriter(self)
+    def _start(self) -> Writer:
+        self.loop = asyncio.get_running_loop()
+        writer = self.writer = self._new_writer()
         return writer
 
     def stop(self, timeout: float = 30) -> None:
-        """Finish (commit and answer) every item already handed over, then end the writer."""
-        with self._lock:
-            writer, self.writer = self.writer, None
+        """Finish (commit and answer) every item already handed over, then end the writer. Called on the
+        intake's loop (or after it closed)."""
+        writer, self.writer, self.loop = self.writer, None, None
         if writer is not None:
             writer.stop(timeout)
 
@@ -158,36 +145,35 @@ class Intake:
     def running(self) -> bool:
         return self.writer is not None and self.writer.alive
 
-    # --- the two ways in -----------------------------------------------------------------------------------
-
-    def submit(self, campaign: Campaign, data: signing.SignatureIn) -> Future[signing.Signed]:
-        future: Future[signing.Signed] = Future()
-        with self._lock:
-            self._writer().put(Item(campaign, data, future))  # an app served without its lifespan still signs
-        return future
-
     async def sign(self, campaign: Campaign, data: signing.SignatureIn) -> signing.Signed:
         """Sign from a request handler; returns after the signature is committed, raises what signing raised."""
         loop = asyncio.get_running_loop()
+        if loop is not self.loop:  # its answers are settled on the loop that started it, and only there
+            raise RuntimeError("sign intake: sign() on an event loop that did not start it (or after stop)")
+        writer = self.writer
+        if writer is None or not writer.alive:  # its writer died (having failed what it held), or did not start
+            # Starting another holds up the event loop for the child's start-up, about a second: a crash path,
+            # logged as an error. If it cannot start, this signature fails with WriterGone; the next tries again.
+            log.error("sign intake: no writer running; starting another")
+            if writer is not None:
+                self.writer = None
+                writer.stop(30)
+            writer = self._start()
         future: asyncio.Future[signing.Signed] = loop.create_future()
-        with self._lock:
-            self._writer().put(Item(campaign, data, future, loop))
+        writer.put(Item(campaign, data, future))
         return await future
 
     def settle(self, outcomes: list[tuple[Item, Outcome]], committed: bool) -> None:
-        """Answer a batch. Futures of the loop this runs on are set here; other loops are woken once each."""
-        here = running_loop()
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, Outcome]]] = {}
+        """Answer a batch, on the intake's loop."""
         signed = 0
         for item, outcome in outcomes:
             signed += isinstance(outcome, signing.Signed)
-            if item.loop is None or item.loop is here:
-                _settle(item.future, outcome)
+            if item.future.done():  # its request went away meanwhile
+                continue
+            if isinstance(outcome, Exception):
+                item.future.set_exception(outcome)
             else:
-                by_loop.setdefault(item.loop, []).append((item.future, outcome))
-        for loop, pairs in by_loop.items():
-            with contextlib.suppress(RuntimeError):  # that loop has closed: nobody is waiting any more
-                loop.call_soon_threadsafe(_settle_all, pairs)
+                item.future.set_result(outcome)
         totals = self.totals
         totals.signed += signed
         totals.failed += len(outcomes) - signed
@@ -196,26 +182,27 @@ class Intake:
             totals.largest_batch = max(totals.largest_batch, len(outcomes))
 
 
-def _settle(future: Future | asyncio.Future, outcome: Outcome) -> None:
-    if future.done():  # a request handler's future cancelled meanwhile
-        return
-    if isinstance(outcome, Exception):
-        future.set_exception(outcome)
-    else:
-        future.set_result(outcome)
+class ThreadIntake(Intake):
+    """The batches are signed by a thread of this process (`CAMPAIGN_SIGN_WRITER=thread`)."""
+
+    def __init__(self, committer: Committer, *, batch_size: int = 128) -> None:
+        super().__init__(batch_size=batch_size)
+        self.committer = committer
+
+    def _new_writer(self) -> _ThreadWriter:
+        return _ThreadWriter(self)
 
 
-def _settle_all(pairs: list[tuple[asyncio.Future, Outcome]]) -> None:
-    for future, outcome in pairs:
-        _settle(future, outcome)
+_STOP = object()
 
 
 class _ThreadWriter:
-    """A thread of this process takes up to a batch of what is waiting, signs it, commits, then answers."""
+    """A thread takes up to a batch of what is waiting, signs it, commits, then hands the answers to the loop."""
 
-    def __init__(self, intake: Intake) -> None:
-        self.intake = intake
+    def __init__(self, intake: ThreadIntake) -> None:
+        self.intake, self.loop = intake, asyncio.get_running_loop()
         self.queue: queue.SimpleQueue[Item | object] = queue.SimpleQueue()
+        self.answered: deque[tuple[list[tuple[Item, Outcome]], bool]] = deque()  # for the loop to settle
         self.thread = threading.Thread(target=self._run, name="sign-intake", daemon=True)
         self.thread.start()
 
@@ -229,6 +216,11 @@ class _ThreadWriter:
     def stop(self, timeout: float = 30) -> None:
         self.queue.put(_STOP)
         self.thread.join(timeout)
+        self._settle()  # the loop is held up here: answer the last batches now rather than on its next turn
+
+    def _settle(self) -> None:
+        while self.answered:
+            self.intake.settle(*self.answered.popleft())
 
     def _run(self) -> None:
         batch_size, waiting = self.intake.batch_size, self.queue
@@ -251,18 +243,9 @@ class _ThreadWriter:
                     continue
                 batch.append(item)  # type: ignore[arg-type]
             # A request that went away before its turn is dropped unanswered: it was never acknowledged.
-            live = [item for item in batch if (not item.future.cancelled() if item.loop
-                                               else item.future.set_running_or_notify_cancel())]
+            live = [item for item in batch if not item.future.cancelled()]
             if live:
                 outcomes, committed = self.intake.committer.write([(item.campaign, item.data) for item in live])
-                self.intake.settle(list(zip(live, outcomes, strict=True)), committed)
-
-
-def running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
-
-
-from app import intake_process  # noqa: E402 - it builds on the classes above (Committer, WriterGone)
+                self.answered.append((list(zip(live, outcomes, strict=True)), committed))
+                with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is waiting any more
+                    self.loop.call_soon_threadsafe(self._settle)

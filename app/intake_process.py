@@ -2,7 +2,7 @@
 server process signs the batches, so sealing and SQL never hold the server's interpreter lock.
 
 Requests go to it over one pipe, batched per turn of the event loop; its answers come back over another, each
-batch's only after its commit, and are read on the event loop the writer was started from. A writer that dies fails
+batch's only after its commit, and are read on the event loop the intake was started from. A writer that dies fails
 what it had not answered (never acknowledged); the intake then starts another.
 """
 
@@ -18,7 +18,6 @@ import os
 import pickle
 import select
 import signal
-import threading
 from collections import deque
 
 from app import intake, mail, signing
@@ -31,13 +30,26 @@ WRITER_NICENESS = 5  # the writer process's scheduling priority below the server
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)  # Linux; Python 3.11 names it only on some builds
 
 
-class ProcessWriter:
-    """A child process signs the batches. Requests go to it over one pipe, batched per turn of the event loop;
-    its answers come back over another and are read on the event loop it was started from (no thread of this
-    process ever waits for the GIL on the sign path), or by a thread when it was started outside one."""
+class ProcessIntake(intake.Intake):
+    """The batches are signed by a child process (`CAMPAIGN_SIGN_WRITER=process`), which builds its own database
+    connections, keys and mail composer from `settings`."""
 
-    def __init__(self, owner: intake.Intake) -> None:
+    def __init__(self, settings: Settings, *, batch_size: int = 128) -> None:
+        super().__init__(batch_size=batch_size)
+        self.settings = settings
+
+    def _new_writer(self) -> ProcessWriter:
+        return ProcessWriter(self)
+
+
+class ProcessWriter:
+    """One child process signs the batches. Requests go to it over one pipe, batched per turn of the event loop;
+    its answers come back over another and are read on the event loop it was started from (no thread of this
+    process ever waits for the GIL on the sign path)."""
+
+    def __init__(self, owner: ProcessIntake) -> None:
         self.intake = owner
+        self.loop = asyncio.get_running_loop()
         context = multiprocessing.get_context("spawn")  # never fork a process that runs threads and a loop
         child_requests, self.requests = context.Pipe(duplex=False)
         self.answers, child_answers = context.Pipe(duplex=False)
@@ -61,45 +73,30 @@ class ProcessWriter:
         self.pending: dict[int, intake.Item] = {}
         self.sent: dict[int, Campaign] = {}  # id() -> campaign, those the child holds (a campaign is frozen)
         self.numbers = itertools.count()
-        self.send_lock = threading.Lock()
-        self.outgoing: list[tuple] = []  # this turn's requests from the loop, sent together at its end
-        self.ended = threading.Event()
-        self.loop: asyncio.AbstractEventLoop | None
-        try:
-            self.loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self.loop = None
-            threading.Thread(target=self._receive, name="sign-answers", daemon=True).start()
-        else:
-            self.loop.add_reader(self.answers.fileno(), self._readable)
+        self.outgoing: list[tuple] = []  # this turn's requests, sent together at its end
+        self.ended = False
+        self.loop.add_reader(self.answers.fileno(), self._readable)
 
     @property
     def alive(self) -> bool:
-        return not self.ended.is_set()
+        return not self.ended
 
     def put(self, item: intake.Item) -> None:
         number, key = next(self.numbers), id(item.campaign)
         first = key not in self.sent
         if first:
             self.sent[key] = item.campaign
-        request = (number, key, item.data, item.campaign if first else None)
         self.pending[number] = item
-        if item.loop is not None and item.loop is self.loop:
-            if not self.outgoing:
-                self.loop.call_soon(self._flush)
-            self.outgoing.append(request)
-        else:
-            self._send([request])
+        if not self.outgoing:
+            self.loop.call_soon(self._flush)
+        self.outgoing.append((number, key, item.data, item.campaign if first else None))
 
     def _flush(self) -> None:
         requests, self.outgoing = self.outgoing, []
-        if requests:  # stop() may have sent them already
-            self._send(requests)
-
-    def _send(self, requests: list[tuple]) -> None:
+        if not requests:  # stop() has sent them already
+            return
         try:
-            with self.send_lock:
-                self.requests.send(requests)
+            self.requests.send(requests)
         except OSError:  # the child is gone (and the answers' reader may have failed `pending` already)
             self._fail([number for number, *_ in requests])
 
@@ -129,34 +126,26 @@ class ProcessWriter:
             pass
         self._end()
 
-    def _receive(self) -> None:
-        with contextlib.suppress(EOFError, OSError):
-            while self._answered(self.answers.recv()):
-                pass
-        self._end()
-
     def _end(self) -> None:
         """The child has answered all it will: what it had not answered was never acknowledged."""
-        if self.loop is not None and not self.loop.is_closed():
+        if self.ended:
+            return
+        if not self.loop.is_closed():
             self.loop.remove_reader(self.answers.fileno())
-        self.ended.set()
+        self.ended = True
         self._fail(list(self.pending))
 
     def stop(self, timeout: float = 30) -> None:
-        """The child commits and answers what it holds, says "done" and exits."""
-        if self.outgoing:
-            self._flush()
-        with contextlib.suppress(OSError), self.send_lock:
+        """The child commits and answers what it holds, says "done" and exits. Called on the intake's loop,
+        which it holds up meanwhile: the last answers are read here."""
+        self._flush()
+        with contextlib.suppress(OSError):
             self.requests.send("stop")
-        loop = self.loop
-        on_loop = loop is not None and (loop.is_closed() or intake.running_loop() is loop)
-        if on_loop and not self.ended.is_set():
-            # Stopped from the loop that reads the answers (the lifespan): read the last ones here.
+        if not self.ended:
             with contextlib.suppress(EOFError, OSError):
                 while self.answers.poll(timeout) and self._answered(self.answers.recv()):
                     pass
             self._end()
-        self.ended.wait(timeout)
         self.process.join(timeout)
         if self.process.is_alive():
             self.process.kill()

@@ -17,7 +17,8 @@ from app import mail
 from app.campaigns import Campaign
 from app.db import Database, utcnow
 from app.encryption import Keyring, load_keyring
-from app.intake import Intake
+from app.intake import Committer, Intake, ThreadIntake
+from app.intake_process import ProcessIntake
 from app.ratelimit import Limiter
 from app.settings import Settings
 from app.stats_cache import StatsCache
@@ -40,8 +41,9 @@ class Services:
     stats_cache: StatsCache = field(default=None)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
-        if self.intake is None:
-            self.intake = Intake(self.db, keyring=self.keyring, composer=self.composer, settings=self.settings)
+        if self.intake is None:  # where the batches are signed: a child process, or a thread of this one
+            self.intake = ProcessIntake(self.settings) if self.settings.sign_writer == "process" else ThreadIntake(
+                Committer(self.db, keyring=self.keyring, composer=self.composer, settings=self.settings))
         if self.stats_cache is None:
             self.stats_cache = StatsCache(
                 self.db, min_cell=self.settings.min_cell,

@@ -3,17 +3,21 @@ one bad item never sinks its batch, and the API still stores exactly what it ack
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import math
+import os
+import signal
 import time
+from collections.abc import Awaitable, Callable
 from datetime import date
 
 import pytest
 from sqlalchemy import func, select
 
 from app import signing
-from app.intake import Intake, WriterGone
-from app.intake_process import WRITER_NICENESS
+from app.intake import Committer, Intake, ThreadIntake, WriterGone
+from app.intake_process import WRITER_NICENESS, ProcessIntake
 from app.models import Notice, OutboxMessage, Signature
 from tests.conftest import SIGNER
 
@@ -27,20 +31,38 @@ def rows(svc, model=Signature) -> int:
         return s.scalar(select(func.count()).select_from(model))
 
 
-def process_intake(svc, **settings: object) -> Intake:
+def process_intake(svc, **settings: object) -> ProcessIntake:
     """An intake whose batches are signed by a writer process, as under `campaign serve`."""
-    return Intake(svc.db, keyring=svc.keyring, composer=svc.composer,
-                  settings=svc.settings.model_copy(update={"sign_writer": "process", **settings}))
+    return ProcessIntake(svc.settings.model_copy(update=settings))
 
 
 @pytest.fixture(params=["thread", "process"])
-def intake(svc, request):
+def intake(svc, request) -> Intake:
     """The writer as a thread of this process, and as the child process `campaign serve` uses."""
     if request.param == "process":
-        svc.intake = process_intake(svc)
-    svc.intake.start()
-    yield svc.intake
-    svc.intake.stop()
+        return process_intake(svc)
+    return ThreadIntake(Committer(svc.db, keyring=svc.keyring, composer=svc.composer, settings=svc.settings))
+
+
+def run(intake: Intake, scenario: Callable[[], Awaitable[None]]) -> None:
+    """As the app's lifespan does: start the intake on an event loop, sign there, then stop it."""
+    async def main() -> None:
+        intake.start()
+        try:
+            await scenario()
+        finally:
+            intake.stop()
+
+    asyncio.run(main())
+
+
+def sign(intake: Intake, campaign, data: signing.SignatureIn) -> asyncio.Task[signing.Signed]:
+    """A request's signature, handed over on the loop's next turn (in call order)."""
+    return asyncio.create_task(intake.sign(campaign, data))
+
+
+async def answer(task: asyncio.Task[signing.Signed], timeout: float = 10) -> signing.Signed:
+    return await asyncio.wait_for(asyncio.shield(task), timeout)
 
 
 def hold_write_lock(svc):
@@ -51,35 +73,43 @@ def hold_write_lock(svc):
 
 
 def test_no_answer_before_commit_and_the_row_is_there_when_it_comes(svc, intake):
-    blocker = hold_write_lock(svc)
-    try:
-        future = intake.submit(svc.campaigns["mamay"], signer(1))
-        time.sleep(0.3)
-        assert not future.done(), "answered while the transaction could not yet commit"
-    finally:
-        blocker.rollback()
-        blocker.close()
-    signed = future.result(timeout=10)
-    assert signed.created
-    with svc.db.read() as s:  # durable and visible to any other connection
-        assert s.get(Signature, signed.signature_id) is not None
-    assert rows(svc, OutboxMessage) == 1
+    async def scenario() -> None:
+        blocker = hold_write_lock(svc)
+        try:
+            task = sign(intake, svc.campaigns["mamay"], signer(1))
+            await asyncio.sleep(0.3)
+            assert not task.done(), "answered while the transaction could not yet commit"
+        finally:
+            blocker.rollback()
+            blocker.close()
+        signed = await answer(task)
+        assert signed.created
+        with svc.db.read() as s:  # durable and visible to any other connection
+            assert s.get(Signature, signed.signature_id) is not None
+        assert rows(svc, OutboxMessage) == 1
+
+    run(intake, scenario)
 
 
 def test_signatures_waiting_on_the_lock_are_committed_together_in_one_batch(svc, intake):
-    blocker = hold_write_lock(svc)
-    try:
-        # The writer takes the first and waits for the lock with it; the rest queue up meanwhile.
-        first = intake.submit(svc.campaigns["mamay"], signer(0))
-        time.sleep(0.2)
-        n = intake.batch_size + 24
-        futures = [first, *(intake.submit(svc.campaigns["mamay"], signer(i)) for i in range(1, n))]
-        time.sleep(0.2)
-    finally:
-        blocker.rollback()
-        blocker.close()
-    ids = {f.result(timeout=10).signature_id for f in futures}
-    assert len(ids) == n and rows(svc) == n and rows(svc, OutboxMessage) == n
+    n = intake.batch_size + 24
+
+    async def scenario() -> None:
+        blocker = hold_write_lock(svc)
+        try:
+            # The writer takes the first and waits for the lock with it; the rest queue up meanwhile.
+            first = sign(intake, svc.campaigns["mamay"], signer(0))
+            await asyncio.sleep(0.2)
+            tasks = [first, *(sign(intake, svc.campaigns["mamay"], signer(i)) for i in range(1, n))]
+            await asyncio.sleep(0.2)
+        finally:
+            blocker.rollback()
+            blocker.close()
+        ids = {(await answer(t)).signature_id for t in tasks}
+        assert len(ids) == n
+
+    run(intake, scenario)
+    assert rows(svc) == n and rows(svc, OutboxMessage) == n
     # The first went alone; the rest filled whole batches.
     assert intake.totals.largest_batch == intake.batch_size
     assert intake.totals.batches == 1 + math.ceil((n - 1) / intake.batch_size)
@@ -88,46 +118,59 @@ def test_signatures_waiting_on_the_lock_are_committed_together_in_one_batch(svc,
 def test_a_refused_item_does_not_sink_the_rest_of_its_batch(svc, intake):
     mamay = svc.campaigns["mamay"]
     closed = mamay.model_copy(update={"opens_on": date(2000, 1, 1), "closes_on": date(2000, 12, 31)})
-    blocker = hold_write_lock(svc)
-    try:
-        before = intake.submit(mamay, signer(1))
-        refused = intake.submit(closed, signer(2))
-        after = intake.submit(mamay, signer(3))
-        time.sleep(0.2)
-    finally:
-        blocker.rollback()
-        blocker.close()
-    assert before.result(timeout=10).created and after.result(timeout=10).created
-    with pytest.raises(signing.CampaignClosed):
-        refused.result(timeout=10)
+
+    async def scenario() -> None:
+        blocker = hold_write_lock(svc)
+        try:
+            before = sign(intake, mamay, signer(1))
+            refused = sign(intake, closed, signer(2))
+            after = sign(intake, mamay, signer(3))
+            await asyncio.sleep(0.2)
+        finally:
+            blocker.rollback()
+            blocker.close()
+        assert (await answer(before)).created and (await answer(after)).created
+        with pytest.raises(signing.CampaignClosed):
+            await answer(refused)
+
+    run(intake, scenario)
     assert rows(svc) == 2 and rows(svc, OutboxMessage) == 2
 
 
 def test_the_same_signer_twice_in_one_batch_is_one_row_one_mail_and_a_notice(svc, intake):
-    blocker = hold_write_lock(svc)
-    try:
-        first = intake.submit(svc.campaigns["mamay"], signer(7))
-        again = intake.submit(svc.campaigns["mamay"], signer(7, email="INTAKE7+x@example.org"))
-        time.sleep(0.2)
-    finally:
-        blocker.rollback()
-        blocker.close()
-    a, b = first.result(timeout=10), again.result(timeout=10)
-    assert a.created and not b.created and b.signature_id is None  # the repeat's row is not even looked up
+    async def scenario() -> None:
+        blocker = hold_write_lock(svc)
+        try:
+            first = sign(intake, svc.campaigns["mamay"], signer(7))
+            again = sign(intake, svc.campaigns["mamay"], signer(7, email="INTAKE7+x@example.org"))
+            await asyncio.sleep(0.2)
+        finally:
+            blocker.rollback()
+            blocker.close()
+        a, b = await answer(first), await answer(again)
+        assert a.created and not b.created and b.signature_id is None  # the repeat's row is not even looked up
+
+    run(intake, scenario)
     assert rows(svc) == 1 and rows(svc, OutboxMessage) == 1 and rows(svc, Notice) == 1
 
 
 def test_repeat_signers_in_a_batch_of_new_ones_get_their_own_answer_and_mail_in_order(svc, intake):
-    earlier = intake.submit(svc.campaigns["mamay"], signer(1)).result(timeout=10)
-    blocker = hold_write_lock(svc)
-    try:
-        mixed = [signer(1), signer(2), signer(1, email="Intake1+again@example.org"), signer(3), signer(2)]
-        futures = [intake.submit(svc.campaigns["mamay"], data) for data in mixed]
-        time.sleep(0.2)
-    finally:
-        blocker.rollback()
-        blocker.close()
-    answers = [f.result(timeout=10) for f in futures]
+    answers: list[signing.Signed] = []
+
+    async def scenario() -> None:
+        answers.append(await answer(sign(intake, svc.campaigns["mamay"], signer(1))))
+        blocker = hold_write_lock(svc)
+        try:
+            mixed = [signer(1), signer(2), signer(1, email="Intake1+again@example.org"), signer(3), signer(2)]
+            tasks = [sign(intake, svc.campaigns["mamay"], data) for data in mixed]
+            await asyncio.sleep(0.2)
+        finally:
+            blocker.rollback()
+            blocker.close()
+        answers.extend([await answer(t) for t in tasks])
+
+    run(intake, scenario)
+    earlier, *answers = answers
     assert [a.created for a in answers] == [False, True, False, True, False]
     assert [a.signature_id is None for a in answers] == [True, False, True, False, True]
     with svc.db.read() as s:
@@ -144,38 +187,40 @@ def test_repeat_signers_in_a_batch_of_new_ones_get_their_own_answer_and_mail_in_
 
 
 def test_stop_commits_and_answers_everything_already_queued(svc, intake):
-    futures = [intake.submit(svc.campaigns["mamay"], signer(i)) for i in range(25)]
-    intake.stop()
-    assert all(f.done() and f.exception() is None for f in futures)
+    async def scenario() -> None:
+        tasks = [sign(intake, svc.campaigns["mamay"], signer(i)) for i in range(25)]
+        await asyncio.sleep(0)  # handed over (the process writer sends them at the end of this turn)
+        intake.stop()
+        await asyncio.sleep(0)  # each request wakes up with its answer
+        assert all(t.done() and t.exception() is None for t in tasks)
+
+    run(intake, scenario)
     assert rows(svc) == 25 and not intake.running
 
 
 def test_a_writer_process_that_dies_fails_what_it_held_and_the_next_signature_gets_a_new_one(svc):
-    import os
-    import signal
-
     intake = process_intake(svc)
-    intake.start()
-    try:
-        assert intake.submit(svc.campaigns["mamay"], signer(1)).result(timeout=10).created
+
+    async def scenario() -> None:
+        assert (await answer(sign(intake, svc.campaigns["mamay"], signer(1)))).created
         child = intake.writer
         # It yields the CPU to the server's event loop when cores are short.
         assert os.getpriority(os.PRIO_PROCESS, child.process.pid) == min(19, os.getpriority(os.PRIO_PROCESS, 0)
                                                                          + WRITER_NICENESS)
         blocker = hold_write_lock(svc)  # the child waits on the lock with the next signature
         try:
-            held = intake.submit(svc.campaigns["mamay"], signer(2))
-            time.sleep(0.3)
+            held = sign(intake, svc.campaigns["mamay"], signer(2))
+            await asyncio.sleep(0.3)
             os.kill(child.process.pid, signal.SIGKILL)
             with pytest.raises(WriterGone):
-                held.result(timeout=10)  # never acknowledged
+                await answer(held)  # never acknowledged
         finally:
             blocker.rollback()
             blocker.close()
-        again = intake.submit(svc.campaigns["mamay"], signer(3)).result(timeout=30)
+        again = await answer(sign(intake, svc.campaigns["mamay"], signer(3)), timeout=30)
         assert again.created and intake.writer is not child
-    finally:
-        intake.stop()
+
+    run(intake, scenario)
     assert rows(svc) == 2  # the one that died with the child was never committed
 
 
@@ -253,13 +298,34 @@ def test_a_served_app_moves_the_log_into_the_database_itself_so_no_commit_waits_
 def test_a_writer_process_that_cannot_start_is_an_error_and_signing_works_once_it_can(svc):
     """A child that dies starting up (here: a data key it cannot read) is reported, not waited on for ever."""
     intake = process_intake(svc, data_key="not-a-key")
-    started = time.monotonic()
-    with pytest.raises(WriterGone, match="did not start"):
-        intake.submit(svc.campaigns["mamay"], signer(1))
-    assert time.monotonic() - started < 30 and not intake.running
-    intake.settings = process_intake(svc).settings
-    try:
-        assert intake.submit(svc.campaigns["mamay"], signer(1)).result(timeout=30).created
-    finally:
-        intake.stop()
+
+    async def scenario() -> None:
+        started = time.monotonic()
+        with pytest.raises(WriterGone, match="did not start"):
+            intake.start()
+        with pytest.raises(WriterGone, match="did not start"):  # and each signature tries again
+            await intake.sign(svc.campaigns["mamay"], signer(1))
+        assert time.monotonic() - started < 60 and not intake.running
+        intake.settings = process_intake(svc).settings
+        try:
+            assert (await answer(sign(intake, svc.campaigns["mamay"], signer(1)), timeout=30)).created
+        finally:
+            intake.stop()
+
+    asyncio.run(scenario())
     assert rows(svc) == 1
+
+
+def test_sign_on_another_event_loop_than_the_one_that_started_the_intake_or_after_stop_is_refused(svc, intake):
+    """Its answers are settled on the loop that started it: a request on another would never hear back."""
+    async def elsewhere() -> None:
+        await intake.sign(svc.campaigns["mamay"], signer(1))
+
+    async def scenario() -> None:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool, pytest.raises(RuntimeError, match="did not start it"):
+            await asyncio.wrap_future(pool.submit(asyncio.run, elsewhere()))
+
+    run(intake, scenario)
+    with pytest.raises(RuntimeError, match="after stop"):  # nor does a stopped intake start a writer again
+        asyncio.run(elsewhere())
+    assert rows(svc) == 0 and not intake.running

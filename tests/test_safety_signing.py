@@ -140,7 +140,8 @@ def test_a_look_alike_address_never_reaches_the_signers_mail_or_page(client, svc
     sign_form(client, email=victim)
     deliver(svc, smtp.url)
     confirm_in_process(svc, victim)
-    attacker = client.__class__(client.app, base_url="http://testserver")
+    attacker = client.__class__(client.app, base_url="http://testserver")  # a second browser, same server:
+    attacker.portal = client.portal  # its requests are served on the app's event loop, as the victim's are
     later = utcnow() + timedelta(hours=2)
     for typed in ("ANNA.VICTIM@example.org", "anna.victim+x@example.org", "Anna.Victim+y@EXAMPLE.ORG"):
         assert sign_form(attacker, email=typed).status_code == 303
@@ -201,13 +202,13 @@ def test_two_hundred_signs_of_one_address_send_it_one_mail_an_hour_and_three_a_d
 
     async def sign_all() -> list[signing.Signed]:
         data = [signing.validate({**SIGNER, "email": f"many+{i}@example.org", "consent": True}) for i in range(200)]
-        return await asyncio.gather(*(intake_svc.intake.sign(campaign, d) for d in data))
+        intake_svc.intake.start()  # on the loop that signs, as the app's lifespan does
+        try:
+            return await asyncio.gather(*(intake_svc.intake.sign(campaign, d) for d in data))
+        finally:
+            intake_svc.intake.stop()
 
-    intake_svc.intake.start()
-    try:
-        answers = asyncio.run(sign_all())
-    finally:
-        intake_svc.intake.stop()
+    answers = asyncio.run(sign_all())
     assert sum(a.created for a in answers) == 1
     sent = [deliver(svc, smtp.url, now=utcnow() + timedelta(minutes=m)).sent for m in (0, 1)]
     assert sent == [1, 0]  # the confirmation; 199 notices answered with nothing while its code is fresh
