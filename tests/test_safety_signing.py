@@ -175,6 +175,7 @@ def test_code_guesses_are_capped_per_code_and_a_stranger_cannot_kill_the_signers
     sign_form(client, email="guess@example.org")
     deliver(svc, smtp.url)
     stranger = client.__class__(client.app, base_url="http://testserver")
+    stranger.portal = client.portal  # the app's own event loop, where its intake signs
     sign_form(stranger, email="GUESS@example.org")  # the same signature, from the stranger's browser
     token = csrf_token(stranger, "/c/mamay/thanks")
     for _ in range(signing.MAX_CODE_ATTEMPTS):
