@@ -4,8 +4,8 @@ Request handlers hand over (campaign, validated data) with `await intake.sign(..
 started the intake; the writer takes up to `batch_size` waiting items and signs them together
 (`signing.sign_many`; if that fails, again with each item in its own SAVEPOINT, so one bad item never sinks the
 batch) in one transaction, and only after the commit are the requests answered. So a request is never answered
-before its signature and mail are durable, and the database sees one write transaction where it would have seen
-hundreds competing for the lock.
+before its signature and its notice (notices.py turns it into mail) are durable, and the database sees one write
+transaction where it would have seen hundreds competing for the lock.
 
 Where the batches are signed (`CAMPAIGN_SIGN_WRITER`, chosen in state.py):
 - "process" (`campaign serve`): `intake_process.ProcessIntake`, in a child process. In a thread of the server,
@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from app import mail, signing
+from app import signing
 from app.campaigns import Campaign
 from app.db import Database, utcnow
 from app.encryption import Keyring
@@ -65,8 +65,8 @@ class WriterGone(RuntimeError):
 class Committer:
     """Signs one batch in one transaction: the work both kinds of writer do."""
 
-    def __init__(self, db: Database, *, keyring: Keyring, composer: mail.Composer, settings: Settings) -> None:
-        self.db, self.keyring, self.composer, self.settings = db, keyring, composer, settings
+    def __init__(self, db: Database, *, keyring: Keyring, settings: Settings) -> None:
+        self.db, self.keyring, self.settings = db, keyring, settings
 
     def write(self, batch: Sequence[tuple[Campaign, signing.SignatureIn]]) -> tuple[list[Outcome], bool]:
         """The outcome of each item, in order, and whether the transaction committed (with every Signed)."""
@@ -97,8 +97,7 @@ class Committer:
             return outcomes
 
     def _sign(self, session, batch: Sequence[tuple[Campaign, signing.SignatureIn]]) -> list[Outcome]:
-        return signing.sign_many(session, batch, keyring=self.keyring, composer=self.composer,
-                                 settings=self.settings, now=utcnow())
+        return signing.sign_many(session, batch, keyring=self.keyring, settings=self.settings, now=utcnow())
 
 
 class Writer(Protocol):

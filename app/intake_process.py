@@ -20,7 +20,7 @@ import select
 import signal
 from collections import deque
 
-from app import intake, mail, signing
+from app import intake, signing
 from app.campaigns import Campaign
 from app.db import Database
 from app.encryption import load_keyring
@@ -32,7 +32,7 @@ F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)  # Linux; Python 3.11 names 
 
 class ProcessIntake(intake.Intake):
     """The batches are signed by a child process (`CAMPAIGN_SIGN_WRITER=process`), which builds its own database
-    connections, keys and mail composer from `settings`."""
+    connections and keys from `settings`."""
 
     def __init__(self, settings: Settings, *, batch_size: int = 128) -> None:
         super().__init__(batch_size=batch_size)
@@ -165,8 +165,7 @@ def _writer_main(requests, answers, settings: Settings, batch_size: int) -> None
     os.nice(WRITER_NICENESS)
     db = Database(settings.sqlalchemy_url)
     db.start_checkpoints()
-    committer = intake.Committer(db, keyring=load_keyring(settings), composer=mail.Composer(settings),
-                                 settings=settings)
+    committer = intake.Committer(db, keyring=load_keyring(settings), settings=settings)
     campaigns: dict[int, Campaign] = {}
     waiting: deque[tuple[int, Campaign, signing.SignatureIn]] = deque()
     # As in the server (main.py): what was built so far lives as long as the process; keep it out of the

@@ -151,13 +151,13 @@ class OutboxMessage(Base):
 class Notice(Base):
     """A request about an address, answered later by mail to the stored address (notices.py).
 
-    The request path writes one row whatever the address (a repeat signature, an erase request), so its answer
+    The request path writes one row whatever the address (every signature, every erase request), so its answer
     and its work are the same for an address that signed and one that did not. Holds index hashes only."""
 
     __tablename__ = "notices"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    kind: Mapped[str] = mapped_column(String(16))  # "already" (signed again) or "erase" (asked for the link)
+    kind: Mapped[str] = mapped_column(String(16))  # "sign" (signed, perhaps again) or "erase" (asked for the link)
     campaign: Mapped[str | None] = mapped_column(String(64))  # None: every campaign (erasure)
     email_keys: Mapped[bytes] = mapped_column(LargeBinary)  # the address's index hashes, 32 bytes each
     lang: Mapped[str] = mapped_column(String(2))

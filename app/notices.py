@@ -1,10 +1,10 @@
 """Notices: requests about an address, answered later by mail to the address stored with its signatures.
 
-A repeat signature and an erase request each write one notice row on the request path, whatever the address,
-so neither the answer nor the work tells a prober whether the address signed. The outbox worker answers the
-notices a moment later: it looks the address up by its index hashes and mails the stored address only, at most
-one reminder an hour and REMINDERS_PER_DAY a day per signature (so a thousand repeat signatures, or erase
-requests, of one address send it one mail).
+Every signature (new or repeat) and every erase request writes one notice row on the request path, whatever the
+address, so neither the answer nor the work tells a prober whether the address signed. The outbox worker answers
+the notices a moment later: it looks the address up by its index hashes and mails the stored address only: the
+confirmation to a signature never mailed, else at most one reminder an hour and REMINDERS_PER_DAY a day (so a
+thousand signatures, or erase requests, of one address send it one mail).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from app import erasure, mail, signing
 from app.campaigns import Campaign
 from app.db import Database, utcnow
 from app.encryption import Keyring
-from app.models import Notice, OutboxMessage, Signature
+from app.models import PENDING, Notice, OutboxMessage, Signature
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -39,22 +39,24 @@ def _mailed_since(session: Session, signature_ids: list[int], kinds: tuple[str, 
     )) or 0
 
 
-def _remind(session: Session, notice: Notice, *, campaigns: Mapping[str, Campaign], keyring: Keyring,
-            composer: mail.Composer, settings: Settings, now: datetime) -> None:
+def _answer_signature(session: Session, notice: Notice, *, campaigns: Mapping[str, Campaign], keyring: Keyring,
+                      composer: mail.Composer, settings: Settings, now: datetime) -> None:
     campaign = campaigns.get(notice.campaign or "")
     row = session.scalar(select(Signature).where(
         Signature.campaign == notice.campaign, Signature.email_key.in_(keys_of(notice))
     ))
     if campaign is None or row is None:  # erased (or its campaign removed) since
         return
-    # A mail of the last hour still holds a working code: a second one would only replace it (and a repeat
-    # signature right after the first, a double click, must not kill the code just mailed).
-    if _mailed_since(session, [row.id], ("confirm", "already"), now - timedelta(hours=1)):
-        return
-    if _mailed_since(session, [row.id], ("already",), now - timedelta(days=1)) >= REMINDERS_PER_DAY:
-        return
-    signing.remind(session, row, campaign=campaign, discreet=notice.discreet, keyring=keyring, composer=composer,
-                   settings=settings, now=now)
+    first = row.status == PENDING and row.confirm_token_hash is None  # never mailed: a new signature
+    if not first:
+        # A mail of the last hour still holds a working code: a second one would only replace it (and a repeat
+        # signature right after the first, a double click, must not kill the code just mailed).
+        if _mailed_since(session, [row.id], ("confirm", "already"), now - timedelta(hours=1)):
+            return
+        if _mailed_since(session, [row.id], ("already",), now - timedelta(days=1)) >= REMINDERS_PER_DAY:
+            return
+    signing.mail_code(session, row, campaign=campaign, first=first, discreet=notice.discreet, keyring=keyring,
+                      composer=composer, settings=settings, now=now)
 
 
 def _erase_link(session: Session, notice: Notice, *, keyring: Keyring, composer: mail.Composer,
@@ -73,7 +75,10 @@ def answer_due(db: Database, *, campaigns: Mapping[str, Campaign], keyring: Keyr
     done = 0
     while True:
         with db.write.begin() as session:
-            notices = list(session.scalars(select(Notice).order_by(Notice.id).limit(BATCH)))
+            # SKIP LOCKED: the answerers of several processes (PostgreSQL) never take the same notice.
+            notices = list(session.scalars(
+                select(Notice).order_by(Notice.id).limit(BATCH).with_for_update(skip_locked=True)
+            ))
             if not notices:
                 return done
             at = now or utcnow()
@@ -81,10 +86,10 @@ def answer_due(db: Database, *, campaigns: Mapping[str, Campaign], keyring: Keyr
                 if notice.kind == "erase":
                     _erase_link(session, notice, keyring=keyring, composer=composer, settings=settings, now=at)
                 else:
-                    _remind(session, notice, campaigns=campaigns, keyring=keyring, composer=composer,
-                            settings=settings, now=at)
+                    _answer_signature(session, notice, campaigns=campaigns, keyring=keyring, composer=composer,
+                                      settings=settings, now=at)
                 session.flush()  # the next notice of the same address sees this one's mail
-            session.execute(delete(Notice).where(Notice.id <= notices[-1].id))
+            session.execute(delete(Notice).where(Notice.id.in_([n.id for n in notices])))
             done += len(notices)
 
 

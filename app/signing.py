@@ -253,17 +253,9 @@ def _confirmation(settings: Settings, now: datetime) -> tuple[str, str, dict[str
     return token, code, columns
 
 
-def sign(
-    session: Session,
-    *,
-    campaign: Campaign,
-    data: SignatureIn,
-    keyring: Keyring,
-    composer: mail.Composer,
-    settings: Settings,
-    now: datetime,
-) -> Signed:
-    outcome = sign_many(session, [(campaign, data)], keyring=keyring, composer=composer, settings=settings, now=now)[0]
+def sign(session: Session, *, campaign: Campaign, data: SignatureIn, keyring: Keyring, settings: Settings,
+         now: datetime) -> Signed:
+    outcome = sign_many(session, [(campaign, data)], keyring=keyring, settings=settings, now=now)[0]
     if isinstance(outcome, SigningError):
         raise outcome
     return outcome
@@ -274,55 +266,43 @@ def sign_many(
     requests: Sequence[tuple[Campaign, SignatureIn]],
     *,
     keyring: Keyring,
-    composer: mail.Composer,
     settings: Settings,
     now: datetime,
 ) -> list[Signed | SigningError]:
     """Sign each request in the caller's transaction, as one after the other would; outcomes in request order.
 
-    Every request is offered to one INSERT ... ON CONFLICT DO NOTHING for the lot. A new signer's row comes back
-    and its confirmation mail goes into the outbox; a conflict (a repeat signer, or the same address twice in
-    this batch) becomes a notice, answered later by mail to the stored address. Both cost one row written."""
+    Every request is offered to one INSERT ... ON CONFLICT DO NOTHING for the lot (a new signer's row comes back;
+    a repeat signer's, or the same address twice in this batch, conflicts) and writes one notice, the same for
+    both. The notices are answered a moment later (notices.py) by mail to the stored address: a confirmation for
+    a row never mailed, a reminder otherwise. So the work on the sign path, like its answer, does not depend on
+    whether the address signed (the mail is built off it, for everyone alike)."""
     outcomes: list[Signed | SigningError | None] = [None] * len(requests)
     notices: list[dict[str, object]] = []
-    fresh: dict[tuple[str, bytes], tuple[int, list[bytes], str, str]] = {}  # (campaign, key) -> request, keys, secrets
+    fresh: dict[tuple[str, bytes], int] = {}  # (campaign, email key) -> request
     rows: list[dict[str, object]] = []
     rotating = len(keyring.index_keys) > 1
+    expires = now + timedelta(days=settings.confirm_token_days)  # retention's clock, until a mail resets it
     for i, (campaign, data) in enumerate(requests):
         if not campaign.is_open(now.date()):
             outcomes[i] = CampaignClosed(campaign.slug)
             continue
         keys = keyring.email_keys(normalise_email(data.email))
+        notices.append(notice_row("sign", campaign.slug, keys, data.lang, data.discreet, now))
+        outcomes[i] = Signed(None, created=False)
         # While a key rotation is under way a repeat signer's row may carry the old key's hash, which the
         # conflict below cannot see: look first (every signer alike).
         if (campaign.slug, keys[0]) in fresh or (rotating and _same_signer(session, campaign.slug, keys)):
-            notices.append(notice_row("already", campaign.slug, keys, data.lang, data.discreet, now))
-            outcomes[i] = Signed(None, created=False)
             continue
-        token, code, columns = _confirmation(settings, now)
-        fresh[(campaign.slug, keys[0])] = (i, keys, token, code)
-        rows.append(_new_row(campaign, data, keys[0], keyring, now) | columns | {"code_attempts": 0})
+        fresh[(campaign.slug, keys[0])] = i
+        rows.append(_new_row(campaign, data, keys[0], keyring, now) | {"confirm_expires_at": expires})
     if rows:
         # ON CONFLICT makes a concurrent twin or a repeat signer return no id, with no savepoint and no lookup.
         inserted = db.driver_rows(
             session.connection(), Signature.__table__, rows,
             suffix=" ON CONFLICT (campaign, email_key) DO NOTHING RETURNING id, campaign, email_key",
         )
-        mails: list[dict[str, object]] = []
         for new_id, slug, email_key in inserted:
-            i, _, token, code = fresh.pop((slug, email_key))
-            campaign, data = requests[i]
-            message = composer.confirmation(
-                campaign=campaign, lang=data.lang, to=data.email, code=code, discreet=data.discreet,
-                token=security.row_token(settings.secret_key, new_id, token),
-            )
-            mails.append(outbox.row_values(message, kind="confirm", keyring=keyring, signature_id=new_id, now=now))
-            outcomes[i] = Signed(new_id, created=True)
-        outbox.enqueue_many(session, mails)
-        for (slug, _), (i, keys, _, _) in fresh.items():  # conflicted: already signed
-            data = requests[i][1]
-            notices.append(notice_row("already", slug, keys, data.lang, data.discreet, now))
-            outcomes[i] = Signed(None, created=False)
+            outcomes[fresh[(slug, email_key)]] = Signed(new_id, created=True)
     if notices:
         db.driver_rows(session.connection(), Notice.__table__, notices)
     return outcomes  # type: ignore[return-value]
@@ -353,28 +333,32 @@ def _new_row(campaign: Campaign, data: SignatureIn, email_key: bytes, keyring: K
         "status": PENDING,
         "discreet": data.discreet,
         "paragraph_to_authorities": data.message_to_authorities,
+        "code_attempts": 0,
         "created_at": now,
     }
 
 
-def remind(
-    session: Session, row: Signature, *, campaign: Campaign, discreet: bool, keyring: Keyring,
+def mail_code(
+    session: Session, row: Signature, *, campaign: Campaign, first: bool, discreet: bool, keyring: Keyring,
     composer: mail.Composer, settings: Settings, now: datetime,
 ) -> None:
-    """Answer a repeat signature (notices.py): a new link and code, by mail to the address stored with the row,
-    never to the one typed now (which may only look like it). Pending, they confirm; confirmed, they open the
-    signer's private page. Earlier links and codes of this row stop working."""
+    """Mail a new link and code to the address stored with the row (notices.py decides when), never to an address
+    as typed (which may only look like it): the confirmation (`first`), else a reminder (pending, they confirm;
+    confirmed, they open the signer's page). Earlier links and codes of the row stop working, and the new code
+    gets its own MAX_CODE_ATTEMPTS (a stranger's wrong guesses must not kill it for good)."""
     token, code, columns = _confirmation(settings, now)
-    # The new code gets its own MAX_CODE_ATTEMPTS: else a stranger's wrong guesses would leave the signer's code
-    # dead for good. Reminders are few (notices.py), so guesses stay bounded per signature and day.
     session.execute(update(Signature).where(Signature.id == row.id).values(**columns, code_attempts=0)
                     .execution_options(synchronize_session=False))
     to = keyring.open(row.email_enc, "email", row.key_id) or ""
-    message = composer.already_signed(
-        campaign=campaign, lang=row.language, to=to, token=security.row_token(settings.secret_key, row.id, token),
-        code=code, confirmed=row.status == CONFIRMED, discreet=discreet or row.discreet,
-    )
-    outbox.enqueue(session, message, kind="already", keyring=keyring, signature_id=row.id, now=now)
+    link = security.row_token(settings.secret_key, row.id, token)
+    if first:
+        message = composer.confirmation(campaign=campaign, lang=row.language, to=to, token=link, code=code,
+                                        discreet=row.discreet)
+    else:
+        message = composer.already_signed(campaign=campaign, lang=row.language, to=to, token=link, code=code,
+                                          confirmed=row.status == CONFIRMED, discreet=discreet or row.discreet)
+    outbox.enqueue(session, message, kind="confirm" if first else "already", keyring=keyring, signature_id=row.id,
+                   now=now)
 
 
 class ConfirmProblem(SigningError):

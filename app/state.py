@@ -43,7 +43,7 @@ class Services:
     def __post_init__(self) -> None:
         if self.intake is None:  # where the batches are signed: a child process, or a thread of this one
             self.intake = ProcessIntake(self.settings) if self.settings.sign_writer == "process" else ThreadIntake(
-                Committer(self.db, keyring=self.keyring, composer=self.composer, settings=self.settings))
+                Committer(self.db, keyring=self.keyring, settings=self.settings))
         if self.stats_cache is None:
             self.stats_cache = StatsCache(
                 self.db, min_cell=self.settings.min_cell,

@@ -54,7 +54,8 @@ def reachable(host: str, port: int) -> bool:
 
 def app_env(var_dir: Path, database_url: str = "", **extra: str) -> dict[str, str]:
     """The server's environment as shipped, except: no rate limit, fixed bench keys, no in-process mail sender
-    (sending is measured on its own in bench/mail.py; mails are still queued in the signing transaction)."""
+    (sending is measured on its own in bench/mail.py; each signature still writes its notice, the mail to be, in
+    the signing transaction)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CAMPAIGN_")}
     env.update(
         CAMPAIGN_ENV="development",

@@ -12,6 +12,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
@@ -222,11 +223,16 @@ def smtp() -> Iterator[SMTPServer]:
     server.stop()
 
 
+def answer_notices(svc: Services, *, now: datetime | None = None) -> int:
+    """What the outbox worker does first: turn waiting notices into mail (confirmations, reminders, erase links)."""
+    return notices.answer_due(svc.db, campaigns=svc.campaigns, keyring=svc.keyring, composer=svc.composer,
+                              settings=svc.settings, now=now)
+
+
 def deliver(svc: Services, smtp_url: str, **kwargs) -> outbox.Report:
     """Answer the waiting notices, then run the outbox sender until nothing more is due (one pass per batch),
     as the outbox worker does."""
-    notices.answer_due(svc.db, campaigns=svc.campaigns, keyring=svc.keyring, composer=svc.composer,
-                       settings=svc.settings, now=kwargs.get("now"))
+    answer_notices(svc, now=kwargs.get("now"))
     total = outbox.Report()
     transport = mail.SMTPTransport(smtp_url)
     try:

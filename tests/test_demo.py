@@ -97,7 +97,7 @@ def test_a_demo_signer_signing_again_is_recognised_as_the_same_signer(svc):
     data = signing.validate({"name": "Again", "email": email.upper(), "country": "KZ", "consent": "on"})
     with svc.db.write.begin() as s:
         signed = signing.sign(s, campaign=svc.campaigns["mamay"], data=data, keyring=svc.keyring,
-                              composer=svc.composer, settings=svc.settings, now=utcnow())
+                              settings=svc.settings, now=utcnow())
     assert not signed.created
     with svc.db.read() as s:  # its notice names the demo row
         assert s.scalar(select(Notice.email_keys)) == row.email_key

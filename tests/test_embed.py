@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from app.db import Database
 from app.main import create_app
 from app.models import OutboxMessage, Signature
-from tests.conftest import SIGNER, free_port, make_settings
+from tests.conftest import SIGNER, answer_notices, free_port, make_settings
 from tests.servers import ARTIFACTS, AppProcess, server_env, upgrade
 
 PARTNER = "https://partner.example"
@@ -91,6 +91,7 @@ def test_embed_form_signs_without_any_cookie(client, svc):
     client.cookies.clear()  # what the partner page's visitor has: no cookie of ours
     answer = client.post("/c/mamay/embed/sign", data=data, headers=FROM_EMBED, follow_redirects=False)
     assert answer.status_code == 303 and answer.headers["location"] == "/c/mamay/thanks?lang=en"
+    answer_notices(svc)
     with svc.db.read() as s:
         assert s.scalar(select(func.count()).select_from(Signature)) == 1
         assert s.scalar(select(OutboxMessage.kind)) == "confirm"

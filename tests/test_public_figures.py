@@ -62,7 +62,7 @@ def confirm(svc: Services, country: str, *, now: datetime, n: int = [0]) -> str:
     data = signing.validate({**SIGNER, "email": f"p{n[0]}@example.org", "country": country, "consent": True})
     with svc.db.write.begin() as session:
         signed = signing.sign(session, campaign=svc.campaigns["mamay"], data=data, keyring=svc.keyring,
-                              composer=svc.composer, settings=svc.settings, now=now)
+                              settings=svc.settings, now=now)
         row = session.get(Signature, signed.signature_id)
         done = signing._open(session, row, campaigns=svc.campaigns, keyring=svc.keyring, composer=svc.composer,
                                 now=now)

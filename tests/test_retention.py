@@ -15,7 +15,7 @@ from app import cli, counters, outbox, retention, signing
 from app.db import Database, utcnow
 from app.main import create_app
 from app.models import OutboxMessage, Signature, SignatureCount
-from tests.conftest import SIGNER, deliver, make_settings
+from tests.conftest import SIGNER, answer_notices, deliver, make_settings
 from tests.seed import add_signatures, settings_env, signature_values
 
 CLOSES = datetime(2027, 12, 31, 12, tzinfo=UTC)  # templates/letters/mamay/campaign.toml closes_on
@@ -24,8 +24,10 @@ CLOSES = datetime(2027, 12, 31, 12, tzinfo=UTC)  # templates/letters/mamay/campa
 def sign(svc, email: str, *, now: datetime) -> int:
     data = signing.validate({**SIGNER, "email": email, "message": "my words"})
     with svc.db.write.begin() as s:
-        return signing.sign(s, campaign=svc.campaigns["mamay"], data=data, keyring=svc.keyring,
-                            composer=svc.composer, settings=svc.settings, now=now).signature_id
+        signed = signing.sign(s, campaign=svc.campaigns["mamay"], data=data, keyring=svc.keyring,
+                              settings=svc.settings, now=now)
+    answer_notices(svc, now=now)  # its confirmation mail
+    return signed.signature_id
 
 
 def personal(svc) -> list[tuple[str, bool]]:

@@ -268,7 +268,7 @@ def test_the_confirmation_mail_states_how_long_retention_keeps_an_unconfirmed_si
     t0 = utcnow()
     data = signing.validate({**SIGNER, "email": "kept@example.org", "lang": lang})
     with svc.db.write.begin() as s:
-        signing.sign(s, campaign=svc.campaigns["mamay"], data=data, keyring=svc.keyring, composer=svc.composer,
+        signing.sign(s, campaign=svc.campaigns["mamay"], data=data, keyring=svc.keyring,
                      settings=svc.settings, now=t0)
     deliver(svc, smtp.url, now=t0)
     text = " ".join(body(smtp.sink.to("kept@example.org")[0]).split())

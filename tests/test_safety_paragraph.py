@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from app import i18n, letter_batch, letters, paragraph
 from app.campaigns import Target, load_campaigns
 from app.main import create_app
-from app.models import OutboxMessage, Signature
+from app.models import Notice, OutboxMessage, Signature
 from app.settings import ROOT
 from tests.conftest import SIGNER, deliver, make_settings, sign_form
 from tests.test_access import confirm, sign_up
@@ -76,9 +76,11 @@ CLEAR = [
 
 
 def counts(svc) -> tuple[int, int]:
+    """Signatures, and what waits to be mailed about them (mails and notices)."""
     with svc.db.read() as s:
         return (s.scalar(select(func.count()).select_from(Signature)),
-                s.scalar(select(func.count()).select_from(OutboxMessage)))
+                s.scalar(select(func.count()).select_from(OutboxMessage))
+                + s.scalar(select(func.count()).select_from(Notice)))
 
 
 def page_text(response) -> str:

@@ -20,7 +20,7 @@ from sqlalchemy import select
 from app import outbox, signing
 from app.db import utcnow
 from app.models import OutboxMessage
-from tests.conftest import SIGNER, SMTPServer, SMTPSink, deliver, free_port
+from tests.conftest import SIGNER, SMTPServer, SMTPSink, answer_notices, deliver, free_port
 from tests.seed import bearer, organiser
 from tests.servers import record_figures
 
@@ -31,7 +31,8 @@ def sign_many(svc, n: int, prefix: str, *, now: datetime) -> list[str]:
     with svc.db.write.begin() as session:
         for email in emails:
             signing.sign(session, campaign=svc.campaigns["mamay"], data=signing.validate({**SIGNER, "email": email}),
-                         keyring=svc.keyring, composer=svc.composer, settings=svc.settings, now=now)
+                         keyring=svc.keyring, settings=svc.settings, now=now)
+    answer_notices(svc, now=now)
     return emails
 
 
