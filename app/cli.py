@@ -81,7 +81,7 @@ def serve(
     _announce_organiser_token(svc, f"http://{host}:{port}/organiser/login")
     # Access logs are off: they would hold client IP addresses.
     uvicorn.run(
-        "app.main:create_app", factory=True, host=host, port=port, workers=workers,
+        "app.main:served_app", factory=True, host=host, port=port, workers=workers,
         access_log=s.access_log, server_header=False, proxy_headers=bool(s.trusted_proxies),
         forwarded_allow_ips=s.trusted_proxies or None,
     )

@@ -46,19 +46,26 @@ def same_site_path(path: str) -> str:
     return "/" + quote(path.lstrip("/\\\t\n\r "), safe="/-._~!$&'()*+,;=@%")
 
 
-def create_app(settings: Settings | None = None, *, db: Database | None = None,
-               clock: Callable[[], datetime] = utcnow) -> FastAPI:
-    settings = settings or load_settings()
-    svc = Services.build(settings, db=db, clock=clock)
+def served_app() -> FastAPI:
+    """The app `campaign serve` runs (uvicorn's factory in each server process): settings from the environment,
+    and everything built at start-up kept out of the collector's full passes, which otherwise stall requests for
+    ~100 ms now and then under load (bench/sign.py, p99)."""
+    return create_app(freeze_gc=True)
+
+
+def create_app(settings: Settings | None = None, *, db: Database | None = None, services: Services | None = None,
+               clock: Callable[[], datetime] = utcnow, freeze_gc: bool = False) -> FastAPI:
+    """The app, built from `settings` (or around the `services` a test already holds, which it then disposes)."""
+    svc = services or Services.build(settings or load_settings(), db=db, clock=clock)
+    settings = svc.settings
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         svc.db.start_checkpoints()
         svc.intake.start()
-        # Everything built so far lives as long as the process: keep it out of the collector's full passes,
-        # which otherwise stall requests for ~100 ms now and then under load (bench/sign.py, p99).
-        gc.collect()
-        gc.freeze()
+        if freeze_gc:  # what was built so far lives as long as the process
+            gc.collect()
+            gc.freeze()
         worker = None
         if settings.outbox_in_process:
             worker = outbox.Worker(svc.db, keyring=svc.keyring, settings=settings,
@@ -72,10 +79,9 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None,
         finally:
             svc.intake.stop()  # commits and answers every signature already queued
             svc.db.stop_checkpoints()
-            gc.unfreeze()  # an app built again in this process (tests) lets the old one be collected
             if worker:
                 worker.stop()
-            if db is None:
+            if db is None and services is None:
                 svc.db.dispose()
 
     app = FastAPI(

@@ -153,8 +153,9 @@ def pg_svc(tmp_path: Path, pg_url: str) -> Iterator[Services]:
 
 
 @pytest.fixture
-def client(settings: Settings, db: Database) -> Iterator[TestClient]:
-    with TestClient(create_app(settings, db=db), base_url="http://testserver") as c:
+def client(svc: Services) -> Iterator[TestClient]:
+    """The app around the test's own `svc`: one database, one intake, one stats cache for both."""
+    with TestClient(create_app(services=svc), base_url="http://testserver") as c:
         yield c
 
 
