@@ -5,34 +5,25 @@ app built from its own Settings. Nothing here patches the code under test.
 
 from __future__ import annotations
 
-import base64
 import shutil
-import socket
-import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import datetime
-from email import message_from_bytes, policy
-from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
-from aiosmtpd.controller import Controller
-from alembic import command
-from alembic.config import Config
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
-from app import mail, notices, outbox
 from app.db import Database
 from app.main import create_app
-from app.settings import ROOT, Settings
+from app.settings import Settings
 from app.state import Services
-
-TEST_DATA_KEY = "t1:" + base64.urlsafe_b64encode(b"k" * 32).decode()
-TEST_SECRET = "test-secret-0123456789abcdef0123456789"
-PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+from tests.support import (
+    PG_ADMIN_URL,
+    SMTPServer,
+    make_settings,
+    migrate,
+)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -46,16 +37,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
-
-
-def alembic_config(url: str) -> Config:
-    cfg = Config(toml_file=str(ROOT / "pyproject.toml"))
-    cfg.attributes["url"] = url
-    return cfg
-
-
-def migrate(url: str) -> None:
-    command.upgrade(alembic_config(url), "head")
 
 
 @pytest.fixture(scope="session")
@@ -108,25 +89,6 @@ def pg_url(postgres_reason: str | None) -> Iterator[str]:
         admin.dispose()
 
 
-def make_settings(tmp_path: Path, database_url: str, **overrides: object) -> Settings:
-    values: dict[str, object] = {
-        "env": "test",
-        "var_dir": tmp_path / "var",
-        "database_url": database_url,
-        "data_key": TEST_DATA_KEY,
-        "secret_key": TEST_SECRET,
-        "outbox_in_process": False,
-        "sign_rate_limit": "off",
-        # In-process tests sign in a thread (one writer process per test would cost a second each); the writer
-        # process is tested in test_intake.py and by every test that runs `campaign serve`.
-        "sign_writer": "thread",
-        "base_url": "http://testserver",
-        "letters_dir": ROOT / "templates" / "letters",
-    }
-    values.update(overrides)
-    return Settings(**values)
-
-
 @pytest.fixture
 def settings(tmp_path: Path, sqlite_url: str) -> Settings:
     return make_settings(tmp_path, sqlite_url)
@@ -159,134 +121,9 @@ def client(svc: Services) -> Iterator[TestClient]:
         yield c
 
 
-# --- SMTP ------------------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Received:
-    envelope_from: str
-    envelope_to: list[str]
-    message: EmailMessage
-
-
-@dataclass
-class SMTPSink:
-    """What the handler does with each DATA: keep it, or answer with a scripted error code."""
-
-    messages: list[Received] = field(default_factory=list)
-    fail_with: str | None = None  # e.g. "451 4.3.0 try later" or "550 5.1.1 no such user"
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    async def handle_DATA(self, server, session, envelope) -> str:  # noqa: N802 - aiosmtpd's hook name
-        if self.fail_with:
-            return self.fail_with
-        msg = message_from_bytes(envelope.original_content or envelope.content, policy=policy.default)
-        with self.lock:
-            self.messages.append(Received(envelope.mail_from, list(envelope.rcpt_tos), msg))  # type: ignore[arg-type]
-        return "250 OK"
-
-    def to(self, address: str) -> list[EmailMessage]:
-        with self.lock:
-            return [r.message for r in self.messages if address in r.envelope_to]
-
-
-class SMTPServer:
-    def __init__(self) -> None:
-        self.sink = SMTPSink()
-        self.port = free_port()
-        self.controller: Controller | None = None
-
-    @property
-    def url(self) -> str:
-        return f"smtp://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self.controller = Controller(self.sink, hostname="127.0.0.1", port=self.port)
-        self.controller.start()
-
-    def stop(self) -> None:
-        if self.controller:
-            self.controller.stop()
-            self.controller = None
-
-
 @pytest.fixture
 def smtp() -> Iterator[SMTPServer]:
     server = SMTPServer()
     server.start()
     yield server
     server.stop()
-
-
-def answer_notices(svc: Services, *, now: datetime | None = None) -> int:
-    """What the outbox worker does first: turn waiting notices into mail (confirmations, reminders, erase links)."""
-    return notices.answer_due(svc.db, campaigns=svc.campaigns, keyring=svc.keyring, composer=svc.composer,
-                              settings=svc.settings, now=now)
-
-
-def deliver(svc: Services, smtp_url: str, **kwargs) -> outbox.Report:
-    """Answer the waiting notices, then run the outbox sender until nothing more is due (one pass per batch),
-    as the outbox worker does."""
-    answer_notices(svc, now=kwargs.get("now"))
-    total = outbox.Report()
-    transport = mail.SMTPTransport(smtp_url)
-    try:
-        while True:
-            report = outbox.deliver_due(svc.db, keyring=svc.keyring, transport=transport, domain="test", **kwargs)
-            total.sent += report.sent
-            total.retried += report.retried
-            total.failed += report.failed
-            total.deferred += report.deferred
-            total.errors += report.errors
-            if not report.sent:
-                return total
-    finally:
-        transport.close()
-
-
-def body(msg: EmailMessage) -> str:
-    part = msg.get_body(preferencelist=("plain",))
-    assert part is not None
-    return part.get_content()
-
-
-def csrf_token(client: TestClient, url: str) -> str:
-    """GET a page like a browser does and return the CSRF token of its form (the cookie stays in the client)."""
-    import re
-
-    page = client.get(url)
-    assert page.status_code == 200, page.text[:300]
-    found = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
-    assert found, "page has no CSRF token"
-    return found.group(1)
-
-
-SIGNER = {
-    "name": "Aigerim Test",
-    "email": "aigerim@example.org",
-    "country": "DE",
-    "city": "Berlin",
-    "message": "",
-    "consent": "on",
-    "lang": "en",
-}
-
-
-def sign_form(client: TestClient, slug: str = "mamay", **fields: str):
-    token = csrf_token(client, f"/c/{slug}?lang={fields.get('lang', 'en')}")
-    data = {**SIGNER, **fields, "csrf_token": token}
-    return client.post(f"/c/{slug}/sign", data=data, follow_redirects=False)
-
-
-def link_in(text_body: str, path: str) -> str:
-    import re
-
-    found = re.search(rf"https?://[^\s]+({re.escape(path)}[^\s?]+)", text_body)
-    assert found, f"no {path} link in mail:\n{text_body}"
-    return found.group(1)

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 
 from app.settings import ROOT
-from tests.conftest import TEST_DATA_KEY, TEST_SECRET, free_port
+from tests.support import TEST_DATA_KEY, TEST_SECRET, free_port
 
 CAMPAIGN_BIN = Path(sys.executable).parent / "campaign"
 

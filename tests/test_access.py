@@ -26,8 +26,8 @@ from app import organisers, security, signing
 from app.db import Base, utcnow
 from app.main import create_app
 from app.models import ExportLog, Signature
-from tests.conftest import SIGNER, body, csrf_token, deliver, link_in, make_settings
 from tests.seed import bearer, organiser
+from tests.support import SIGNER, body, csrf_token, deliver, link_in, make_settings
 
 
 def api_routes(routes) -> list[APIRoute]:

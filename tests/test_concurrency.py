@@ -24,8 +24,8 @@ from app.db import utcnow
 from app.models import Notice, OutboxMessage, Signature, SignatureCount
 from app.security import CODE_ALPHABET
 from app.state import Services
-from tests.conftest import SIGNER, make_settings
 from tests.servers import AppProcess, record_figures, server_env
+from tests.support import SIGNER, make_settings
 
 CODE = re.compile(rf"\b([{CODE_ALPHABET}]{{8}})\b")
 LIMITS = httpx.Limits(max_connections=250, max_keepalive_connections=250)

@@ -21,8 +21,8 @@ from sqlalchemy import select, text
 from app import notices, signing
 from app.models import Notice, OutboxMessage, Signature
 from app.state import Services
-from tests.conftest import SIGNER, answer_notices, deliver, make_settings
 from tests.servers import AppProcess, record_figures, server_env, upgrade
+from tests.support import SIGNER, answer_notices, deliver, make_settings
 
 THREADS = 8
 KILL_AFTER_ACKS = 120  # acknowledged signatures before the kill (or KILL_AFTER_SECONDS, whichever first)

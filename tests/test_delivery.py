@@ -16,7 +16,7 @@ from sqlalchemy import select
 from app import letters, web_letters
 from app.db import utcnow
 from app.models import Delivery, OutboxMessage, Signature
-from tests.conftest import body, csrf_token, deliver, link_in, make_settings, sign_form
+from tests.support import body, csrf_token, deliver, link_in, make_settings, sign_form
 from tests.test_letters import add_signer, letters_dir_with_named_targets
 
 PRESIDENT = "udp@udp-rk.kz"  # count level (an authority of the country concerned)

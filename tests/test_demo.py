@@ -12,7 +12,7 @@ from app import counters, demo, signing
 from app.cli import app as cli
 from app.db import Database, utcnow
 from app.models import CONFIRMED, PENDING, Notice, Signature, SignatureCount
-from tests.conftest import TEST_DATA_KEY, TEST_SECRET
+from tests.support import TEST_DATA_KEY, TEST_SECRET
 
 
 def check_filled(svc, db: Database, *, rows: int, confirmed: int, share: float, days: int, now) -> list[Signature]:

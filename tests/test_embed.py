@@ -16,8 +16,8 @@ from sqlalchemy import func, select
 from app.db import Database
 from app.main import create_app
 from app.models import OutboxMessage, Signature
-from tests.conftest import SIGNER, answer_notices, free_port, make_settings
 from tests.servers import ARTIFACTS, AppProcess, server_env, upgrade
+from tests.support import SIGNER, answer_notices, free_port, make_settings
 
 PARTNER = "https://partner.example"
 # What a browser sends with the embed's post: the origin of the frame's document, this site (see embed.html).

@@ -23,16 +23,16 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from schemathesis.config import SchemathesisConfig
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from app import organisers, signing
 from app.db import Database, utcnow
 from app.main import create_app
-from app.models import CONFIRMED, PENDING, Notice, OutboxMessage, Signature
+from app.models import CONFIRMED, PENDING, Signature
 from app.state import Services
-from tests.conftest import SIGNER, make_settings, migrate
 from tests.seed import add_signatures, signature_values
 from tests.servers import record_figures
+from tests.support import SIGNER, counts, make_settings, migrate
 
 # --- schemathesis -----------------------------------------------------------------------------------------
 
@@ -111,14 +111,6 @@ def sign_client(tmp_path_factory) -> Iterator[tuple[TestClient, Services]]:
     with TestClient(app, base_url="http://testserver") as client:
         yield client, app.state.services
     db.dispose()
-
-
-def counts(svc: Services) -> tuple[int, int]:
-    with svc.db.read() as s:
-        # Mails and notices: a new signer gets a confirmation mail, a repeat one a notice (answered later).
-        return (s.scalar(select(func.count()).select_from(Signature)),
-                s.scalar(select(func.count()).select_from(OutboxMessage))
-                + s.scalar(select(func.count()).select_from(Notice)))
 
 
 def stored(svc: Services, email: str) -> Signature:

@@ -16,7 +16,7 @@ from babel.messages.frontend import parse_mapping_cfg
 from babel.messages.pofile import read_po
 
 from app import i18n
-from tests.conftest import body, deliver, sign_form
+from tests.support import body, deliver, sign_form
 
 ROOT = Path(__file__).resolve().parent.parent
 MAPPING = ROOT / "app" / "locale" / "babel.cfg"

@@ -21,8 +21,8 @@ from app import letters, organisers
 from app.db import utcnow
 from app.main import create_app
 from app.models import OutboxMessage, Signature
-from tests.conftest import SIGNER, csrf_token, deliver, make_settings
 from tests.seed import bearer
+from tests.support import SIGNER, csrf_token, deliver, make_settings
 from tests.test_access import confirm, sign_up
 from tests.test_letters import letters_dir_with_named_targets
 

@@ -19,16 +19,11 @@ from app import signing
 from app.intake import Committer, Intake, ThreadIntake, WriterGone
 from app.intake_process import WRITER_NICENESS, ProcessIntake
 from app.models import Notice, OutboxMessage, Signature
-from tests.conftest import SIGNER
+from tests.support import SIGNER, count
 
 
 def signer(i: int, **changes: object) -> signing.SignatureIn:
     return signing.validate({**SIGNER, "email": f"intake{i}@example.org", "consent": "on", **changes})
-
-
-def rows(svc, model=Signature) -> int:
-    with svc.db.read() as s:
-        return s.scalar(select(func.count()).select_from(model))
 
 
 def process_intake(svc, **settings: object) -> ProcessIntake:
@@ -86,7 +81,7 @@ def test_no_answer_before_commit_and_the_row_is_there_when_it_comes(svc, intake)
         assert signed.created
         with svc.db.read() as s:  # durable and visible to any other connection
             assert s.get(Signature, signed.signature_id) is not None
-        assert rows(svc, Notice) == 1  # its mail is made from this, off the sign path (notices.py)
+        assert count(svc, Notice) == 1  # its mail is made from this, off the sign path (notices.py)
 
     run(intake, scenario)
 
@@ -109,7 +104,7 @@ def test_signatures_waiting_on_the_lock_are_committed_together_in_one_batch(svc,
         assert len(ids) == n
 
     run(intake, scenario)
-    assert rows(svc) == n and rows(svc, Notice) == n
+    assert count(svc) == n and count(svc, Notice) == n
     # The first went alone; the rest filled whole batches.
     assert intake.totals.largest_batch == intake.batch_size
     assert intake.totals.batches == 1 + math.ceil((n - 1) / intake.batch_size)
@@ -134,7 +129,7 @@ def test_a_refused_item_does_not_sink_the_rest_of_its_batch(svc, intake):
             await answer(refused)
 
     run(intake, scenario)
-    assert rows(svc) == 2 and rows(svc, Notice) == 2
+    assert count(svc) == 2 and count(svc, Notice) == 2
 
 
 def test_the_same_signer_twice_in_one_batch_is_one_row_and_two_notices(svc, intake):
@@ -151,7 +146,7 @@ def test_the_same_signer_twice_in_one_batch_is_one_row_and_two_notices(svc, inta
         assert a.created and not b.created and b.signature_id is None  # the repeat's row is not even looked up
 
     run(intake, scenario)
-    assert rows(svc) == 1 and rows(svc, Notice) == 2 and rows(svc, OutboxMessage) == 0  # the same work for both
+    assert count(svc) == 1 and count(svc, Notice) == 2 and count(svc, OutboxMessage) == 0  # the same work for both
 
 
 def test_repeat_signers_in_a_batch_of_new_ones_get_their_own_answer_and_notice(svc, intake):
@@ -175,7 +170,7 @@ def test_repeat_signers_in_a_batch_of_new_ones_get_their_own_answer_and_notice(s
     assert [a.signature_id is None for a in answers] == [True, False, True, False, True]
     with svc.db.read() as s:
         waiting = s.scalars(select(Notice.email_keys).order_by(Notice.id)).all()
-    assert rows(svc) == 3 and rows(svc, OutboxMessage) == 0
+    assert count(svc) == 3 and count(svc, OutboxMessage) == 0
     # Every signature is a notice, new or repeat (answered later by mail to the stored address), in request order.
     key = svc.keyring.email_keys
     assert waiting == [key(f"intake{i}@example.org")[0] for i in (1, 1, 2, 1, 3, 2)]
@@ -190,7 +185,7 @@ def test_stop_commits_and_answers_everything_already_queued(svc, intake):
         assert all(t.done() and t.exception() is None for t in tasks)
 
     run(intake, scenario)
-    assert rows(svc) == 25 and not intake.running
+    assert count(svc) == 25 and not intake.running
 
 
 def test_a_writer_process_that_dies_fails_what_it_held_and_the_next_signature_gets_a_new_one(svc):
@@ -216,7 +211,7 @@ def test_a_writer_process_that_dies_fails_what_it_held_and_the_next_signature_ge
         assert again.created and intake.writer is not child
 
     run(intake, scenario)
-    assert rows(svc) == 2  # the one that died with the child was never committed
+    assert count(svc) == 2  # the one that died with the child was never committed
 
 
 def test_api_under_concurrent_load_stores_exactly_the_signatures_it_accepted(client, svc):
@@ -227,7 +222,7 @@ def test_api_under_concurrent_load_stores_exactly_the_signatures_it_accepted(cli
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         codes = list(pool.map(post, range(120)))
     assert codes.count(202) == 120
-    assert rows(svc) == 120 and rows(svc, Notice) == 120
+    assert count(svc) == 120 and count(svc, Notice) == 120
     with svc.db.read() as s:
         assert s.scalar(select(func.count(func.distinct(Signature.email_key)))) == 120
 
@@ -308,7 +303,7 @@ def test_a_writer_process_that_cannot_start_is_an_error_and_signing_works_once_i
             intake.stop()
 
     asyncio.run(scenario())
-    assert rows(svc) == 1
+    assert count(svc) == 1
 
 
 def test_sign_on_another_event_loop_than_the_one_that_started_the_intake_or_after_stop_is_refused(svc, intake):
@@ -323,4 +318,4 @@ def test_sign_on_another_event_loop_than_the_one_that_started_the_intake_or_afte
     run(intake, scenario)
     with pytest.raises(RuntimeError, match="after stop"):  # nor does a stopped intake start a writer again
         asyncio.run(elsewhere())
-    assert rows(svc) == 0 and not intake.running
+    assert count(svc) == 0 and not intake.running

@@ -250,7 +250,7 @@ def test_preview_of_a_named_target_shows_the_name_placeholder(tmp_path, sqlite_u
     from fastapi.testclient import TestClient
 
     from app.main import create_app
-    from tests.conftest import make_settings
+    from tests.support import make_settings
 
     settings = make_settings(tmp_path, sqlite_url, letters_dir=letters_dir_with_named_targets(tmp_path))
     with TestClient(create_app(settings)) as c:

@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 from app.settings import ROOT
-from tests.conftest import SIGNER, free_port
 from tests.servers import CAMPAIGN_BIN, server_env, upgrade
+from tests.support import SIGNER, free_port
 
 
 def marker_ip() -> str:

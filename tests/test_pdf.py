@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from app import erasure, letter_batch, letters
 from app.cli import app as cli_app
 from app.models import PENDING
-from tests.conftest import csrf_token, make_settings
+from tests.support import csrf_token, make_settings
 from tests.test_letters import NOW, add_signer, cli_env, letters_dir_with_named_targets
 
 

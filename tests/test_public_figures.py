@@ -17,8 +17,8 @@ from app.main import create_app
 from app.models import Signature
 from app.settings import Settings
 from app.state import Services
-from tests.conftest import SIGNER, make_settings
 from tests.seed import bearer, organiser
+from tests.support import SIGNER, make_settings
 
 K = 5
 STEPS = 130

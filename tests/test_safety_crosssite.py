@@ -9,14 +9,12 @@ import shutil
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import func, select
 
 from app.db import Database
 from app.main import create_app
-from app.models import Signature
-from tests.conftest import SIGNER, free_port, make_settings
 from tests.seed import bearer, organiser
 from tests.servers import AppProcess, server_env, upgrade
+from tests.support import SIGNER, count, free_port, make_settings
 
 SIGN = "/api/v1/campaigns/mamay/signatures"
 JSON_BODY = '{"name": "Cross Site", "email": "cross@example.org", "country": "DE", "consent": true}'
@@ -24,8 +22,7 @@ PARTNER = "https://partner.example"
 
 
 def stored(svc) -> int:
-    with svc.db.read() as s:
-        return s.scalar(select(func.count()).select_from(Signature))
+    return count(svc)
 
 
 # --- 3a: JSON only --------------------------------------------------------------------------------------

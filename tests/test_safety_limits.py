@@ -28,9 +28,9 @@ from app.main import create_app
 from app.models import OrganiserSession
 from app.ratelimit import client_network, daily_key
 from app.settings import ROOT
-from tests.conftest import SIGNER, TEST_SECRET, csrf_token, free_port, make_settings
 from tests.seed import add_signatures, bearer, organiser, signature_values
 from tests.servers import CAMPAIGN_BIN, server_env
+from tests.support import SIGNER, TEST_SECRET, csrf_token, free_port, make_settings
 
 SIGN = "/api/v1/campaigns/mamay/signatures"
 REDIS_DB = 14  # this suite's own database on the shared test Redis

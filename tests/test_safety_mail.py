@@ -20,8 +20,8 @@ from sqlalchemy import select, update
 from app import mail, outbox, retention, signing
 from app.db import utcnow
 from app.models import OutboxMessage, Signature
-from tests.conftest import SIGNER, body, csrf_token, deliver, make_settings, sign_form
 from tests.seed import bearer, organiser
+from tests.support import SIGNER, body, csrf_token, deliver, make_settings, sign_form
 from tests.test_access import confirm, sign_up
 from tests.test_letters import add_signer, letters_dir_with_named_targets
 

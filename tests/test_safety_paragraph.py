@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from app import i18n, letter_batch, letters, paragraph
 from app.campaigns import Target, load_campaigns
 from app.main import create_app
-from app.models import Notice, OutboxMessage, Signature
+from app.models import Signature
 from app.settings import ROOT
-from tests.conftest import SIGNER, deliver, make_settings, sign_form
+from tests.support import SIGNER, counts, deliver, make_settings, sign_form
 from tests.test_access import confirm, sign_up
 from tests.test_letters import MAMAY, add_signer
 
@@ -73,14 +73,6 @@ CLEAR = [
     "Free Zhanbolat Mamay! Human Rights Watch agrees.",
     "",
 ]
-
-
-def counts(svc) -> tuple[int, int]:
-    """Signatures, and what waits to be mailed about them (mails and notices)."""
-    with svc.db.read() as s:
-        return (s.scalar(select(func.count()).select_from(Signature)),
-                s.scalar(select(func.count()).select_from(OutboxMessage))
-                + s.scalar(select(func.count()).select_from(Notice)))
 
 
 def page_text(response) -> str:

@@ -21,8 +21,8 @@ from app import erasure, signing
 from app.db import utcnow
 from app.models import OutboxMessage, Signature
 from app.state import Services
-from tests.conftest import SIGNER, body, csrf_token, deliver, make_settings, sign_form
 from tests.servers import AppProcess, server_env
+from tests.support import SIGNER, body, csrf_token, deliver, make_settings, sign_form
 
 CSRF_VALUE = re.compile(r'name="csrf_token" value="[^"]+"')
 

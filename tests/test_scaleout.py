@@ -17,8 +17,8 @@ from sqlalchemy import create_engine, func, select, text
 
 from app.models import OutboxMessage, Signature
 from app.settings import ROOT
-from tests.conftest import SIGNER, body, link_in
 from tests.servers import AppProcess, server_env
+from tests.support import SIGNER, body, link_in
 
 pytestmark = pytest.mark.postgres
 REDIS_URL = "redis://127.0.0.1:6379/11"  # a database of its own: emptied before and after

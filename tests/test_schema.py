@@ -9,7 +9,7 @@ from sqlalchemy import create_engine, inspect
 
 from app import models  # noqa: F401 - registers the tables
 from app.db import Base
-from tests.conftest import migrate
+from tests.support import migrate
 
 
 def differences(url: str) -> list:
@@ -54,7 +54,7 @@ def test_every_migration_steps_down_and_up_again_keeping_the_rows(backend, tmp_p
     from alembic.script import ScriptDirectory
     from sqlalchemy import text
 
-    from tests.conftest import alembic_config
+    from tests.support import alembic_config
 
     url = f"sqlite:///{tmp_path / 'steps.db'}" if backend == "sqlite" else request.getfixturevalue("pg_url")
     config = alembic_config(url)

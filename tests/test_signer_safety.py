@@ -19,7 +19,7 @@ from app.db import Database, utcnow
 from app.main import create_app
 from app.models import Notice, OutboxMessage, Signature
 from app.state import Services
-from tests.conftest import SIGNER, answer_notices, body, deliver, make_settings, sign_form
+from tests.support import SIGNER, answer_notices, body, deliver, make_settings, sign_form
 
 PEOPLE = [
     {"name": "Zarina Qasymqyzy", "email": "zarina.marker@example.kz", "city": "Shymkent", "country": "KZ"},

@@ -6,17 +6,11 @@ import re
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select
 
 from app import counters, signing
 from app.db import utcnow
-from app.models import OutboxMessage, Signature
-from tests.conftest import SIGNER, body, csrf_token, deliver, link_in, sign_form
-
-
-def count_rows(svc, model=Signature) -> int:
-    with svc.db.read() as s:
-        return s.scalar(select(func.count()).select_from(model))
+from app.models import OutboxMessage
+from tests.support import SIGNER, body, count, csrf_token, deliver, link_in, sign_form
 
 
 def confirmed_count(client) -> int:
@@ -28,7 +22,7 @@ def confirmed_count(client) -> int:
 def test_sign_mail_get_post_and_count_moves(client, svc, smtp):
     answer = sign_form(client)
     assert answer.status_code == 303 and answer.headers["location"].startswith("/c/mamay/thanks")
-    assert count_rows(svc) == 1 and confirmed_count(client) == 0
+    assert count(svc) == 1 and confirmed_count(client) == 0
 
     assert deliver(svc, smtp.url).sent == 1
     [mail] = smtp.sink.to("aigerim@example.org")
@@ -98,7 +92,7 @@ def test_repeat_signer_gets_same_answer_no_row_and_an_already_signed_mail(client
     second = sign_form(client, email="repeat@example.org")
     assert first.status_code == second.status_code == 303
     assert first.headers["location"] == second.headers["location"]
-    assert count_rows(svc) == 1
+    assert count(svc) == 1
     # The reminder waits while the first mail's code is under an hour old (a double click must not replace it).
     deliver(svc, smtp.url)
     assert [m["Subject"] for m in smtp.sink.to("Repeat+news@example.org")] == [
@@ -112,7 +106,7 @@ def test_repeat_signer_gets_same_answer_no_row_and_an_already_signed_mail(client
     api = client.post("/api/v1/campaigns/mamay/signatures",
                       json={**SIGNER, "email": "REPEAT@example.org", "consent": True})
     assert api.status_code == 202 and api.json() == {"status": "pending"}
-    assert count_rows(svc) == 1
+    assert count(svc) == 1
 
 
 BAD_INPUTS = [
@@ -140,7 +134,7 @@ def test_bad_form_input_is_422_naming_the_field_and_stores_nothing(client, svc, 
     # The typed values are kept in the form.
     if field != "name" and "name" not in change:
         assert 'value="Aigerim Test"' in answer.text
-    assert count_rows(svc) == 0 and count_rows(svc, OutboxMessage) == 0
+    assert count(svc) == 0 and count(svc, OutboxMessage) == 0
 
 
 @pytest.mark.parametrize(("change", "field"), BAD_INPUTS)
@@ -151,7 +145,7 @@ def test_bad_api_input_is_422_naming_the_field_and_stores_nothing(client, svc, c
     answer = client.post("/api/v1/campaigns/mamay/signatures", json=payload)
     assert answer.status_code == 422
     assert field in [e["field"] for e in answer.json()["detail"]]
-    assert count_rows(svc) == 0 and count_rows(svc, OutboxMessage) == 0
+    assert count(svc) == 0 and count(svc, OutboxMessage) == 0
 
 
 def test_errors_come_back_in_the_signers_language(client):
@@ -163,19 +157,19 @@ def test_errors_come_back_in_the_signers_language(client):
 def test_form_without_csrf_token_is_refused_and_stores_nothing(client, svc):
     client.get("/c/mamay")
     answer = client.post("/c/mamay/sign", data={**SIGNER, "csrf_token": "forged"})
-    assert answer.status_code == 403 and count_rows(svc) == 0
+    assert answer.status_code == 403 and count(svc) == 0
 
 
 def test_honeypot_gets_the_normal_answer_and_stores_nothing(client, svc):
     answer = sign_form(client, website="http://spam.example")
-    assert answer.status_code == 303 and count_rows(svc) == 0
+    assert answer.status_code == 303 and count(svc) == 0
 
 
 def test_rate_limit_answers_429_with_retry_after(tmp_path, sqlite_url):
     from fastapi.testclient import TestClient
 
     from app.main import create_app
-    from tests.conftest import make_settings
+    from tests.support import make_settings
 
     settings = make_settings(tmp_path, sqlite_url, sign_rate_limit="2/minute")
     with TestClient(create_app(settings)) as c:

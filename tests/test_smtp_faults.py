@@ -20,9 +20,9 @@ from sqlalchemy import select
 from app import outbox, signing
 from app.db import utcnow
 from app.models import OutboxMessage
-from tests.conftest import SIGNER, SMTPServer, SMTPSink, answer_notices, deliver, free_port
 from tests.seed import bearer, organiser
 from tests.servers import record_figures
+from tests.support import SIGNER, SMTPServer, SMTPSink, answer_notices, deliver, free_port
 
 
 def sign_many(svc, n: int, prefix: str, *, now: datetime) -> list[str]:

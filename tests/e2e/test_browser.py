@@ -20,8 +20,8 @@ from app import counters, organisers
 from app.db import Database, utcnow
 from app.security import CODE_ALPHABET
 from app.state import Services
-from tests.conftest import SMTPServer, make_settings, migrate
 from tests.servers import ARTIFACTS, AppProcess, server_env
+from tests.support import SMTPServer, make_settings, migrate
 from tests.test_letters import letters_dir_with_named_targets
 
 CHROMIUM = Path("/usr/bin/chromium")
