@@ -16,7 +16,6 @@ from app.db import utcnow
 from app.encryption import Keyring
 from app.models import CONFIRMED, TargetOptIn
 from app.models import Signature as Sig
-from app.settings import Settings
 
 
 def organiser(svc, name: str = "alice") -> str:
@@ -77,18 +76,4 @@ def bulk_confirmed(session: Session, keyring: Keyring, n: int, *, now: datetime,
     ]
     session.execute(insert(Sig), rows)
     counters.add(session, campaign=campaign, country="DE", day=now.date(), delta=n)
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """CAMPAIGN_* variables that make the `campaign` CLI use the same database and keys as `settings`."""
-    return {
-        "CAMPAIGN_ENV": settings.env,
-        "CAMPAIGN_VAR_DIR": str(settings.var_dir),
-        "CAMPAIGN_DATABASE_URL": settings.database_url,
-        "CAMPAIGN_DATA_KEY": settings.data_key,
-        "CAMPAIGN_SECRET_KEY": settings.secret_key,
-        "CAMPAIGN_LETTERS_DIR": str(settings.letters_dir),
-        "CAMPAIGN_ORGANISER_TOKEN": settings.organiser_token,
-        "CAMPAIGN_SIGN_RATE_LIMIT": settings.sign_rate_limit,
-    }
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import httpx
 
-from app.settings import ROOT
-from tests.support import TEST_DATA_KEY, TEST_SECRET, free_port
+from app.settings import ROOT, Settings
+from tests.support import TEST_DATA_KEY, TEST_SECRET, free_port, settings_env
 
 CAMPAIGN_BIN = Path(sys.executable).parent / "campaign"
 
@@ -27,21 +27,13 @@ def server_env(*, var_dir: Path, database_url: str, smtp_url: str = "", base_url
                **overrides: object) -> dict[str, str]:
     """The environment of a server process: ours only (no CAMPAIGN_* leaks in from the caller's shell)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CAMPAIGN_")}
-    env.update({
-        "CAMPAIGN_ENV": "test",
-        "CAMPAIGN_VAR_DIR": str(var_dir),
-        "CAMPAIGN_DATABASE_URL": database_url,
-        "CAMPAIGN_DATA_KEY": TEST_DATA_KEY,
-        "CAMPAIGN_SECRET_KEY": TEST_SECRET,
-        "CAMPAIGN_SIGN_RATE_LIMIT": "off",
-        "CAMPAIGN_OUTBOX_IN_PROCESS": "0",
-        "CAMPAIGN_SMTP_URL": smtp_url,
-        "CAMPAIGN_LETTERS_DIR": str(ROOT / "templates" / "letters"),
-    })
-    if base_url:
-        env["CAMPAIGN_BASE_URL"] = base_url
-    for key, value in overrides.items():
-        env[f"CAMPAIGN_{key.upper()}"] = str(value)
+    values: dict[str, object] = {
+        "env": "test", "var_dir": var_dir, "database_url": database_url, "data_key": TEST_DATA_KEY,
+        "secret_key": TEST_SECRET, "sign_rate_limit": "off", "outbox_in_process": False, "smtp_url": smtp_url,
+        "letters_dir": ROOT / "templates" / "letters", **({"base_url": base_url} if base_url else {}),
+    }
+    env.update(settings_env(Settings(**values)))
+    env.update({f"CAMPAIGN_{key.upper()}": str(value) for key, value in overrides.items()})  # as typed in a shell
     return env
 
 

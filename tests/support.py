@@ -5,6 +5,7 @@ through the form, delivering mail, reading it, counting rows. Tests import from 
 from __future__ import annotations
 
 import base64
+import json
 import re
 import socket
 import threading
@@ -197,3 +198,13 @@ def to_be_mailed(svc: Services) -> int:
 def counts(svc: Services) -> tuple[int, int]:
     """Signatures, and what waits to be mailed about them (a notice each, then mails)."""
     return count(svc), to_be_mailed(svc)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The CAMPAIGN_* variables that give another process (the CLI, a server) these settings: each value that was
+    set, as pydantic-settings reads it back. The one mapping from Settings to an environment."""
+    env = {}
+    for name in sorted(settings.model_fields_set):
+        value = getattr(settings, name)
+        env[f"CAMPAIGN_{name.upper()}"] = json.dumps(value) if isinstance(value, list | dict) else str(value)
+    return env

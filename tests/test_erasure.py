@@ -22,8 +22,8 @@ from app.encryption import NONCE_BYTES
 from app.main import create_app
 from app.models import Delivery, OutboxMessage, Signature, SignatureCount, TargetOptIn
 from app.settings import ROOT
-from tests.seed import add_signatures, settings_env, signature_values
-from tests.support import TEST_SECRET, body, csrf_token, deliver, link_in, make_settings, sign_form
+from tests.seed import add_signatures, signature_values
+from tests.support import TEST_SECRET, body, csrf_token, deliver, link_in, make_settings, settings_env, sign_form
 
 EMAIL = "Aigerim.Test+petition@Example.ORG"
 NAME = "Aigerim Zhanbolatova"

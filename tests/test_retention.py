@@ -15,8 +15,8 @@ from app import cli, counters, outbox, retention, signing
 from app.db import Database, utcnow
 from app.main import create_app
 from app.models import OutboxMessage, Signature, SignatureCount
-from tests.seed import add_signatures, settings_env, signature_values
-from tests.support import SIGNER, answer_notices, deliver, make_settings
+from tests.seed import add_signatures, signature_values
+from tests.support import SIGNER, answer_notices, deliver, make_settings, settings_env
 
 CLOSES = datetime(2027, 12, 31, 12, tzinfo=UTC)  # templates/letters/mamay/campaign.toml closes_on
 
