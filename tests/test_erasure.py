@@ -12,11 +12,10 @@ import pytest
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from fastapi.testclient import TestClient
-from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 from sqlalchemy import LargeBinary, MetaData, String, func, select
 from typer.testing import CliRunner
 
-from app import cli, counters, erasure, outbox, signing
+from app import cli, counters, erasure, outbox, security, signing
 from app.db import Database, utcnow
 from app.encryption import NONCE_BYTES
 from app.main import create_app
@@ -207,14 +206,11 @@ def test_expired_or_forged_links_erase_nothing(client, svc):
                                             created_at=utcnow())])
     keys = erasure.email_keys(svc.keyring, "keep@example.org")
 
-    class PastSigner(TimestampSigner):
-        def get_timestamp(self) -> int:
-            return int(time.time()) - erasure.LINK_HOURS * 3600 - 60
-
-    expired = URLSafeTimedSerializer(TEST_SECRET, salt=erasure.LINK_SALT, signer=PastSigner).dumps(
-        [k.hex() for k in keys])
+    # Made as the app makes one, a minute past its lifetime; and one sealed for another purpose.
+    expired = security.seal_handle(TEST_SECRET, erasure.LINK_PURPOSE, b"".join(keys),
+                                   now=time.time() - erasure.LINK_HOURS * 3600 - 60)
     fresh = erasure.link_token(svc.settings, keys)
-    other_salt = URLSafeTimedSerializer(TEST_SECRET, salt="sign-ticket").dumps([k.hex() for k in keys])
+    other_salt = security.seal_handle(TEST_SECRET, "ticket", b"".join(keys))
     for token in (expired, fresh[:-2] + ("AA" if not fresh.endswith("AA") else "BB"), other_salt, "nonsense"):
         page = client.get(f"/erase/{token}")
         assert page.status_code == 404 and "This link does not work" in page.text
