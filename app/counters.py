@@ -45,13 +45,15 @@ class Stats:
     by_day: dict[str, int]  # ISO date -> count
 
 
-def exact_counts(session: Session, campaign: str) -> tuple[dict[str, int], dict[str, int]]:
-    """Per-country and per-day confirmed counts, unfolded: for organisers only."""
-    rows = session.execute(
-        select(SignatureCount.country, SignatureCount.day, SignatureCount.confirmed).where(
-            SignatureCount.campaign == campaign
-        )
-    ).all()
+def exact_counts(session: Session, campaign: str, *, before: date | None = None
+                 ) -> tuple[dict[str, int], dict[str, int]]:
+    """Per-country and per-day confirmed counts, unfolded: for organisers only (or of the days `before` a date)."""
+    query = select(SignatureCount.country, SignatureCount.day, SignatureCount.confirmed).where(
+        SignatureCount.campaign == campaign
+    )
+    if before is not None:
+        query = query.where(SignatureCount.day < before)
+    rows = session.execute(query).all()
     by_country: dict[str, int] = {}
     by_day: dict[str, int] = {}
     for country, day, n in rows:
@@ -101,15 +103,15 @@ def publish_days(counts: Mapping[str, int], k: int) -> dict[str, int]:
     return published
 
 
-def publishable(session: Session, campaign: Campaign, *, k: int) -> Stats:
-    """What would be published from the counters as they stand: only ever shown through a period's snapshot."""
+def publishable(session: Session, campaign: Campaign, *, k: int, today: date | None = None) -> Stats:
+    """What would be published from the counters as they stand; with `today`, countries and days as they stood
+    when that day began (only ever shown through a period's snapshot)."""
     by_country, by_day = exact_counts(session, campaign.slug)
-    return Stats(
-        confirmed=_down(sum(by_country.values()), k),
-        goal=campaign.goal,
-        by_country=publish_countries(by_country, k),
-        by_day=publish_days(by_day, k),
-    )
+    total = sum(by_country.values())
+    if today is not None:
+        by_country, by_day = exact_counts(session, campaign.slug, before=today)
+    return Stats(confirmed=_down(total, k), goal=campaign.goal, by_country=publish_countries(by_country, k),
+                 by_day=publish_days(by_day, k))
 
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -141,17 +143,10 @@ def public_stats(session: Session, campaign: Campaign, *, k: int, now: datetime,
     found = published(session, campaign, starts_at=starts_at)
     if found is not None:
         return found
-    stats = publishable(session, campaign, k=k)
-    # Countries and days move once a UTC day, the total every period: a prober who confirms signatures of their
-    # own can learn the exact count and hold a cell one below its next step, so that a step shows one more
-    # confirmation; per period that would place one person's country in a ten-minute window.
-    midnight = starts_at.replace(hour=0, minute=0, second=0, microsecond=0)
-    today = session.scalar(select(PublicFigures).where(
-        PublicFigures.campaign == campaign.slug, PublicFigures.starts_at >= midnight,
-        PublicFigures.starts_at < starts_at,
-    ).order_by(PublicFigures.starts_at).limit(1))
-    if today is not None:
-        stats = Stats(stats.confirmed, stats.goal, json.loads(today.by_country), json.loads(today.by_day))
+    # Countries and days as they stood at 00:00 UTC, the total as it stands: a prober who confirms signatures of
+    # their own can learn a cell's exact count and hold it one below its next step, so that a step shows one
+    # more confirmation; per period that would place one person's country in a ten-minute window.
+    stats = publishable(session, campaign, k=k, today=starts_at.date())
     values = {"campaign": campaign.slug, "starts_at": starts_at, "confirmed": stats.confirmed,
               "by_country": json.dumps(stats.by_country), "by_day": json.dumps(stats.by_day)}
     dialect = session.get_bind().dialect.name

@@ -129,6 +129,8 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None, 
             message_id=None, detail=str(exc.detail), status=exc.status_code, campaign=None,
             path=same_site_path(request.url.path),
         )
-        return HTMLResponse(html, status_code=exc.status_code, headers=exc.headers)
+        # Never cached: a 404 for a private link would tell a later user of the browser that one was opened.
+        return HTMLResponse(html, status_code=exc.status_code, headers={**(exc.headers or {}),
+                                                                          "Cache-Control": "no-store"})
 
     return app

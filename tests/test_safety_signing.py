@@ -257,3 +257,10 @@ def test_no_number_in_a_signers_own_mail_counts_rows_in_between(client, svc, smt
         seen.append((base64.urlsafe_b64decode(row_part + "=="), message_id))
     (block1, id1), (block2, id2) = seen
     assert abs(int.from_bytes(block1, "big") - int.from_bytes(block2, "big")) > 2**64 and id1 != id2
+
+
+@pytest.mark.parametrize("path", ["/s/not-a-token", "/confirm/AAAAAAAAAAAAAAAAAAAAAA.x", "/erase/not-a-token"])
+def test_a_private_link_that_opens_nothing_is_not_cached_either(client, path):
+    """A cached 404 for a private link would tell a later user of the browser that one was opened."""
+    answer = client.get(path)
+    assert answer.status_code == 404 and answer.headers["cache-control"] == "no-store"

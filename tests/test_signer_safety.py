@@ -114,9 +114,10 @@ def test_keys_rotate_reseals_every_row_and_loses_none(tmp_path, sqlite_url, smtp
 
 
 def test_one_signer_in_kazakhstan_and_four_elsewhere_is_invisible_in_every_public_answer(svc, client):
-    sign_and_confirm(svc, {"name": "Only One", "email": "only@example.kz", "country": "KZ"})
+    yesterday = utcnow() - timedelta(days=1)  # countries and days are published as they stood at midnight
+    sign_and_confirm(svc, {"name": "Only One", "email": "only@example.kz", "country": "KZ"}, now=yesterday)
     for i in range(4):
-        sign_and_confirm(svc, {"name": f"Other {i}", "email": f"o{i}@example.de", "country": "DE"})
+        sign_and_confirm(svc, {"name": f"Other {i}", "email": f"o{i}@example.de", "country": "DE"}, now=yesterday)
     stats = client.get("/api/v1/campaigns/mamay/stats").json()
     assert stats["confirmed"] == 5
     assert "KZ" not in stats["by_country"] and "DE" not in stats["by_country"]
@@ -186,9 +187,10 @@ def test_privacy_notice_is_linked_from_every_public_page(client):
 
 
 def test_stats_cli_prints_folded_json(tmp_path, sqlite_url, svc):
-    sign_and_confirm(svc, {"name": "A", "email": "a@example.kz", "country": "KZ"})
+    yesterday = utcnow() - timedelta(days=1)  # countries and days are published as they stood at midnight
+    sign_and_confirm(svc, {"name": "A", "email": "a@example.kz", "country": "KZ"}, now=yesterday)
     for i in range(5):
-        sign_and_confirm(svc, {"name": f"D{i}", "email": f"d{i}@example.de", "country": "DE"})
+        sign_and_confirm(svc, {"name": f"D{i}", "email": f"d{i}@example.de", "country": "DE"}, now=yesterday)
     env = {"CAMPAIGN_DATABASE_URL": sqlite_url, "CAMPAIGN_VAR_DIR": str(tmp_path / "var"),
            "CAMPAIGN_DATA_KEY": svc.settings.data_key, "CAMPAIGN_ENV": "test"}
     out = CliRunner().invoke(cli.app, ["stats", "mamay"], env=env)
