@@ -81,7 +81,8 @@ def send_link(session: Session, rows: list[Signature], *, keys: list[bytes], lan
             continue
         sent_to.add(address)
         message = composer.erase_link(lang=lang, to=address, token=token, hours=LINK_HOURS)
-        outbox.enqueue(session, message, kind="erase", keyring=keyring, signature_id=row.id, now=now)
+        outbox.enqueue(session, message, kind="erase", keyring=keyring, signature_id=row.id, now=now,
+                       not_before=outbox.jittered(now, settings.mail_jitter_seconds))
 
 
 # --- removing ---------------------------------------------------------------------------------------------

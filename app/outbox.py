@@ -65,6 +65,14 @@ def row_values(
     }
 
 
+def jittered(now: datetime, seconds: float) -> datetime:
+    """`now` plus a random 0..`seconds` (from the system's CSPRNG: a prober must not predict it)."""
+    return now + timedelta(seconds=_random.uniform(0, seconds)) if seconds else now
+
+
+_random = random.SystemRandom()
+
+
 def enqueue(session: Session, msg: EmailMessage | mail.Prepared, **how) -> OutboxMessage:
     """Add a mail to the caller's transaction (`how`: the keywords of `row_values`)."""
     row = OutboxMessage(**row_values(msg, **how))

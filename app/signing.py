@@ -358,7 +358,7 @@ def mail_code(
         message = composer.already_signed(campaign=campaign, lang=row.language, to=to, token=link, code=code,
                                           confirmed=row.status == CONFIRMED, discreet=discreet or row.discreet)
     outbox.enqueue(session, message, kind="confirm" if first else "already", keyring=keyring, signature_id=row.id,
-                   now=now)
+                   now=now, not_before=outbox.jittered(now, settings.mail_jitter_seconds))
 
 
 class ConfirmProblem(SigningError):

@@ -30,6 +30,7 @@ def server_env(*, var_dir: Path, database_url: str, smtp_url: str = "", base_url
     values: dict[str, object] = {
         "env": "test", "var_dir": var_dir, "database_url": database_url, "data_key": TEST_DATA_KEY,
         "secret_key": TEST_SECRET, "sign_rate_limit": "off", "outbox_in_process": False, "smtp_url": smtp_url,
+        "mail_jitter_seconds": 0,
         "letters_dir": ROOT / "templates" / "letters", **({"base_url": base_url} if base_url else {}),
     }
     env.update(settings_env(Settings(**values)))

@@ -54,6 +54,7 @@ def make_settings(tmp_path: Path, database_url: str, **overrides: object) -> Set
         "secret_key": TEST_SECRET,
         "outbox_in_process": False,
         "sign_rate_limit": "off",
+        "mail_jitter_seconds": 0,  # mails due at once; tests/test_safety_signing.py checks the jitter itself
         # In-process tests sign in a thread (one writer process per test would cost a second each); the writer
         # process is tested in test_intake.py and by every test that runs `campaign serve`.
         "sign_writer": "thread",

@@ -22,7 +22,7 @@ from app.db import utcnow
 from app.models import OutboxMessage, Signature
 from app.state import Services
 from tests.servers import AppProcess, server_env
-from tests.support import SIGNER, body, csrf_token, deliver, make_settings, sign_form
+from tests.support import SIGNER, answer_notices, body, csrf_token, deliver, make_settings, sign_form
 
 CSRF_VALUE = re.compile(r'name="csrf_token" value="[^"]+"')
 
@@ -168,10 +168,11 @@ def test_unicode_case_folding_does_not_merge_two_mailboxes():
     assert signing.normalise_email("Anna+x@Example.ORG") == signing.normalise_email("anna@example.org")
 
 
-def test_code_guesses_are_capped_per_code_and_a_stranger_cannot_kill_the_signers_code(client, svc, smtp):
+def test_code_guesses_are_capped_per_code_and_a_reminder_brings_a_fresh_code(client, svc, smtp):
     """Wrong codes are capped per code mailed (a repeat signature does not reset the count); only a reminder,
     mailed to the stored address at most three times a day, brings a new code with a fresh count. So guesses are
-    bounded per signature and day, and a stranger's ten wrong guesses cannot leave the signer without a code."""
+    bounded per signature and day (40 against > 2^37 codes); a stranger's ten wrong guesses end that code, and the
+    signer's next reminder (or the mailed link, which guesses never touch) still opens the signature."""
     sign_form(client, email="guess@example.org")
     deliver(svc, smtp.url)
     stranger = client.__class__(client.app, base_url="http://testserver")
@@ -264,3 +265,26 @@ def test_a_private_link_that_opens_nothing_is_not_cached_either(client, path):
     """A cached 404 for a private link would tell a later user of the browser that one was opened."""
     answer = client.get(path)
     assert answer.status_code == 404 and answer.headers["cache-control"] == "no-store"
+
+
+def test_mail_made_from_notices_is_due_at_random_times_so_a_probers_own_mails_cannot_bracket_it(tmp_path, sqlite_url):
+    """Round 4: a prober signed their own address, asked for the victim's erase link, and signed again; the
+    worker sent the three mails back to back, so a victim's mail (made only if they had signed) showed as a longer
+    gap between the prober's own two. Each mail made from a notice is now due at its own random time."""
+    svc = Services.build(make_settings(tmp_path, sqlite_url, mail_jitter_seconds=60))
+    try:
+        now = utcnow()
+        with svc.db.write.begin() as session:
+            for i in range(20):
+                signing.sign(session, campaign=svc.campaigns["mamay"], keyring=svc.keyring, settings=svc.settings,
+                             now=now, data=signing.validate({**SIGNER, "email": f"p{i}@example.org", "consent": True}))
+            erasure.request_link(session, email="p3@example.org", lang="en", keyring=svc.keyring, now=now)
+        answer_notices(svc, now=now)
+        with svc.db.read() as session:
+            due = [(m.next_attempt_at - now).total_seconds()
+                   for m in session.scalars(select(OutboxMessage).order_by(OutboxMessage.id))]
+    finally:
+        svc.db.dispose()
+    assert len(due) == 21 and all(0 <= d <= 60 for d in due)
+    assert len(set(due)) == 21 and due != sorted(due)  # drawn one by one: neither equal nor in the order made
+    assert max(due) - min(due) > 10
