@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import http.server
 import re
-import shutil
 import threading
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from sqlalchemy import func, select
 from app.db import Database
 from app.main import create_app
 from app.models import OutboxMessage, Signature
+from tests import browser
 from tests.servers import ARTIFACTS, AppProcess, server_env, upgrade
 from tests.support import SIGNER, answer_notices, free_port, make_settings
 
@@ -146,9 +146,6 @@ def serve_partner(page: str) -> tuple[_Partner, str]:
 
 @pytest.mark.browser
 def test_chromium_shows_the_embed_to_an_allowed_partner_only(tmp_path):
-    if not shutil.which("chromium"):
-        pytest.skip("Debian's chromium is not installed (make system-deps)")
-    sync_api = pytest.importorskip("playwright.sync_api")
     app_port = free_port()
     iframe = f'<!doctype html><h1>Partner</h1><iframe src="http://127.0.0.1:{app_port}/c/mamay/embed" ' \
              'width="360" height="560"></iframe>'
@@ -159,12 +156,9 @@ def test_chromium_shows_the_embed_to_an_allowed_partner_only(tmp_path):
                      frame_ancestors=f'["{allowed_url}"]')
     upgrade(env)
     try:
-        with AppProcess(env, port=app_port), sync_api.sync_playwright() as pw:
-            try:
-                browser = pw.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox"])
-            except Exception as exc:  # a machine without the libraries Chromium needs
-                pytest.skip(f"Chromium does not start here: {exc}")
-            page = browser.new_page(viewport={"width": 420, "height": 700})
+        with AppProcess(env, port=app_port), browser.chromium() as context:
+            page = context.new_page()
+            page.set_viewport_size({"width": 420, "height": 700})
             page.goto(allowed_url)
             frame = page.frame_locator("iframe")
             frame.locator("form button[type=submit]").wait_for(timeout=10_000)
@@ -177,7 +171,6 @@ def test_chromium_shows_the_embed_to_an_allowed_partner_only(tmp_path):
             page.wait_for_timeout(1000)
             child = page.frames[1]
             assert child.url.startswith("chrome-error://")  # Chromium refused to render it
-            browser.close()
     finally:
         allowed.shutdown()
         refused.shutdown()

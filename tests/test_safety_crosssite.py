@@ -5,13 +5,13 @@ accepted only from this site or a listed partner."""
 from __future__ import annotations
 
 import re
-import shutil
 
 import pytest
 from fastapi.testclient import TestClient
 
 from app.db import Database
 from app.main import create_app
+from tests import browser
 from tests.seed import bearer, organiser
 from tests.servers import AppProcess, server_env, upgrade
 from tests.support import SIGNER, count, free_port, make_settings
@@ -155,9 +155,6 @@ def test_with_redis_a_token_used_on_one_worker_is_refused_on_another(tmp_path, s
 @pytest.mark.browser
 def test_chromium_signs_through_the_embed_on_a_partner_page(tmp_path):
     """The embed as a browser really posts it (its Origin, under the page's referrer policy) is accepted."""
-    if not shutil.which("chromium"):
-        pytest.skip("Debian's chromium is not installed (make system-deps)")
-    sync_api = pytest.importorskip("playwright.sync_api")
     from tests.test_embed import serve_partner
 
     app_port = free_port()
@@ -168,12 +165,9 @@ def test_chromium_signs_through_the_embed_on_a_partner_page(tmp_path):
                      frame_ancestors=f'["{partner_url}"]')
     upgrade(env)
     try:
-        with AppProcess(env, port=app_port), sync_api.sync_playwright() as pw:
-            try:
-                browser = pw.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox"])
-            except Exception as exc:  # a machine without the libraries Chromium needs
-                pytest.skip(f"Chromium does not start here: {exc}")
-            page = browser.new_page(viewport={"width": 420, "height": 800})
+        with AppProcess(env, port=app_port), browser.chromium() as context:
+            page = context.new_page()
+            page.set_viewport_size({"width": 420, "height": 800})
             page.goto(partner_url)
             frame = page.frame_locator("iframe")
             frame.locator("#e-name").fill("Browser Signer")
@@ -183,6 +177,5 @@ def test_chromium_signs_through_the_embed_on_a_partner_page(tmp_path):
             with page.expect_navigation(timeout=15_000):
                 frame.locator("form button[type=submit]").click()
             assert "/c/mamay/thanks" in page.url, (page.url, page.content()[:500])
-            browser.close()
     finally:
         partner.shutdown()

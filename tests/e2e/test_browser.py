@@ -20,6 +20,7 @@ from app import counters, organisers
 from app.db import Database, utcnow
 from app.security import CODE_ALPHABET
 from app.state import Services
+from tests import browser as browser_support
 from tests.servers import ARTIFACTS, AppProcess, server_env
 from tests.support import SMTPServer, make_settings, migrate
 from tests.test_letters import letters_dir_with_named_targets
@@ -67,8 +68,7 @@ def chromium():
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=str(CHROMIUM),
-            args=["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--no-first-run", "--disable-quic"],
+            args=browser_support.ARGS,
         )
         yield browser
         browser.close()
