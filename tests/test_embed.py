@@ -3,6 +3,7 @@ the public counter, and its compact form signs without relying on cookies a thir
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import re
 import threading
@@ -144,33 +145,42 @@ def serve_partner(page: str) -> tuple[_Partner, str]:
     return server, f"http://127.0.0.1:{server.server_address[1]}"
 
 
+@contextlib.contextmanager
+def partner_with_embed(tmp_path: Path, *, also_refused: bool = False):
+    """The app on its own port, a partner page on another origin that frames its embed and is listed in
+    CAMPAIGN_FRAME_ANCESTORS, and with `also_refused` the same page on an origin that is not listed.
+    Yields (app, partner URL, refused URL or None)."""
+    app_port = free_port()
+    iframe = (f'<!doctype html><h1>Partner</h1><iframe src="http://127.0.0.1:{app_port}/c/mamay/embed" '
+              'width="360" height="700"></iframe>')
+    partners = [serve_partner(iframe) for _ in range(2 if also_refused else 1)]
+    env = server_env(var_dir=tmp_path / "var", database_url=f"sqlite:///{tmp_path / 'campaign.db'}",
+                     frame_ancestors=f'["{partners[0][1]}"]')
+    upgrade(env)
+    refused_url = f"http://localhost:{partners[1][0].server_address[1]}" if also_refused else None  # not listed
+    try:
+        with AppProcess(env, port=app_port) as app:
+            yield app, partners[0][1], refused_url
+    finally:
+        for server, _ in partners:
+            server.shutdown()
+
+
 @pytest.mark.browser
 def test_chromium_shows_the_embed_to_an_allowed_partner_only(tmp_path):
-    app_port = free_port()
-    iframe = f'<!doctype html><h1>Partner</h1><iframe src="http://127.0.0.1:{app_port}/c/mamay/embed" ' \
-             'width="360" height="560"></iframe>'
-    allowed, allowed_url = serve_partner(iframe)
-    refused, _ = serve_partner(iframe)
-    refused_url = f"http://localhost:{refused.server_address[1]}"  # another origin, not listed
-    env = server_env(var_dir=tmp_path / "var", database_url=f"sqlite:///{tmp_path / 'campaign.db'}",
-                     frame_ancestors=f'["{allowed_url}"]')
-    upgrade(env)
-    try:
-        with AppProcess(env, port=app_port), browser.chromium() as context:
-            page = context.new_page()
-            page.set_viewport_size({"width": 420, "height": 700})
-            page.goto(allowed_url)
-            frame = page.frame_locator("iframe")
-            frame.locator("form button[type=submit]").wait_for(timeout=10_000)
-            assert frame.locator(".count .num").inner_text() == "0"
-            shots = Path(ARTIFACTS)
-            shots.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(shots / "embed-allowed-partner.png"))
+    with partner_with_embed(tmp_path, also_refused=True) as (_, allowed_url, refused_url), \
+            browser.chromium() as context:
+        page = context.new_page()
+        page.set_viewport_size({"width": 420, "height": 700})
+        page.goto(allowed_url)
+        frame = page.frame_locator("iframe")
+        frame.locator("form button[type=submit]").wait_for(timeout=10_000)
+        assert frame.locator(".count .num").inner_text() == "0"
+        shots = Path(ARTIFACTS)
+        shots.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(shots / "embed-allowed-partner.png"))
 
-            page.goto(refused_url)
-            page.wait_for_timeout(1000)
-            child = page.frames[1]
-            assert child.url.startswith("chrome-error://")  # Chromium refused to render it
-    finally:
-        allowed.shutdown()
-        refused.shutdown()
+        page.goto(refused_url)
+        page.wait_for_timeout(1000)
+        child = page.frames[1]
+        assert child.url.startswith("chrome-error://")  # Chromium refused to render it

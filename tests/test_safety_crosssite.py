@@ -13,8 +13,7 @@ from app.db import Database
 from app.main import create_app
 from tests import browser
 from tests.seed import bearer, organiser
-from tests.servers import AppProcess, server_env, upgrade
-from tests.support import SIGNER, count, free_port, make_settings
+from tests.support import SIGNER, count, make_settings
 
 SIGN = "/api/v1/campaigns/mamay/signatures"
 JSON_BODY = '{"name": "Cross Site", "email": "cross@example.org", "country": "DE", "consent": true}'
@@ -155,27 +154,17 @@ def test_with_redis_a_token_used_on_one_worker_is_refused_on_another(tmp_path, s
 @pytest.mark.browser
 def test_chromium_signs_through_the_embed_on_a_partner_page(tmp_path):
     """The embed as a browser really posts it (its Origin, under the page's referrer policy) is accepted."""
-    from tests.test_embed import serve_partner
+    from tests.test_embed import partner_with_embed
 
-    app_port = free_port()
-    partner, partner_url = serve_partner(
-        f'<!doctype html><h1>Partner</h1><iframe src="http://127.0.0.1:{app_port}/c/mamay/embed" '
-        'width="360" height="700"></iframe>')
-    env = server_env(var_dir=tmp_path / "var", database_url=f"sqlite:///{tmp_path / 'campaign.db'}",
-                     frame_ancestors=f'["{partner_url}"]')
-    upgrade(env)
-    try:
-        with AppProcess(env, port=app_port), browser.chromium() as context:
-            page = context.new_page()
-            page.set_viewport_size({"width": 420, "height": 800})
-            page.goto(partner_url)
-            frame = page.frame_locator("iframe")
-            frame.locator("#e-name").fill("Browser Signer")
-            frame.locator("#e-email").fill("browser@example.org")
-            frame.locator("#e-country").select_option("DE")
-            frame.locator("input[name=consent]").check()
-            with page.expect_navigation(timeout=15_000):
-                frame.locator("form button[type=submit]").click()
-            assert "/c/mamay/thanks" in page.url, (page.url, page.content()[:500])
-    finally:
-        partner.shutdown()
+    with partner_with_embed(tmp_path) as (_, partner_url, _), browser.chromium() as context:
+        page = context.new_page()
+        page.set_viewport_size({"width": 420, "height": 800})
+        page.goto(partner_url)
+        frame = page.frame_locator("iframe")
+        frame.locator("#e-name").fill("Browser Signer")
+        frame.locator("#e-email").fill("browser@example.org")
+        frame.locator("#e-country").select_option("DE")
+        frame.locator("input[name=consent]").check()
+        with page.expect_navigation(timeout=15_000):
+            frame.locator("form button[type=submit]").click()
+        assert "/c/mamay/thanks" in page.url, (page.url, page.content()[:500])
