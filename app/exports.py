@@ -29,9 +29,9 @@ from app.export_rows import (  # the names callers use, from their one home
     Reader,
     SignatureQuery,
     Status,  # noqa: F401 - callers name it exports.Status
-    rendered,
     inert,
     inert_csv,
+    rendered,
 )
 from app.models import ExportLog
 
