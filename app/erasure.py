@@ -15,7 +15,7 @@ from datetime import datetime
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from app import db, mail, outbox, security, signing
+from app import addresses, db, mail, outbox, security, signing
 from app.encryption import Keyring
 from app.models import CONFIRMED, Delivery, Notice, OutboxMessage, Signature, TargetOptIn
 from app.settings import Settings
@@ -45,7 +45,7 @@ class Forgotten:
 
 def email_keys(keyring: Keyring, email: str) -> list[bytes]:
     """Every index value the address may have (one per data key: rows signed before a rotation too)."""
-    return keyring.email_keys(signing.normalise_email(email.strip()))
+    return keyring.email_keys(addresses.normalise_email(email.strip()))
 
 
 def link_token(settings: Settings, keys: list[bytes]) -> str:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from sqlalchemy import select, update
 
-from app import signing
+from app import addresses
 from app.db import Database
 from app.encryption import Keyring
 from app.models import OutboxMessage, Signature
@@ -48,7 +48,7 @@ def _reseal_signature(row: Signature, ring: Keyring) -> dict[str, object]:
         values[column] = ring.seal(ring.open(getattr(row, column), field, row.key_id), field)
     if row.email_key is not None and row.email_enc is not None:
         email = ring.open(row.email_enc, "email", row.key_id) or ""
-        values["email_key"] = ring.email_key(signing.normalise_email(email))
+        values["email_key"] = ring.email_key(addresses.normalise_email(email))
     return values
 
 

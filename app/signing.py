@@ -7,8 +7,6 @@ confirmed, in the confirming transaction.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import re
 import unicodedata
 from collections.abc import Mapping, Sequence
@@ -18,12 +16,10 @@ from email.errors import HeaderParseError
 from email.header import decode_header, make_header
 
 import pycountry
-from email_validator import EmailNotValidError, validate_email
-from email_validator.rfc_constants import CASE_INSENSITIVE_MAILBOX_NAMES
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from app import counters, db, mail, outbox, paragraph, security
+from app import addresses, counters, db, mail, outbox, paragraph, security
 from app.campaigns import LANGUAGES, Campaign
 from app.encryption import Keyring
 from app.models import CONFIRMED, PENDING, Notice, Signature
@@ -93,25 +89,6 @@ def _header_safe(value: str) -> bool:
     return _printable_line(decoded)
 
 
-class AddressNotMailable(ValueError):
-    """A valid address our mail cannot reach: its local part is not ASCII, which needs SMTPUTF8 end to end."""
-
-
-def mailable_email(address: str) -> str:
-    """The address as we store and send it: email-validator's normalised form with the domain in ASCII (A-labels),
-    or EmailNotValidError, or AddressNotMailable for a non-ASCII local part (email-validator's `ascii_email`)."""
-    normalized = checked_email(address)
-    local, _, domain = normalized.rpartition("@")
-    if not local.isascii():
-        raise AddressNotMailable(address)
-    return normalized if domain.isascii() else f"{local}@{_ascii_checked_domain(domain)}"
-
-
-@functools.lru_cache(maxsize=1024)
-def _ascii_checked_domain(domain: str) -> str:
-    return validate_email(f"x@{domain}", check_deliverability=False).ascii_domain
-
-
 def _printable_text(value: str) -> bool:
     return all(
         ch in MESSAGE_ALLOWED_CONTROLS
@@ -127,109 +104,63 @@ def _truthy(value: object) -> bool:
     return isinstance(value, str) and value.strip().lower() in {"on", "true", "1", "yes"}
 
 
-def normalise_email(email: str) -> str:
-    """The dedupe form of an address: local part lower-cased without +tag, IDNA (ASCII) domain.
-
-    It may fold two mailboxes that a provider keeps apart (case, +tag), because nothing is ever sent to an address
-    as typed again: mail about a stored signature goes to the stored address. Unicode case folding is not used
-    (it made `große@` and `grosse@` one)."""
-    local, _, domain = email.rpartition("@")
-    return f"{local.split('+', 1)[0].lower()}@{_ascii_domain(domain)}"
+def _line(value: str, longest: int, error: str, *, required: bool = False) -> str | None:
+    """The error of a one-line field that may reach a mail header (a name, a city), or None."""
+    if (required and not value) or len(value) > longest or not _printable_line(value) or not _header_safe(value):
+        return error
+    return None
 
 
-@functools.lru_cache(maxsize=4096)  # signers share a few thousand domains; the IDNA codec is slow Python
-def _ascii_domain(domain: str) -> str:
-    with contextlib.suppress(UnicodeError):  # already validated; keep the Unicode form
-        domain = domain.encode("idna").decode("ascii")
-    return domain.lower()
+def _email(value: str) -> tuple[str, str | None]:
+    """The address as we store it, and the error (None when it is good)."""
+    if not value:
+        return "", N_("Enter your email address.")
+    if len(value) > 254 or not _printable_line(value) or not _header_safe(value):
+        return "", N_("Enter a valid email address.")
+    try:
+        return addresses.mailable_email(value), None
+    except addresses.EmailNotValidError:
+        return "", N_("Enter a valid email address.")
+    except addresses.AddressNotMailable:
+        return "", N_("This address cannot receive our mail: use an address with only Latin letters before the @.")
 
 
-# A local part made of RFC 5322 atext in dot-atom form (nearly every address): valid to email-validator whatever
-# the domain, and its own normalised form. Anything else goes to email-validator whole.
-_PLAIN_LOCAL = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
-
-
-def checked_email(email: str) -> str:
-    """email-validator's normalised form of an address, or EmailNotValidError. Its domain check (IDNA and
-    Unicode rules, reserved names) is most of its cost and depends on the domain alone, so a plain local part's
-    domain is checked once per domain; tests/test_fuzz.py holds this equal to calling email-validator."""
-    local, at, domain = email.rpartition("@")
-    plain = at and len(local) <= 64 and domain.isascii() and _PLAIN_LOCAL.fullmatch(local)
-    if plain and local.lower() not in CASE_INSENSITIVE_MAILBOX_NAMES:
-        normalized = f"{local}@{_checked_domain(domain)}"
-        if len(normalized) <= 254:
-            return normalized
-    return validate_email(email, check_deliverability=False).normalized
-
-
-@functools.lru_cache(maxsize=4096)
-def _checked_domain(domain: str) -> str:
-    return validate_email(f"x@{domain}", check_deliverability=False).domain  # raises for a bad domain
+def _message(value: str, *, name: str, to_authorities: bool) -> str | None:
+    if len(value) > 2000 or not _printable_text(value):
+        return N_("Your message: at most 2,000 characters, no control characters.")
+    # The paragraph reaches the authorities of Kazakhstan word for word: refuse what identifies its writer there,
+    # unless the signer keeps it out of those letters (paragraph.py).
+    found = paragraph.findings(value, name=name) if to_authorities else None
+    return paragraph.refusal(found) if found else None
 
 
 def validate(raw: Mapping[str, object]) -> SignatureIn:
     """Check every field and return clean data, or raise ValidationFailed naming each bad field."""
-    errors: dict[str, str] = {}
 
     def text(field: str) -> str:
         value = raw.get(field)
         return value if isinstance(value, str) else ""
 
-    name = text("name").strip()
-    if not 1 <= len(name) <= 100 or not _printable_line(name) or not _header_safe(name):
-        errors["name"] = N_("Enter your name: 1 to 100 characters, no control characters.")
-
-    email = text("email").strip()
-    normalized_email = ""
-    if not email:
-        errors["email"] = N_("Enter your email address.")
-    elif len(email) > 254 or not _printable_line(email) or not _header_safe(email):
-        errors["email"] = N_("Enter a valid email address.")
-    else:
-        try:
-            normalized_email = mailable_email(email)
-        except EmailNotValidError:
-            errors["email"] = N_("Enter a valid email address.")
-        except AddressNotMailable:
-            errors["email"] = N_("This address cannot receive our mail: use an address with only Latin letters "
-                                 "before the @.")
-
+    name, city = text("name").strip(), text("city").strip()
+    email, email_error = _email(text("email").strip())
     country = text("country").strip().upper()
-    if country not in COUNTRIES:
-        errors["country"] = N_("Choose your country from the list.")
-
-    city = text("city").strip()
-    if len(city) > 100 or not _printable_line(city) or not _header_safe(city):
-        errors["city"] = N_("City: at most 100 characters, no control characters.")
-
     message = text("message").replace("\r\n", "\n").strip()
-    if len(message) > 2000 or not _printable_text(message):
-        errors["message"] = N_("Your message: at most 2,000 characters, no control characters.")
-    # The paragraph reaches the authorities of Kazakhstan word for word: refuse what identifies its writer there,
-    # unless the signer keeps it out of those letters (paragraph.py).
     to_authorities = not _truthy(raw.get("message_private"))
-    if "message" not in errors and to_authorities and (found := paragraph.findings(message, name=name)):
-        errors["message"] = paragraph.refusal(found)
-
-    if not _truthy(raw.get("consent")):
-        errors["consent"] = N_("Please tick the box to agree that we store your signature.")
-
     lang = text("lang") or "en"
-    if lang not in LANGUAGES:
-        errors["lang"] = N_("Choose English, Russian or Kazakh.")
-
+    errors = {field: error for field, error in {
+        "name": _line(name, 100, N_("Enter your name: 1 to 100 characters, no control characters."), required=True),
+        "email": email_error,
+        "country": None if country in COUNTRIES else N_("Choose your country from the list."),
+        "city": _line(city, 100, N_("City: at most 100 characters, no control characters.")),
+        "message": _message(message, name=name, to_authorities=to_authorities),
+        "consent": None if _truthy(raw.get("consent")) else N_(
+            "Please tick the box to agree that we store your signature."),
+        "lang": None if lang in LANGUAGES else N_("Choose English, Russian or Kazakh."),
+    }.items() if error}
     if errors:
         raise ValidationFailed(errors)
-    return SignatureIn(
-        name=name,
-        email=normalized_email,
-        country=country,
-        city=city,
-        message=message,
-        lang=lang,
-        discreet=_truthy(raw.get("discreet")),
-        message_to_authorities=to_authorities,
-    )
+    return SignatureIn(name=name, email=email, country=country, city=city, message=message, lang=lang,
+                       discreet=_truthy(raw.get("discreet")), message_to_authorities=to_authorities)
 
 
 @dataclass(frozen=True)
@@ -286,7 +217,7 @@ def sign_many(
         if not campaign.is_open(now.date()):
             outcomes[i] = CampaignClosed(campaign.slug)
             continue
-        keys = keyring.email_keys(normalise_email(data.email))
+        keys = keyring.email_keys(addresses.normalise_email(data.email))
         notices.append(notice_row("sign", campaign.slug, keys, data.lang, data.discreet, now))
         outcomes[i] = Signed(None, created=False)
         # While a key rotation is under way a repeat signer's row may carry the old key's hash, which the

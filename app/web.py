@@ -10,7 +10,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from app import i18n, security, signing
+from app import addresses, i18n, security, signing
 from app.db import utcnow
 from app.pages import (
     HONEYPOT_FIELD,
@@ -34,7 +34,7 @@ TICKET_SECONDS = 86400  # a day to type the code (the mailed link works for long
 def _ticket_for(svc: Services, slug: str, email: str) -> str:
     """The cookie that lets the page after signing take a code: the campaign and the address's index hashes,
     sealed (security.seal_handle), so it is new and random each time and says nothing of the row or the address."""
-    keys = svc.keyring.email_keys(signing.normalise_email(email))
+    keys = svc.keyring.email_keys(addresses.normalise_email(email))
     return security.seal_handle(svc.settings.secret_key, TICKET_COOKIE, slug.encode() + b"\0" + b"".join(keys))
 
 

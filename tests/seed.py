@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
-from app import counters, organisers, signing
+from app import addresses, counters, organisers
 from app.db import utcnow
 from app.encryption import Keyring
 from app.models import CONFIRMED, TargetOptIn
@@ -36,7 +36,7 @@ def signature_values(
 ) -> dict[str, Any]:
     return {
         "campaign": campaign,
-        "email_key": keyring.email_key(signing.normalise_email(email)),
+        "email_key": keyring.email_key(addresses.normalise_email(email)),
         "key_id": keyring.primary,
         "name_enc": keyring.seal(name, "name"),
         "email_enc": keyring.seal(email, "email"),

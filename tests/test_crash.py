@@ -18,7 +18,7 @@ import httpx
 import pytest
 from sqlalchemy import select, text
 
-from app import notices, signing
+from app import addresses, notices
 from app.models import Notice, OutboxMessage, Signature
 from app.state import Services
 from tests.servers import AppProcess, record_figures, server_env, upgrade
@@ -99,7 +99,7 @@ def check_after_restart(svc: Services, load: Load, in_flight: int, smtp, name: s
     missing = [e for e in load.acknowledged if e not in found]
     assert not missing, f"{len(missing)} acknowledged signatures lost, e.g. {missing[:3]}"
     for email in load.acknowledged:
-        assert found[email].email_key == svc.keyring.email_key(signing.normalise_email(email))
+        assert found[email].email_key == svc.keyring.email_key(addresses.normalise_email(email))
     # Nothing appeared that nobody sent; extra rows can only be requests in flight when the server died.
     assert set(found) <= set(load.attempted)
     unacknowledged = set(found) - set(load.acknowledged)

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import func, select, text
 from typer.testing import CliRunner
 
-from app import counters, demo, signing
+from app import addresses, counters, demo, signing
 from app.cli import app as cli
 from app.db import Database, utcnow
 from app.models import CONFIRMED, PENDING, Notice, Signature, SignatureCount
@@ -43,7 +43,7 @@ def check_filled(svc, db: Database, *, rows: int, confirmed: int, share: float, 
         assert r.confirm_expires_at == r.created_at + timedelta(days=7)
         assert len(r.email_key) == len(r.confirm_token_hash) == 32 and r.code_attempts == 0 and r.erased_at is None
     for r, email in list(zip(found, emails, strict=True))[:50]:  # the dedupe key is the real one
-        assert r.email_key == svc.keyring.email_key(signing.normalise_email(email))
+        assert r.email_key == svc.keyring.email_key(addresses.normalise_email(email))
     return found
 
 

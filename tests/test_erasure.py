@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import LargeBinary, MetaData, String, func, select
 from typer.testing import CliRunner
 
-from app import cli, counters, erasure, outbox, security, signing
+from app import addresses, cli, counters, erasure, outbox, security
 from app.db import Database, utcnow
 from app.encryption import NONCE_BYTES
 from app.main import create_app
@@ -139,7 +139,7 @@ def test_erasure_leaves_no_trace_in_any_table_and_keeps_the_count(app_client, sm
         outbox.enqueue(s, letter, kind="letter", keyring=svc.keyring, signature_id=mine.id, target="president",
                        now=now)
     keys = erasure.email_keys(svc.keyring, EMAIL)
-    needles = [stored_address, EMAIL, signing.normalise_email(stored_address), NAME, CITY, MESSAGE]
+    needles = [stored_address, EMAIL, addresses.normalise_email(stored_address), NAME, CITY, MESSAGE]
     assert traces(svc, needles, keys)  # the scan does find what is there
     assert stored_count(svc, "mamay") == 2  # the exact count (the public one moves only on its schedule)
 

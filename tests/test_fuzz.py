@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from schemathesis.config import SchemathesisConfig
 from sqlalchemy import select
 
-from app import organisers, signing
+from app import addresses, organisers, signing
 from app.db import Database, utcnow
 from app.main import create_app
 from app.models import CONFIRMED, PENDING, Signature
@@ -115,7 +115,7 @@ def sign_client(tmp_path_factory) -> Iterator[tuple[TestClient, Services]]:
 
 def stored(svc: Services, email: str) -> Signature:
     with svc.db.read() as s:
-        key = svc.keyring.email_key(signing.normalise_email(email))
+        key = svc.keyring.email_key(addresses.normalise_email(email))
         return s.scalar(select(Signature).where(Signature.email_key == key))
 
 
@@ -264,5 +264,5 @@ def test_the_cached_email_check_answers_exactly_as_email_validator(local, domain
 
     address = local + at + domain
     plain = _email_outcome(lambda a: validate_email(a, check_deliverability=False).normalized, address)
-    assert _email_outcome(signing.checked_email, address) == plain
-    assert _email_outcome(signing.checked_email, address) == plain  # and again, from the domain cache
+    assert _email_outcome(addresses.checked_email, address) == plain
+    assert _email_outcome(addresses.checked_email, address) == plain  # and again, from the domain cache

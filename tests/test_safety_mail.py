@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, update
 
-from app import mail, outbox, retention, signing
+from app import addresses, mail, outbox, retention, signing
 from app.db import utcnow
 from app.models import OutboxMessage, Signature
 from tests.seed import bearer, organiser
@@ -137,7 +137,7 @@ def test_an_internationalised_domain_is_stored_and_sent_in_its_ascii_form(client
     with svc.db.read() as s:
         row = s.scalar(select(Signature))
         assert svc.keyring.open(row.email_enc, "email", row.key_id) == "dana@xn--mnchen-3ya.de"
-    assert signing.mailable_email("dana@xn--mnchen-3ya.de") == "dana@xn--mnchen-3ya.de"
+    assert addresses.mailable_email("dana@xn--mnchen-3ya.de") == "dana@xn--mnchen-3ya.de"
 
 
 def test_one_unsendable_message_fails_alone_and_the_rest_of_the_batch_is_sent_exactly_once(svc, smtp):

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from app import cli, counters, encryption, notices, signing
+from app import addresses, cli, counters, encryption, notices, signing
 from app.db import Database, utcnow
 from app.main import create_app
 from app.models import Notice, OutboxMessage, Signature
@@ -239,7 +239,7 @@ def test_confirmation_link_and_code_expire_after_the_configured_days(svc, smtp):
     text = body(smtp.sink.messages[0].message)
     token = re.search(r"/confirm/([\w.-]+)", text).group(1)
     code = re.search(r"\b([A-Z0-9]{8})\b", text).group(1)
-    keys = svc.keyring.email_keys(signing.normalise_email(SIGNER["email"]))
+    keys = svc.keyring.email_keys(addresses.normalise_email(SIGNER["email"]))
     with svc.db.write.begin() as session:
         with pytest.raises(signing.ConfirmProblem) as problem:
             signing.find_by_token(session, token, secret=svc.settings.secret_key, now=later)
