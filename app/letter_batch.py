@@ -252,6 +252,16 @@ def _work(batch: Batch, plan: Plan, index: int, lo: int, hi: int, out: str) -> i
     return _WORKER.render_range(batch, plan, index, lo, hi, Path(out))
 
 
+def _check(renderer: Renderer, batch: Batch) -> None:
+    """Refuse a batch that cannot be made, before anything is read or written."""
+    if batch.fmt not in FORMATS:
+        raise BatchError(f"--format must be one of {', '.join(FORMATS)}")
+    if batch.lang is not None and batch.lang not in renderer.campaign.languages:
+        raise BatchError(f"--lang must be one of {', '.join(renderer.campaign.languages)}")
+    if batch.fmt in ("mbox", "eml") and not any(t.email for t in renderer.targets(batch)):
+        raise BatchError(f"target {batch.target} has no email address: use --format pdf or txt")
+
+
 def run(
     renderer: Renderer, batch: Batch, output: Path, *, workers: int = 0, chunk: int | None = None,
     on_plan: Callable[[int], None] | None = None, on_progress: Callable[[int], None] | None = None,
@@ -259,14 +269,9 @@ def run(
     """Write the batch to `output` and return how many letters (or, for a pack, named supporters) it holds.
 
     `chunk` signatures make one id range (and one PDF file); the output does not depend on `workers`."""
-    if batch.fmt not in FORMATS:
-        raise BatchError(f"--format must be one of {', '.join(FORMATS)}")
-    if batch.lang is not None and batch.lang not in renderer.campaign.languages:
-        raise BatchError(f"--lang must be one of {', '.join(renderer.campaign.languages)}")
+    _check(renderer, batch)
     if batch.fmt == "pack":
         return write_pack(renderer, batch, output, on_plan=on_plan, on_progress=on_progress)
-    if batch.fmt in ("mbox", "eml") and not any(t.email for t in renderer.targets(batch)):
-        raise BatchError(f"target {batch.target} has no email address: use --format pdf or txt")
     size = chunk or CHUNK.get(batch.fmt, 5000)
     with renderer.db.read() as session:
         plan = renderer.plan(session, batch, size=size)
@@ -279,40 +284,39 @@ def run(
     else:
         output.parent.mkdir(parents=True, exist_ok=True)
     sizes = [min(size, plan.total - i * size) for i in range(len(plan.ranges))]
-    workers = min(workers or os.cpu_count() or 1, len(plan.ranges))
     with tempfile.TemporaryDirectory(prefix="letters-", dir=output.parent) as tmp, contextlib.ExitStack() as stack:
         parts = [output if folder else Path(tmp) / f"{i:06d}" for i in range(len(plan.ranges))]
-        out = None if folder else stack.enter_context(
-            files.open_private(output))
+        out = None if folder else stack.enter_context(files.open_private(output))
         written = 0
-
-        def done(i: int, letters_written: int) -> None:
-            """Range i is rendered: append it to the output now (ranges finish about in order), then drop it."""
-            nonlocal written
+        for i, letters_written in _rendered(renderer, batch, plan, parts, workers=workers):
+            # Range i is rendered: append it to the output now (ranges finish about in order), then drop it.
             written += letters_written
             if out is not None:
                 _append(parts[i], out)
                 parts[i].unlink()
             if on_progress:
                 on_progress(sizes[i])
-
-        if workers <= 1:
-            for i, (lo, hi) in enumerate(plan.ranges):
-                done(i, renderer.render_range(batch, plan, i, lo, hi, parts[i]))
-        else:
-            # Workers are forked: they share this process's loaded code instead of importing it again (less
-            # memory, faster start). Nothing here may hold a connection across the fork, and the caller must not
-            # run threads that the workers could need (the CLI's progress bar refreshes without one).
-            renderer.db.engine.dispose()
-            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-            context = multiprocessing.get_context(method)
-            with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
-                                     initargs=(renderer.settings, batch.slug)) as pool:
-                futures = [pool.submit(_work, batch, plan, i, lo, hi, str(parts[i]))
-                           for i, (lo, hi) in enumerate(plan.ranges)]
-                for i, future in enumerate(futures):
-                    done(i, future.result())
     return written
+
+
+def _rendered(renderer: Renderer, batch: Batch, plan: Plan, parts: list[Path], *, workers: int
+              ) -> Iterator[tuple[int, int]]:
+    """(range, letters written) for each range, in order: here, or by forked worker processes."""
+    workers = min(workers or os.cpu_count() or 1, len(plan.ranges))
+    if workers <= 1:
+        for i, (lo, hi) in enumerate(plan.ranges):
+            yield i, renderer.render_range(batch, plan, i, lo, hi, parts[i])
+        return
+    # Workers are forked: they share this process's loaded code instead of importing it again (less memory,
+    # faster start). Nothing here may hold a connection across the fork, and the caller must not run threads that
+    # the workers could need (the CLI's progress bar refreshes without one).
+    renderer.db.engine.dispose()
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method), initializer=_start_worker,
+                             initargs=(renderer.settings, batch.slug)) as pool:
+        futures = [pool.submit(_work, batch, plan, i, lo, hi, str(parts[i])) for i, (lo, hi) in enumerate(plan.ranges)]
+        for i, future in enumerate(futures):
+            yield i, future.result()
 
 
 def write_pack(
