@@ -19,6 +19,7 @@ from app.main import create_app
 from app.settings import Settings
 from app.state import Services
 from tests.support import (
+    PARTNER,
     PG_ADMIN_URL,
     SMTPServer,
     make_settings,
@@ -127,3 +128,13 @@ def smtp() -> Iterator[SMTPServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def partner_client(tmp_path: Path, sqlite_url: str) -> Iterator[TestClient]:
+    """The app with partner sites listed in CAMPAIGN_FRAME_ANCESTORS (the embed's tests)."""
+    settings = make_settings(tmp_path, sqlite_url, frame_ancestors=[PARTNER, "https://*.allies.example:8443"])
+    db = Database(settings.sqlalchemy_url)
+    with TestClient(create_app(settings, db=db), base_url="http://testserver") as client:
+        yield client
+    db.dispose()

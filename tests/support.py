@@ -29,6 +29,7 @@ from app.state import Services
 TEST_DATA_KEY = "t1:" + base64.urlsafe_b64encode(b"k" * 32).decode()
 
 
+PARTNER = "https://partner.example"  # a partner site that frames the embed (partner_client)
 TEST_SECRET = "test-secret-0123456789abcdef0123456789"
 
 

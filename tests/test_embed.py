@@ -18,24 +18,14 @@ from app.main import create_app
 from app.models import OutboxMessage, Signature
 from tests import browser
 from tests.servers import ARTIFACTS, AppProcess, server_env, upgrade
-from tests.support import SIGNER, answer_notices, free_port, make_settings
+from tests.support import PARTNER, SIGNER, answer_notices, free_port, make_settings
 
-PARTNER = "https://partner.example"
 # What a browser sends with the embed's post: the origin of the frame's document, this site (see embed.html).
 FROM_EMBED = {"Origin": "http://testserver"}
 
 
 def frame_ancestors(answer) -> str:
     return re.search(r"frame-ancestors ([^;]+)", answer.headers["content-security-policy"]).group(1).strip()
-
-
-@pytest.fixture
-def partner_client(tmp_path, sqlite_url):
-    settings = make_settings(tmp_path, sqlite_url, frame_ancestors=[PARTNER, "https://*.allies.example:8443"])
-    db = Database(settings.sqlalchemy_url)
-    with TestClient(create_app(settings, db=db), base_url="http://testserver") as client:
-        yield client
-    db.dispose()
 
 
 def test_embed_is_not_frameable_by_default(client):

@@ -13,11 +13,10 @@ from app.db import Database
 from app.main import create_app
 from tests import browser
 from tests.seed import bearer, organiser
-from tests.support import SIGNER, count, make_settings
+from tests.support import PARTNER, SIGNER, count, make_settings
 
 SIGN = "/api/v1/campaigns/mamay/signatures"
 JSON_BODY = '{"name": "Cross Site", "email": "cross@example.org", "country": "DE", "consent": true}'
-PARTNER = "https://partner.example"
 
 
 def stored(svc) -> int:
@@ -67,15 +66,6 @@ def test_the_schema_declares_the_415(client):
 
 
 # --- 3b: the embed's form ----------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def partner_client(tmp_path, sqlite_url):
-    settings = make_settings(tmp_path, sqlite_url, frame_ancestors=[PARTNER, "https://*.allies.example:8443"])
-    db = Database(settings.sqlalchemy_url)
-    with TestClient(create_app(settings, db=db), base_url="http://testserver") as client:
-        yield client
-    db.dispose()
 
 
 def embed_token(client: TestClient) -> str:

@@ -53,3 +53,20 @@ def _announce_organiser_token(svc, login_url: str) -> None:
     path = organisers.ensure_dev_token(svc.db, settings=svc.settings, now=utcnow())
     if path:
         console.print(f"Organiser sign-in: {login_url} with the token in {path}", soft_wrap=True)
+
+
+def campaign_and_keys(s: Settings, slug: str):
+    """One campaign and the data keys, for commands that need no web stack (its start-up would count in every
+    export and every megabyte in a million-letter batch); exits 2 with the reason on a broken file or key."""
+    from app.campaigns import load_campaigns
+    from app.encryption import KeyError_, load_keyring
+
+    try:
+        campaigns, keyring = load_campaigns(s.letters_dir), load_keyring(s, create=s.env != "production")
+    except (CampaignError, KeyError_) as exc:
+        console.print(str(exc), style="red", markup=False)
+        raise typer.Exit(2) from exc
+    if slug not in campaigns:
+        console.print(f"[red]no campaign {slug!r}[/red]; known: {', '.join(campaigns)}")
+        raise typer.Exit(2)
+    return campaigns[slug], keyring

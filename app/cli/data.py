@@ -9,8 +9,7 @@ from pathlib import Path
 import typer
 
 from app import files
-from app.campaigns import CampaignError
-from app.cli.base import app, console, organiser_app, services, settings
+from app.cli.base import app, campaign_and_keys, console, organiser_app, services, settings
 
 
 @organiser_app.command("add")
@@ -77,9 +76,7 @@ def export(
     from datetime import date
 
     from app import exports
-    from app.campaigns import load_campaigns
     from app.db import Database
-    from app.encryption import KeyError_, load_keyring
 
     if format not in ("csv", "json") or status not in ("confirmed", "pending", "all") or counts not in (
         None, "country", "day"
@@ -91,16 +88,8 @@ def export(
     except ValueError as exc:
         console.print("[red]--since must be a date, YYYY-MM-DD[/red]")
         raise typer.Exit(2) from exc
-    # Not services(): the web stack is not needed here, and its start-up counts in every export.
     s = settings()
-    try:
-        campaigns, keyring = load_campaigns(s.letters_dir), load_keyring(s, create=s.env != "production")
-    except (CampaignError, KeyError_) as exc:
-        console.print(str(exc), style="red", markup=False)
-        raise typer.Exit(2) from exc
-    if slug not in campaigns:
-        console.print(f"[red]no campaign {slug!r}[/red]; known: {', '.join(campaigns)}")
-        raise typer.Exit(2)
+    _, keyring = campaign_and_keys(s, slug)
     who = f"cli:{getpass.getuser()}"
     db = Database(s.sqlalchemy_url)
     try:
@@ -184,22 +173,12 @@ def letters_(
     except ValueError as exc:
         console.print("[red]--since must be a date, YYYY-MM-DD[/red]")
         raise typer.Exit(2) from exc
-    # Not services(): the web stack is not needed here, and every megabyte counts in a million-letter batch.
-    from app.campaigns import load_campaigns
     from app.db import Database
-    from app.encryption import KeyError_, load_keyring
 
     s = settings()
-    try:
-        campaigns, keyring = load_campaigns(s.letters_dir), load_keyring(s)
-    except (CampaignError, KeyError_) as exc:
-        console.print(str(exc), style="red", markup=False)
-        raise typer.Exit(2) from exc
-    if slug not in campaigns:
-        console.print(f"[red]no campaign {slug!r}[/red]; known: {', '.join(campaigns)}")
-        raise typer.Exit(2)
+    campaign, keyring = campaign_and_keys(s, slug)
     db = Database(s.sqlalchemy_url)
-    renderer = letter_batch.Renderer(s, db=db, keyring=keyring, campaign=campaigns[slug])
+    renderer = letter_batch.Renderer(s, db=db, keyring=keyring, campaign=campaign)
     batch = letter_batch.Batch(slug=slug, fmt=format, lang=lang, target=target, since=since_at)
     log_id = exports.start_log(db, organiser=f"cli:{getpass.getuser()}", campaign=slug,
                                what=f"letters {format} target={target or 'all'} lang={lang or 'own'} since={since}")
