@@ -9,7 +9,6 @@ in the output depends on the clock: the same data always gives the same bytes.
 from __future__ import annotations
 
 import contextlib
-import hmac
 import multiprocessing
 import os
 import re
@@ -19,9 +18,6 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
-from email.headerregistry import Address
-from email.message import EmailMessage
-from email.utils import format_datetime
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -184,26 +180,20 @@ class Renderer:
     # --- formats --------------------------------------------------------------------------------------
 
     def head(self, plan: Plan, target: Target, lang: str) -> bytes:
-        """The header block shared by every mail to one target in one language, built once by the email package."""
+        """The header block shared by every mail to one target in one language, made once (mail.py makes it)."""
         key = (target.key, lang, str(plan.dated))
         if key not in self._heads:
-            msg = EmailMessage()
-            msg["From"] = Address(self.settings.mail_from_name, addr_spec=self.settings.mail_from)
-            msg["To"] = Address(letters.header_name(target.name[lang]), addr_spec=target.email or "")
-            msg["Subject"] = self.campaign.subject[lang]
-            if plan.dated:
-                msg["Date"] = format_datetime(plan.dated)
-            msg.set_content("\u00e9", charset="utf-8", cte="base64")  # Cyrillic: a third of quoted-printable
-            self._heads[key] = msg.as_bytes(policy=mail.STORED).partition(b"\n\n")[0]
+            self._heads[key] = mail.letter_head(
+                self.settings, to_name=letters.header_name(target.name[lang]), to_addr=target.email or "",
+                subject=self.campaign.subject[lang], dated=plan.dated,
+            )
         return self._heads[key]
 
     def message(self, plan: Plan, sig_id: int, letter: letters.Letter) -> bytes:
         target = self.campaign.target(letter.target)
         assert target is not None
-        digest = hmac.digest(self.secret, f"{self.campaign.slug}:{sig_id}:{letter.target}".encode(), "sha256")
-        body = mail.base64_lines(letter.text.encode())
-        return b"%s\nMessage-ID: <letter-%s@%s>\n\n%s\n" % (
-            self.head(plan, target, letter.lang), digest[:16].hex().encode(), self.domain.encode(), body)
+        message_id = mail.letter_message_id(self.secret, f"{self.campaign.slug}:{sig_id}:{letter.target}", self.domain)
+        return mail.with_body(self.head(plan, target, letter.lang), message_id, letter.text)
 
     def mbox_entry(self, plan: Plan, sig_id: int, letter: letters.Letter) -> bytes:
         stamp = self._stamps.get(plan.dated)
