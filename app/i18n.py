@@ -25,6 +25,11 @@ LOCALE_DIR = Path(__file__).parent / "locale"
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 
 
+def N_(message: str) -> str:
+    """Marks a message for translation (Babel extracts it); translated where it is shown."""
+    return message
+
+
 @cache
 def translations(lang: str) -> NullTranslations:
     po = LOCALE_DIR / lang / "LC_MESSAGES" / "messages.po"

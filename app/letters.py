@@ -25,26 +25,19 @@ from sqlalchemy.orm import Session
 from app import counters, i18n, mail, outbox
 from app.campaigns import Campaign, Target
 from app.encryption import Keyring
+from app.i18n import N_
 from app.models import CONFIRMED, Delivery, Signature, TargetOptIn
 
 KINDS = ("txt", "html")
 STATE_KINDS = ("authority", "embassy")  # targets that are the Kazakh state: see reaches_the_state
 PREVIEW_KEY = "preview"
 
-# How an anonymous supporter signs, in the letter's language. Russian and Kazakh put the country in brackets:
-# "from <country>" would need the country's name declined, which Babel does not give.
-ANONYMOUS = {"en": "A supporter of the campaign", "ru": "Сторонник кампании", "kk": "Науқанды қолдаушы"}
-ANONYMOUS_FROM = {
-    "en": "A supporter of the campaign from {country}",
-    "ru": "Сторонник кампании ({country})",
-    "kk": "Науқанды қолдаушы ({country})",
-}
+# How an anonymous supporter signs, translated into the letter's language. Russian and Kazakh put the country in
+# brackets: "from <country>" would need the country's name declined, which Babel does not give.
+ANONYMOUS = N_("A supporter of the campaign")
+ANONYMOUS_FROM = N_("A supporter of the campaign from %(country)s")
 # What the public preview puts where a signer's own details will go.
-PLACEHOLDER = {
-    "en": {"name": "[Your name]", "city": "[your city]", "country": "[your country]"},
-    "ru": {"name": "[Ваше имя]", "city": "[ваш город]", "country": "[ваша страна]"},
-    "kk": {"name": "[Сіздің атыңыз]", "city": "[қалаңыз]", "country": "[еліңіз]"},
-}
+PLACEHOLDER = {"name": N_("[Your name]"), "city": N_("[your city]"), "country": N_("[your country]")}
 
 
 @dataclass(frozen=True)
@@ -115,7 +108,7 @@ def preview_view(target: Target) -> SignerView:
 
 
 def signature_lines(view: SignerView, lang: str) -> list[str]:
-    holder = PLACEHOLDER.get(lang, PLACEHOLDER["en"])
+    holder = {field: i18n.gettext(lang, msgid) for field, msgid in PLACEHOLDER.items()}
     if view.placeholder:
         country = holder["country"]
         name, city = holder["name"], holder["city"] if view.city is not None else None
@@ -126,8 +119,8 @@ def signature_lines(view: SignerView, lang: str) -> list[str]:
         place = ", ".join(part for part in (city, country) if part)
         return [name or "", place] if place else [name or ""]
     if country:
-        return [ANONYMOUS_FROM.get(lang, ANONYMOUS_FROM["en"]).format(country=country)]
-    return [ANONYMOUS.get(lang, ANONYMOUS["en"])]
+        return [i18n.gettext(lang, ANONYMOUS_FROM) % {"country": country}]
+    return [i18n.gettext(lang, ANONYMOUS)]
 
 
 def variation_secret(secret_key: str) -> bytes:

@@ -15,6 +15,7 @@ from typing import IO
 from fpdf import FPDF
 
 from app import i18n
+from app.i18n import N_
 from app.letters import Letter
 
 FONT_DIR = Path(__file__).parent / "static" / "fonts"
@@ -23,39 +24,27 @@ FIXED_DATE = datetime(2000, 1, 1, tzinfo=UTC)
 MARGIN = 20
 ROW_HEIGHT = 5.5
 
+# The pack's words: msgids in English (Babel extracts them), translated per pack in the addressee's language.
 LABELS = {
-    "en": {
-        "page": "Page {n} of {nb}", "pack": "Delivery pack", "to": "To", "appeal": "The appeal",
-        "asks": "What the signers ask", "total": "Confirmed signatures: {n}", "since": "Confirmed since {date}",
-        "as_of": "Counted up to {date}", "by_country": "Signatures by country", "other": "Other countries",
-        "country": "Country", "signatures": "Signatures", "named": "Supporters who asked to be named to you",
-        "name": "Name", "city": "City", "rest": "Other supporters, who did not ask to be named: {n}",
-        "total_only": "This pack gives the total number of signatures only.",
-        "folded": "Countries with fewer than {k} supporters are counted together under “Other countries”.",
-        "unnamed": "Supporters are not named in this pack.",
-    },
-    "ru": {
-        "page": "Страница {n} из {nb}", "pack": "Пакет для вручения", "to": "Адресат", "appeal": "Обращение",
-        "asks": "Просьбы подписавших", "total": "Подтверждённых подписей: {n}",
-        "since": "Подтверждены начиная с {date}", "as_of": "Подсчёт на {date}",
-        "by_country": "Подписи по странам", "other": "Другие страны", "country": "Страна",
-        "signatures": "Подписи", "named": "Сторонники, пожелавшие сообщить Вам своё имя", "name": "Имя",
-        "city": "Город", "rest": "Других сторонников, не пожелавших назвать своё имя: {n}",
-        "total_only": "В этом пакете указано только общее число подписей.",
-        "folded": "Страны, где меньше {k} сторонников, учтены вместе в строке «Другие страны».",
-        "unnamed": "Имена сторонников в этом пакете не указываются.",
-    },
-    "kk": {
-        "page": "{n}-бет, барлығы {nb}", "pack": "Тапсыруға арналған құжаттар", "to": "Алушы",
-        "appeal": "Өтініш", "asks": "Қол қойғандардың өтініштері", "total": "Расталған қолдар саны: {n}",
-        "since": "{date} бастап расталғандар", "as_of": "{date} күнгі есеп",
-        "by_country": "Елдер бойынша қолдар", "other": "Басқа елдер", "country": "Ел", "signatures": "Қолдар",
-        "named": "Есімін Сізге атауды сұраған қолдаушылар", "name": "Аты-жөні", "city": "Қала",
-        "rest": "Есімін атауды сұрамаған басқа қолдаушылар саны: {n}",
-        "total_only": "Бұл құжаттарда қолдардың жалпы саны ғана көрсетілген.",
-        "folded": "Қолдаушылары {k}-ден аз елдер «Басқа елдер» жолында бірге есептелген.",
-        "unnamed": "Бұл құжаттарда қолдаушылардың есімдері көрсетілмейді.",
-    },
+    "page": N_("Page %(n)s of %(nb)s"),
+    "pack": N_("Delivery pack"),
+    "to": N_("To"),
+    "appeal": N_("The appeal"),
+    "asks": N_("What the signers ask"),
+    "total": N_("Confirmed signatures: %(n)s"),
+    "since": N_("Confirmed since %(date)s"),
+    "as_of": N_("Counted up to %(date)s"),
+    "by_country": N_("Signatures by country"),
+    "other": N_("Other countries"),
+    "country": N_("Country"),
+    "signatures": N_("Signatures"),
+    "named": N_("Supporters who asked to be named to you"),
+    "name": N_("Name"),
+    "city": N_("City"),
+    "rest": N_("Other supporters, who did not ask to be named: %(n)s"),
+    "total_only": N_("This pack gives the total number of signatures only."),
+    "folded": N_("Countries with fewer than %(k)s supporters are counted together under “Other countries”."),
+    "unnamed": N_("Supporters are not named in this pack."),
 }
 
 
@@ -95,7 +84,7 @@ class _Document(FPDF):
             return
         self.set_y(-MARGIN + 5)
         self.set_font(FONT, "", 8)
-        label = LABELS.get(self.lang, LABELS["en"])["page"].format(n=self.page_no(), nb=self.str_alias_nb_pages)
+        label = i18n.gettext(self.lang, LABELS["page"]) % {"n": self.page_no(), "nb": self.str_alias_nb_pages}
         self.cell(0, 6, label, align="C")
 
     def paragraph(self, text: str, *, size: float = 11, bold: bool = False, after: float = 3) -> None:
@@ -171,7 +160,7 @@ def pack_pdf(pack: Pack, named: Iterable[tuple[str, ...]], out: IO[bytes]) -> in
     """Write the pack to `out`; `named` yields (name, [city,] country name) of the opted-in supporters, in order.
 
     Returns how many were named. Rows are plain cells in one font, so 100,000 of them take seconds."""
-    words = LABELS.get(pack.lang, LABELS["en"])
+    words = {key: i18n.gettext(pack.lang, msgid) for key, msgid in LABELS.items()}
     doc = _Document(lang=pack.lang, title=f"{words['pack']}: {pack.title}", numbered=True)
     doc.add_page()
     doc.paragraph(words["pack"], size=9, after=1)
@@ -182,11 +171,11 @@ def pack_pdf(pack: Pack, named: Iterable[tuple[str, ...]], out: IO[bytes]) -> in
     for line in pack.recipient:
         doc.cell(0, 5, line, new_x="LMARGIN", new_y="NEXT")
     doc.ln(5)
-    doc.paragraph(words["total"].format(n=_number(pack.total)), size=13, bold=True, after=1)
+    doc.paragraph(words["total"] % {"n": _number(pack.total)}, size=13, bold=True, after=1)
     if pack.since:
-        doc.paragraph(words["since"].format(date=pack.since.isoformat()), size=10, after=1)
+        doc.paragraph(words["since"] % {"date": pack.since.isoformat()}, size=10, after=1)
     if pack.as_of:
-        doc.paragraph(words["as_of"].format(date=pack.as_of.isoformat()), size=10, after=1)
+        doc.paragraph(words["as_of"] % {"date": pack.as_of.isoformat()}, size=10, after=1)
     doc.ln(3)
     doc.paragraph(words["appeal"], size=12, bold=True, after=2)
     doc.paragraph(pack.summary, size=10)
@@ -206,7 +195,7 @@ def pack_pdf(pack: Pack, named: Iterable[tuple[str, ...]], out: IO[bytes]) -> in
 
 def _tallies_and_names(doc: _Document, pack: Pack, named: Iterable[tuple[str, ...]], words: dict[str, str]) -> int:
     doc.paragraph(words["by_country"], size=12, bold=True, after=2)
-    doc.paragraph(words["folded"].format(k=pack.k), size=9, after=2)
+    doc.paragraph(words["folded"] % {"k": pack.k}, size=9, after=2)
     doc.table_columns = [(words["country"], 110.0), (words["signatures"], 60.0)]
     doc.table_header()
     for code, n in pack.tallies.items():
@@ -233,7 +222,7 @@ def _tallies_and_names(doc: _Document, pack: Pack, named: Iterable[tuple[str, ..
             named_count += 1
         doc.table_columns = []
         doc.ln(4)
-        doc.paragraph(words["rest"].format(n=_number(pack.total - named_count)), size=10)
+        doc.paragraph(words["rest"] % {"n": _number(pack.total - named_count)}, size=10)
     else:
         doc.paragraph(words["unnamed"], size=10)
     return named_count

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from app import addresses, counters, db, mail, outbox, paragraph, security
 from app.campaigns import LANGUAGES, Campaign
 from app.encryption import Keyring
+from app.i18n import N_
 from app.models import CONFIRMED, PENDING, Notice, Signature
 from app.settings import Settings
 
@@ -32,11 +33,6 @@ MAX_CODE_ATTEMPTS = 10
 # Bidi embedding/override/isolate controls: they can make a name display as something else.
 BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 MESSAGE_ALLOWED_CONTROLS = frozenset("\n\t")
-
-
-def N_(message: str) -> str:
-    """Marks a message for translation (Babel extracts it); translated where it is shown."""
-    return message
 
 
 class SigningError(Exception):
