@@ -15,7 +15,7 @@ from markupsafe import Markup, escape
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app import counters, i18n, mail
+from app import counters, i18n, smtp
 from app.campaigns import Campaign
 from app.models import PENDING, OutboxMessage, Signature
 
@@ -81,7 +81,7 @@ def outbox_health(session: Session, *, now: datetime) -> OutboxHealth:
         failed=states.get("failed", 0),
         sent_last_hour=sent_last_hour,
         # Redacted again: a row stored before errors were redacted may still quote an address.
-        last_error=mail.redacted(last.last_error) if last else None,
+        last_error=smtp.redacted(last.last_error) if last else None,
         last_error_kind=last.kind if last else None,
     )
 

@@ -20,7 +20,7 @@ from email.utils import getaddresses
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from app import mail
+from app import mail, smtp
 from app.db import Database, driver_rows, utcnow
 from app.encryption import Keyring
 from app.models import OutboxMessage
@@ -170,7 +170,7 @@ def deliver_due(
     db: Database,
     *,
     keyring: Keyring,
-    transport: mail.SMTPTransport | mail.FileTransport,
+    transport: smtp.SMTPTransport | smtp.FileTransport,
     domain: str,
     now: datetime | None = None,
     batch: int = 100,
@@ -185,7 +185,7 @@ def deliver_due(
         rows = claim(session, now=now, limit=batch)
         sent_per_target: dict[str, int] = {}
         held: dict[str, datetime] = {}
-        plans: list[tuple[int, mail.Envelope | str]] = []  # an envelope to send, or why the row cannot be sent
+        plans: list[tuple[int, smtp.Envelope | str]] = []  # an envelope to send, or why the row cannot be sent
         for row in rows:
             if row.target:
                 used = sent_per_target.setdefault(row.target, sent_last_hour(session, row.target, now))
@@ -210,9 +210,9 @@ def deliver_due(
             try:
                 transport.send(env)
                 outcomes.append((row_id, SENT, None))
-            except mail.PermanentFailure as exc:
+            except smtp.PermanentFailure as exc:
                 outcomes.append((row_id, FAILED, str(exc)))
-            except mail.TemporaryFailure as exc:
+            except smtp.TemporaryFailure as exc:
                 outcomes.append((row_id, QUEUED, str(exc)))
             except Exception as exc:  # one bad message fails alone: the batch goes on, and no lease stays behind
                 log.exception("outbox: unexpected error sending message %s", row_id)
@@ -226,18 +226,18 @@ def deliver_due(
 
 
 def message_id(keyring: Keyring, row_id: int, domain: str) -> str:
-    """The Message-ID of an outbox row's every try (keyed: see mail.message_id)."""
-    return mail.message_id(hmac.digest(keyring.index_keys[0], b"message-id v1", "sha256"), row_id, domain)
+    """The Message-ID of an outbox row's every try (keyed: see smtp.message_id)."""
+    return smtp.message_id(hmac.digest(keyring.index_keys[0], b"message-id v1", "sha256"), row_id, domain)
 
 
-def _plan(row: OutboxMessage, *, keyring: Keyring, domain: str) -> mail.Envelope | str:
+def _plan(row: OutboxMessage, *, keyring: Keyring, domain: str) -> smtp.Envelope | str:
     """The row ready for the wire, or the reason it can never be sent (it then fails alone)."""
     try:
         recipients = [r for r in (keyring.open(row.recipient_enc, "recipient", row.key_id) or "").split(",") if r]
         if row.message_enc is None or not recipients:
             return "nothing to send (erased or empty)"
         raw = keyring.open_bytes(row.message_enc, "message", row.key_id)
-        return mail.envelope(raw, recipients=recipients, message_id=message_id(keyring, row.id, domain))
+        return smtp.envelope(raw, recipients=recipients, message_id=message_id(keyring, row.id, domain))
     except Exception as exc:
         log.exception("outbox: message %s cannot be read", row.id)
         return f"cannot be read: {type(exc).__name__}: {exc}"
@@ -249,7 +249,7 @@ def _record(
     """One transaction for a group of outcomes; the sent ones (nearly all) in a single UPDATE."""
     sent = [row_id for row_id, state, _ in outcomes if state == SENT]
     # Stored in plain text and shown on the dashboard: no address may be in it.
-    outcomes = [(row_id, state, error and mail.redacted(error)[:1000]) for row_id, state, error in outcomes]
+    outcomes = [(row_id, state, error and smtp.redacted(error)[:1000]) for row_id, state, error in outcomes]
     with db.write.begin() as session:
         if sent:
             report.sent += session.execute(
@@ -324,7 +324,7 @@ class Worker(threading.Thread):
         self.stopping = threading.Event()
 
     def run(self) -> None:
-        transport = mail.transport(self.settings)
+        transport = smtp.transport(self.settings)
         try:
             while not self.stopping.is_set():
                 if self.before:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from app import mail, outbox
+from app import mail, outbox, smtp
 from app.db import Database, utcnow
 from app.models import OutboxMessage
 from app.settings import load_settings
@@ -92,7 +92,7 @@ def bare_smtplib(messages: list[bytes], smtp_port: int) -> float:
 
 def outbox_in_process(svc: Services) -> tuple[float, int]:
     """The shipped sender loop (claim a batch, open, send over one reused connection, record each outcome)."""
-    transport = mail.transport(svc.settings)
+    transport = smtp.transport(svc.settings)
     sent = 0
     started = time.perf_counter()
     try:

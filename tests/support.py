@@ -21,7 +21,7 @@ from alembic.config import Config
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from app import mail, notices, outbox
+from app import notices, outbox, smtp
 from app.models import Notice, OutboxMessage, Signature
 from app.settings import ROOT, Settings
 from app.state import Services
@@ -131,7 +131,7 @@ def deliver(svc: Services, smtp_url: str, **kwargs) -> outbox.Report:
     as the outbox worker does."""
     answer_notices(svc, now=kwargs.get("now"))
     total = outbox.Report()
-    transport = mail.SMTPTransport(smtp_url)
+    transport = smtp.SMTPTransport(smtp_url)
     try:
         while True:
             report = outbox.deliver_due(svc.db, keyring=svc.keyring, transport=transport, domain="test", **kwargs)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, update
 
-from app import addresses, mail, outbox, retention, signing
+from app import addresses, mail, outbox, retention, signing, smtp
 from app.db import utcnow
 from app.models import OutboxMessage, Signature
 from tests.seed import bearer, organiser
@@ -187,7 +187,7 @@ def test_an_unexpected_error_sending_one_message_fails_it_alone(svc, tmp_path):
     folder = tmp_path / "mail"
     name = [outbox.message_id(svc.keyring, i, "test").strip("<>") + ".eml" for i in ids]
     (folder / name[1]).mkdir(parents=True)  # a folder where that file must go
-    report = outbox.deliver_due(svc.db, keyring=svc.keyring, transport=mail.FileTransport(folder), domain="test",
+    report = outbox.deliver_due(svc.db, keyring=svc.keyring, transport=smtp.FileTransport(folder), domain="test",
                                 now=t0)
     assert (report.sent, report.failed) == (2, 1)
     assert sorted(p.name for p in folder.glob("*.eml") if p.is_file()) == sorted(
@@ -196,7 +196,7 @@ def test_an_unexpected_error_sending_one_message_fails_it_alone(svc, tmp_path):
         rows = list(s.scalars(select(OutboxMessage).order_by(OutboxMessage.id)))
     assert [r.state for r in rows] == ["sent", "failed", "sent"]
     assert all(r.lease_until is None for r in rows) and "IsADirectoryError" in rows[1].last_error
-    assert not outbox.deliver_due(svc.db, keyring=svc.keyring, transport=mail.FileTransport(folder), domain="test",
+    assert not outbox.deliver_due(svc.db, keyring=svc.keyring, transport=smtp.FileTransport(folder), domain="test",
                                   now=t0 + timedelta(hours=3))
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from app import counters, notices
+from app import counters, notices, smtp
 from app import outbox as outbox_mod
 from app.cli.base import _announce_organiser_token, alembic_config, app, console, db_app, keys_app, services, settings
 
@@ -63,7 +63,7 @@ def outbox(once: bool = typer.Option(False, "--once", help="Send what is due now
                                       settings=svc.settings)
     if once:
         answer_notices()
-        transport = mail.transport(svc.settings)
+        transport = smtp.transport(svc.settings)
         try:
             while report := outbox_mod.deliver_due(
                 svc.db, keyring=svc.keyring, transport=transport, domain=mail.mail_domain(svc.settings),

@@ -1,0 +1,198 @@
+"""Sending: SMTP (the only importer of smtplib) or, with no server configured, .eml files; each message stamped
+with its keyed Message-ID. SMTP failures are classified once, here: a 5xx answer is permanent, everything else
+(4xx, refused, dropped) temporary; addresses are removed from every error kept.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+import smtplib
+import ssl
+from dataclasses import dataclass
+from email.utils import getaddresses
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from app.settings import Settings
+
+
+class TemporaryFailure(Exception):
+    """Try again later (the server is down, busy, or said 4xx)."""
+
+class PermanentFailure(Exception):
+    """Never retry (the server said 5xx for this message or every recipient)."""
+
+@dataclass(frozen=True)
+class Envelope:
+    """A stored message ready for the wire: its bytes, the envelope sender and recipients, its Message-ID."""
+
+    raw: bytes
+    sender: str
+    recipients: list[str]
+    message_id: str
+
+def message_id(key: bytes, outbox_id: int, domain: str) -> str:
+    """A Message-ID for an outbox row: the same for every try of the row (so a receiver can drop a duplicate of a
+    retried send), keyed so that nobody can read the row's number from it (consecutive numbers in a signer's own
+    mails would tell how many were mailed in between, and whether an address signed)."""
+    return f"<{hmac.digest(key, outbox_id.to_bytes(8, 'big'), 'sha256')[:16].hex()}@{domain}>"
+
+def envelope(raw: bytes, *, recipients: list[str], message_id: str) -> Envelope:
+    """Stamp a stored message without parsing it again: its Message-ID (see `message_id`) replaces any other,
+    and the From address becomes the envelope sender (a discreet mail's bounce address must not name the
+    campaign either)."""
+    head, sep, body = raw.partition(b"\n\n")
+    lines: list[bytes] = []
+    sender = ""
+    skipping = False
+    for line in head.split(b"\n"):
+        if line[:1] in (b" ", b"\t"):  # a folded continuation belongs to the header before it
+            if not skipping:
+                lines.append(line)
+            continue
+        name = line.split(b":", 1)[0].strip().lower()
+        skipping = name == b"message-id"
+        if not skipping:
+            lines.append(line)
+    for line in lines:
+        if line.lower().startswith(b"from:"):
+            value = line[5:].decode("ascii", "replace")
+            # We wrote this header: "Name <addr>" (the cheap path), else let the parser decide.
+            inner = value.rpartition("<")[2].partition(">")[0] if value.rstrip().endswith(">") else ""
+            sender = inner or getaddresses([value])[0][1]
+            break
+    lines.append(f"Message-ID: {message_id}".encode())
+    # SMTP wants CRLF line ends, and smtplib converts them only for str, never for bytes.
+    wire = (b"\n".join(lines) + sep + body).replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    return Envelope(wire, sender, recipients, message_id)
+
+# An address as it goes into RCPT TO: ASCII, nothing smtplib's parseaddr could read as another address.
+_WIRE_ADDRESS = re.compile(r"[!-~]+@[!-~]+", re.ASCII)
+
+_NOT_ON_THE_WIRE = re.compile(r"[\s<>(),;:\"\\]")
+
+class SMTPTransport:
+    """One SMTP connection, opened on first use and reused across sends until closed or broken."""
+
+    def __init__(self, url: str, *, timeout: float = 30) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in {"smtp", "smtps"}:
+            raise ValueError("CAMPAIGN_SMTP_URL must start with smtp:// or smtps://")
+        self.implicit_tls = parts.scheme == "smtps"
+        self.host = parts.hostname or "localhost"
+        self.port = parts.port or (465 if self.implicit_tls else 25)
+        self.user = unquote(parts.username) if parts.username else None
+        self.password = unquote(parts.password) if parts.password else None
+        self.starttls = parse_qs(parts.query).get("starttls", ["0"])[0] in {"1", "true", "yes"}
+        self.timeout = timeout
+        self._conn: smtplib.SMTP | None = None
+
+    def _connect(self) -> smtplib.SMTP:
+        if self._conn is None:
+            try:
+                if self.implicit_tls:
+                    conn: smtplib.SMTP = smtplib.SMTP_SSL(
+                        self.host, self.port, timeout=self.timeout, context=ssl.create_default_context()
+                    )
+                else:
+                    conn = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+                    if self.starttls:
+                        conn.starttls(context=ssl.create_default_context())
+                if self.user:
+                    conn.login(self.user, self.password or "")
+            except smtplib.SMTPResponseException as exc:
+                raise _classify(exc) from exc
+            except (OSError, smtplib.SMTPException) as exc:
+                raise TemporaryFailure(f"cannot connect to {self.host}:{self.port}: {exc}") from exc
+            self._conn = conn
+        return self._conn
+
+    def send(self, env: Envelope) -> None:
+        recipients = env.recipients
+        if not all(_WIRE_ADDRESS.fullmatch(r) and not _NOT_ON_THE_WIRE.search(r) for r in recipients):
+            # smtplib would read "a@b <c@d>" as c@d, and a non-ASCII address needs SMTPUTF8, which we never use.
+            raise PermanentFailure("a recipient is not a plain ASCII address")
+        conn = self._connect()
+        try:
+            refused = conn.sendmail(env.sender, recipients, env.raw)
+        except smtplib.SMTPRecipientsRefused as exc:
+            self._reset()
+            codes = [code for code, _ in exc.recipients.values()]
+            detail = "; ".join(f"{code} {text!r}" for code, text in exc.recipients.values())
+            if all(code >= 500 for code in codes):
+                raise PermanentFailure(f"recipients refused: {detail}") from exc
+            raise TemporaryFailure(f"recipients refused: {detail}") from exc
+        except smtplib.SMTPResponseException as exc:
+            self._reset()
+            raise _classify(exc) from exc
+        except (UnicodeError, smtplib.SMTPNotSupportedError) as exc:
+            # A non-ASCII address needs SMTPUTF8, which we never ask for: this message can never go. The server
+            # may already have our MAIL FROM, so the transaction is reset for the next message.
+            self._reset()
+            raise PermanentFailure(f"an address is not ASCII and cannot be sent: {type(exc).__name__}") from exc
+        except (OSError, smtplib.SMTPException) as exc:
+            self._drop()
+            raise TemporaryFailure(f"connection lost: {exc}") from exc
+        except Exception:
+            self._drop()  # anything else: the connection is in an unknown state, the next send opens a new one
+            raise
+        if refused and len(refused) == len(recipients):
+            raise TemporaryFailure(f"every recipient refused: {refused}")
+
+    def _reset(self) -> None:
+        try:
+            if self._conn is not None:
+                self._conn.rset()
+        except (OSError, smtplib.SMTPException):
+            self._drop()
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            finally:
+                self._conn = None
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.quit()
+            except (OSError, smtplib.SMTPException):
+                pass
+            finally:
+                self._drop()
+
+_BRACKETED = re.compile(r"<[^<>]*>")
+
+_ADDRESS = re.compile(r"[^\s<>\"'(),;:\[\]]*@[^\s<>\"'(),;:]+")
+
+def redacted(text: str) -> str:
+    """An error text without any address in it: servers quote the recipient (`550 <dana@example.net>: no such
+    user`), and the error is stored in plain text and shown on the dashboard."""
+    return _ADDRESS.sub("…", _BRACKETED.sub("<…>", text))
+
+def _classify(exc: smtplib.SMTPResponseException) -> Exception:
+    text = exc.smtp_error.decode(errors="replace") if isinstance(exc.smtp_error, bytes) else str(exc.smtp_error)
+    if exc.smtp_code >= 500:
+        return PermanentFailure(f"{exc.smtp_code} {text}")
+    return TemporaryFailure(f"{exc.smtp_code} {text}")
+
+class FileTransport:
+    """With no SMTP server configured, each mail lands as an .eml file in var/mail/ for a developer to open."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def send(self, env: Envelope) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f"{env.message_id.strip('<>').replace('/', '_')}.eml"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(env.raw)
+        tmp.replace(path)
+
+    def close(self) -> None:
+        pass
+
+def transport(settings: Settings) -> SMTPTransport | FileTransport:
+    return SMTPTransport(settings.smtp_url) if settings.smtp_url else FileTransport(settings.mail_dir)
