@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from app import i18n, letters
+from app import i18n, letter_check, letters
 from app.campaigns import CampaignError, load_campaign, load_campaigns
 from app.cli import app as cli_app
 from app.models import CONFIRMED, PENDING, Signature, SignatureCount
@@ -95,7 +95,7 @@ def campaign():
 
 
 def test_every_template_renders_for_every_target_and_language(campaign):
-    assert letters.check_campaign(campaign) == []
+    assert letter_check.check_campaign(campaign) == []
     for target in campaign.targets:
         for lang in campaign.languages:
             for view in (letters.preview_view(target),
@@ -221,7 +221,7 @@ def test_campaign_check_refuses_a_letter_that_does_not_escape_the_signer(tmp_pat
     shutil.copytree(MAMAY, letters_dir / "mamay")
     bad = letters_dir / "mamay" / "letter.kk.html.j2"
     bad.write_text(bad.read_text(encoding="utf-8").replace("{{ line }}", "{{ line | safe }}"), encoding="utf-8")
-    problems = letters.check_campaign(load_campaigns(letters_dir)["mamay"])
+    problems = letter_check.check_campaign(load_campaigns(letters_dir)["mamay"])
     assert any(p.startswith(f"{bad}:") and "not escaped" in p for p in problems), problems
 
 

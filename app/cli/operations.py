@@ -119,9 +119,9 @@ def check() -> None:
     for campaign in svc.campaigns.values():
         console.print(f"{campaign.slug}: {len(campaign.targets)} targets, languages {', '.join(campaign.languages)}")
     console.print("campaigns OK")
-    from app import letters  # every letter template x target x language, with hostile sample signers
+    from app import letter_check  # every letter template x target x language, with hostile sample signers
 
-    problems = [p for c in svc.campaigns.values() for p in letters.check_campaign(c)]
+    problems = [p for c in svc.campaigns.values() for p in letter_check.check_campaign(c)]
     for problem in problems:
         console.print(problem, style="red", markup=False, highlight=False, soft_wrap=True)
     if problems:
