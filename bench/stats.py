@@ -58,12 +58,13 @@ def published(base: str) -> dict:
 
 
 def confirm_some(url: str, settings_env: dict[str, str], seconds: float) -> int:
-    """For `seconds`, confirm the signers who just signed, as they would: read the confirmation mail from the
-    outbox, take the token from its link, and confirm it (signing.confirm_by_token, the real confirming
-    transaction that moves the counter), from this process: another writer beside the server."""
+    """For `seconds`, confirm the signers who just signed, as they would: read the confirmation mail (made from
+    their notices here) from the outbox, take the token from its link, and confirm it (signing.confirm_by_token,
+    the real confirming transaction that moves the counter), from this process: another writer beside the server."""
     import re
     from email import message_from_bytes, policy
 
+    from app import notices
     from app.db import Database, utcnow
     from app.models import OutboxMessage
     from app.settings import load_settings
@@ -79,6 +80,10 @@ def confirm_some(url: str, settings_env: dict[str, str], seconds: float) -> int:
     deadline = time.monotonic() + seconds
     try:
         while time.monotonic() < deadline:
+            # The server runs without its outbox worker here: make the confirmation mails from the notices as
+            # the worker would (notices.answer_due), then read them.
+            notices.answer_due(db, campaigns=svc.campaigns, keyring=svc.keyring, composer=svc.composer,
+                               settings=svc.settings)
             with db.read() as session:
                 mails = session.execute(
                     select(OutboxMessage.id, OutboxMessage.message_enc, OutboxMessage.key_id)
@@ -97,7 +102,7 @@ def confirm_some(url: str, settings_env: dict[str, str], seconds: float) -> int:
                         session, token, campaigns=svc.campaigns, keyring=svc.keyring, composer=svc.composer,
                         secret=svc.settings.secret_key, now=utcnow(),
                     )
-                done += confirmed.manage_token is not None
+                done += confirmed.counted
             seen = max(seen, mails[-1][0])
     finally:
         db.dispose()
