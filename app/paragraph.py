@@ -8,6 +8,7 @@ out of letters to the state.
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import date
 
@@ -214,6 +215,7 @@ _LATIN = str.maketrans({
 _GLIDE = re.compile(r"i(?=[aeiou])")  # "Yerlan"/"Ерлан", "Tokayev"/"Токаев": a glide is spelled either way
 
 
+@functools.lru_cache(maxsize=16384)  # on the sign path, in the event loop: words repeat (names, the campaign's)
 def _fold(word: str) -> str:
     return _GLIDE.sub("", word.casefold().translate(_LATIN).replace("kh", "h"))
 
