@@ -1,8 +1,8 @@
 """Signing: validate a supporter's input, store it sealed, confirm it.
 
-A signature and its mail are one transaction (the caller's). A repeat signer gets the same answer and a
-different mail, never a second row. The count (counters.py) moves only when a row really goes from pending to
-confirmed, in the confirming transaction.
+A signature and its notice are one transaction (the caller's); the notice becomes its mail later (notices.py),
+to the stored address. A repeat signer gets the same answer and the same work, never a second row. The count
+(counters.py) moves only when a row really goes from pending to confirmed, in the confirming transaction.
 """
 
 from __future__ import annotations
