@@ -26,6 +26,7 @@ from app.settings import Settings
 log = logging.getLogger(__name__)
 REMINDERS_PER_DAY = 3
 BATCH = 200
+WORKER_BATCHES = 5  # per pass of the outbox worker, which then sends what is due
 
 
 def keys_of(notice: Notice) -> list[bytes]:
@@ -70,27 +71,38 @@ def _erase_link(session: Session, notice: Notice, *, keyring: Keyring, composer:
 
 
 def answer_due(db: Database, *, campaigns: Mapping[str, Campaign], keyring: Keyring, composer: mail.Composer,
-               settings: Settings, now: datetime | None = None) -> int:
-    """Answer every waiting notice, oldest first, a batch per transaction; returns how many were answered."""
+               settings: Settings, now: datetime | None = None, max_batches: int | None = None) -> int:
+    """Answer the waiting notices, oldest first, a batch per transaction (at most `max_batches`, so that a flood
+    of signatures never holds up the sending behind it); returns how many were answered. A notice that cannot
+    be answered (a row its key cannot open, say) is logged and dropped alone: it never holds up the others."""
     done = 0
-    while True:
+    while max_batches is None or done < max_batches * BATCH:
         with db.write.begin() as session:
             # SKIP LOCKED: the answerers of several processes (PostgreSQL) never take the same notice.
             notices = list(session.scalars(
                 select(Notice).order_by(Notice.id).limit(BATCH).with_for_update(skip_locked=True)
             ))
             if not notices:
-                return done
+                break
             at = now or utcnow()
             for notice in notices:
-                if notice.kind == "erase":
-                    _erase_link(session, notice, keyring=keyring, composer=composer, settings=settings, now=at)
-                else:
-                    _answer_signature(session, notice, campaigns=campaigns, keyring=keyring, composer=composer,
-                                      settings=settings, now=at)
-                session.flush()  # the next notice of the same address sees this one's mail
+                try:
+                    with session.begin_nested():  # the next notice of the same address sees this one's mail
+                        _answer(session, notice, campaigns=campaigns, keyring=keyring, composer=composer,
+                                settings=settings, now=at)
+                except Exception:
+                    log.exception("notices: notice %s could not be answered; dropped", notice.id)
             session.execute(delete(Notice).where(Notice.id.in_([n.id for n in notices])))
             done += len(notices)
+    return done
+
+
+def _answer(session: Session, notice: Notice, **how) -> None:
+    if notice.kind == "erase":
+        how.pop("campaigns")
+        _erase_link(session, notice, **how)
+    else:
+        _answer_signature(session, notice, **how)
 
 
 def answerer(db: Database, *, campaigns: Mapping[str, Campaign], keyring: Keyring, composer: mail.Composer,
@@ -99,7 +111,8 @@ def answerer(db: Database, *, campaigns: Mapping[str, Campaign], keyring: Keyrin
 
     def step() -> None:
         try:
-            answer_due(db, campaigns=campaigns, keyring=keyring, composer=composer, settings=settings)
+            answer_due(db, campaigns=campaigns, keyring=keyring, composer=composer, settings=settings,
+                       max_batches=WORKER_BATCHES)
         except Exception:
             log.exception("notices: answering failed; will try again")
 

@@ -15,14 +15,14 @@ from datetime import timedelta
 
 import httpx
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import event, select, update
 
-from app import addresses, erasure, signing
+from app import addresses, erasure, notices, signing
 from app.db import utcnow
-from app.models import OutboxMessage, Signature
+from app.models import Notice, OutboxMessage, Signature
 from app.state import Services
 from tests.servers import AppProcess, server_env
-from tests.support import SIGNER, answer_notices, body, csrf_token, deliver, make_settings, sign_form
+from tests.support import SIGNER, answer_notices, body, count, csrf_token, deliver, make_settings, sign_form
 
 CSRF_VALUE = re.compile(r'name="csrf_token" value="[^"]+"')
 
@@ -288,3 +288,28 @@ def test_mail_made_from_notices_is_due_at_random_times_so_a_probers_own_mails_ca
     assert len(due) == 21 and all(0 <= d <= 60 for d in due)
     assert len(set(due)) == 21 and due != sorted(due)  # drawn one by one: neither equal nor in the order made
     assert max(due) - min(due) > 10
+
+
+def test_a_notice_that_cannot_be_answered_is_dropped_alone_and_a_flood_is_answered_in_parts(svc):
+    """One bad row must not hold up every later signer's mail (as one bad address once stalled the outbox), and
+    the outbox worker answers at most a few batches per pass so that the mail behind a flood is still sent."""
+    campaign, now = svc.campaigns["mamay"], utcnow()
+    with svc.db.write.begin() as session:
+        for email in ("broken@example.org", "fine@example.org"):
+            signing.sign(session, campaign=campaign, keyring=svc.keyring, settings=svc.settings, now=now,
+                         data=signing.validate({**SIGNER, "email": email, "consent": True}))
+        broken = svc.keyring.email_key(addresses.normalise_email("broken@example.org"))
+        session.execute(update(Signature).where(Signature.email_key == broken).values(key_id="gone"))
+    assert answer_notices(svc, now=now) == 2
+    with svc.db.read() as session:
+        mailed = session.scalars(select(OutboxMessage.signature_id)).all()
+        fine = session.scalar(select(Signature.id).where(Signature.key_id != "gone"))
+    assert mailed == [fine] and count(svc, Notice) == 0
+
+    with svc.db.write.begin() as session:
+        signing.sign_many(session, [(campaign, signing.validate({**SIGNER, "email": f"f{i}@example.org",
+                                                                  "consent": True})) for i in range(450)],
+                          keyring=svc.keyring, settings=svc.settings, now=now)
+    answered = notices.answer_due(svc.db, campaigns=svc.campaigns, keyring=svc.keyring, composer=svc.composer,
+                                  settings=svc.settings, now=now, max_batches=2)
+    assert answered == 2 * notices.BATCH and count(svc, Notice) == 450 - answered
