@@ -17,6 +17,13 @@ from app import i18n
 LANGUAGES = i18n.LANGUAGES
 Disclosure = Literal["count", "country", "name", "name_city"]
 DISCLOSURE_ORDER = ("count", "country", "name", "name_city")
+# How a target can be reached: e-mail and post are offered to signers; a `pack` target (no address of its own
+# that we could confirm) is reached only by the organisation's appeal pack, delivered by the organisation.
+Channel = Literal["email", "post", "pack"]
+# Domains that can never be a real organisation's (RFC 2606, RFC 6761): a campaign with such an organisation is a
+# sample, whose packs and letters say so and which `campaign check` refuses in production.
+SAMPLE_DOMAINS = ("example.org", "example.com", "example.net", "localhost")
+SAMPLE_SUFFIXES = (".example", ".invalid", ".test", ".localhost")
 
 
 class CampaignError(Exception):
@@ -30,6 +37,50 @@ class _Strict(BaseModel):
 Text = dict[str, str]
 
 
+def is_sample_address(address: str) -> bool:
+    domain = address.rpartition("@")[2].strip().lower().rstrip(".")
+    return domain in SAMPLE_DOMAINS or domain.endswith(SAMPLE_SUFFIXES)
+
+
+class Representative(_Strict):
+    """Who signs the organisation's appeal: name and position, in each of the campaign's languages."""
+
+    name: Text
+    title: Text
+
+
+class Organisation(_Strict):
+    """The named applicant of the appeal pack: Kazakh law (APC Art. 63) sets anonymous appeals aside, and an
+    appeal names its applicant with a postal address and is signed. Also the controller the privacy notice names."""
+
+    name: Text
+    address: str  # postal address, as on an envelope
+    email: str
+    website: str | None = None
+    registration: str | None = None  # registration number and register, if any
+    representative: Representative
+    privacy_contact: str  # where data-protection requests go (an e-mail address)
+
+    @property
+    def is_sample(self) -> bool:
+        return is_sample_address(self.email) or is_sample_address(self.privacy_contact)
+
+
+class Sender(_Strict):
+    """Who the campaign's mail comes from. `address` empty: CAMPAIGN_MAIL_FROM."""
+
+    name: Text
+    address: str | None = None
+
+
+class Appeal(_Strict):
+    """The organisation's own words to an official in the appeal pack (never the text written for supporters)."""
+
+    subject: Text
+    body: Text  # the cover letter's paragraphs, blank-line separated
+    closing: Text
+
+
 class Target(_Strict):
     key: str = Field(pattern=r"^[a-z0-9-]{1,64}$")
     kind: Literal["authority", "embassy"]
@@ -40,14 +91,33 @@ class Target(_Strict):
     email: str | None = None
     salutation: Text
     disclosure: Disclosure | None = None
-    verified_on: date | None = None
+    channels: tuple[Channel, ...] = ()  # empty: e-mail if it has one, post if it has an address, else pack
+    appeal_lang: str | None = None  # the language of the pack to this target (default: the campaign's first)
+    verified_on: date | None = None  # when its name, office and addresses were last checked
     source: str | None = None
 
     @model_validator(mode="after")
     def _embassy_country(self) -> Target:
         if self.kind == "embassy" and not self.country:
             raise ValueError("an embassy needs `country` (ISO alpha-2 of where it is)")
+        if "email" in self.channels and not self.email:
+            raise ValueError("channel `email` needs `email`")
+        if "post" in self.channels and not self.address:
+            raise ValueError("channel `post` needs `address`")
         return self
+
+    @property
+    def reach(self) -> tuple[Channel, ...]:
+        """The channels this target has (stated, or read from its details)."""
+        if self.channels:
+            return self.channels
+        found: tuple[Channel, ...] = (("email",) if self.email else ()) + (("post",) if self.address else ())
+        return found or ("pack",)
+
+    @property
+    def offered_to_signers(self) -> bool:
+        """A signer can send, post or mail their own letter to it; a pack-only target is the organisation's."""
+        return "email" in self.reach or "post" in self.reach
 
     @property
     def disclosure_level(self) -> Disclosure:
@@ -69,12 +139,16 @@ class Campaign(_Strict):
     title: Text
     summary: Text
     case: Text
-    asks: dict[str, list[str]]
+    asks: dict[str, list[str]]  # to the authorities
+    embassy_asks: dict[str, list[str]] = {}  # to embassies, which can convey and raise but not quash
     subject: Text
     openings: dict[str, list[str]]
     closings: dict[str, list[str]]
     signoff: Text
     targets: tuple[Target, ...]
+    sender: Sender | None = None
+    organisation: Organisation | None = None
+    appeal: Appeal | None = None
     folder: Path = Path()
 
     @field_validator("languages")
@@ -97,6 +171,32 @@ class Campaign(_Strict):
                 for lang in self.languages:
                     if not getattr(target, field).get(lang):
                         raise ValueError(f"targets[{i}] ({target.key}).{field}.{lang} is missing or empty")
+        if any(t.kind == "embassy" for t in self.targets):
+            for lang in self.languages:
+                if not self.embassy_asks.get(lang):
+                    raise ValueError(f"embassy_asks.{lang} is missing or empty (the campaign writes to an embassy)")
+        if self.sender:
+            for lang in self.languages:
+                if not self.sender.name.get(lang):
+                    raise ValueError(f"sender.name.{lang} is missing or empty")
+        if any(t.kind == "authority" for t in self.targets):
+            if self.organisation is None:
+                raise ValueError("organisation: a campaign that writes to authorities needs the organisation that "
+                                 "is the named applicant of its appeal (anonymous appeals are not considered)")
+            if self.appeal is None:
+                raise ValueError("appeal: a campaign that writes to authorities needs the pack's cover letter")
+        for lang in {t.appeal_lang or self.languages[0] for t in self.targets}:
+            if lang not in self.languages:
+                raise ValueError(f"appeal_lang {lang!r} is not one of the campaign's languages")
+            for part in ("subject", "body", "closing"):
+                if self.appeal and not getattr(self.appeal, part).get(lang):
+                    raise ValueError(f"appeal.{part}.{lang} is missing or empty")
+            if self.organisation:
+                if not self.organisation.name.get(lang):
+                    raise ValueError(f"organisation.name.{lang} is missing or empty")
+                for part in ("name", "title"):
+                    if not getattr(self.organisation.representative, part).get(lang):
+                        raise ValueError(f"organisation.representative.{part}.{lang} is missing or empty")
         keys = [t.key for t in self.targets]
         if len(set(keys)) != len(keys):
             raise ValueError("targets: two targets share a key")
@@ -106,6 +206,15 @@ class Campaign(_Strict):
 
     def is_open(self, today: date) -> bool:
         return self.opens_on <= today and (self.closes_on is None or today <= self.closes_on)
+
+    def asks_for(self, target: Target, lang: str) -> list[str]:
+        """What a letter to `target` asks: an embassy conveys and raises; the authorities can act."""
+        if target.kind == "embassy" and self.embassy_asks:
+            return list(self.embassy_asks[lang])
+        return list(self.asks[lang])
+
+    def appeal_lang(self, target: Target) -> str:
+        return target.appeal_lang or self.languages[0]
 
     def target(self, key: str) -> Target | None:
         return next((t for t in self.targets if t.key == key), None)

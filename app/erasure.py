@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from app import addresses, db, mail, outbox, security, signing
 from app.encryption import Keyring
-from app.models import CONFIRMED, Delivery, Notice, OutboxMessage, Signature, TargetOptIn
+from app.models import CONFIRMED, LetterRecord, Notice, OutboxMessage, Signature, TargetOptIn
 from app.settings import Settings
 
 LINK_PURPOSE = "erase-link v2"
@@ -104,7 +104,8 @@ def forget(session: Session, signature_ids: Iterable[int], *, now: datetime) -> 
             .values(recipient_enc=None, message_enc=None, last_error=None)  # an SMTP error may quote the address
         )
         session.execute(delete(TargetOptIn).where(TargetOptIn.signature_id.in_(ids)))
-        session.execute(delete(Delivery).where(Delivery.signature_id.in_(ids)))
+        # The ledger keeps that a letter went (the counts), no longer from whom.
+        session.execute(update(LetterRecord).where(LetterRecord.signature_id.in_(ids)).values(signature_id=None))
         confirmed = list(session.scalars(
             select(Signature.id).where(Signature.id.in_(ids), Signature.status == CONFIRMED)
         ))

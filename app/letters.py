@@ -25,7 +25,7 @@ from app import counters, i18n, mail, outbox
 from app.campaigns import Campaign, Target
 from app.encryption import Keyring
 from app.i18n import N_
-from app.models import CONFIRMED, Delivery, Signature, TargetOptIn
+from app.models import CONFIRMED, SENT, LetterRecord, Signature, TargetOptIn
 
 KINDS = ("txt", "html")
 STATE_KINDS = ("authority", "embassy")  # targets that are the Kazakh state: see reaches_the_state
@@ -168,7 +168,7 @@ def render_letter(
         "opening": campaign.openings[lang][opening],
         "closing": campaign.closings[lang][closing],
         "signoff": campaign.signoff[lang],
-        "asks": list(campaign.asks[lang]),
+        "asks": campaign.asks_for(target, lang),
         "signer_message": signer.message,
         "signature_lines": lines,
         "target_name": target.name[lang],
@@ -184,8 +184,10 @@ def render_letter(
 
 
 def targets_for(campaign: Campaign, country: str) -> list[Target]:
-    """A signer writes to every authority, and to the Kazakh embassy in their own country where there is one."""
-    return [t for t in campaign.targets if t.kind != "embassy" or t.country == country]
+    """A signer writes to every authority they can reach (not a pack-only one: the organisation's pack reaches it),
+    and to the Kazakh embassy in their own country where there is one."""
+    return [t for t in campaign.targets
+            if t.offered_to_signers and (t.kind != "embassy" or t.country == country)]
 
 
 def public_countries(by_country: Mapping[str, int], k: int) -> frozenset[str]:
@@ -245,8 +247,10 @@ def opt_ins(session: Session, signature_id: int) -> set[str]:
 
 
 def deliveries(session: Session, signature_id: int) -> dict[str, datetime]:
+    """When the service sent this signer's letter to each target it sent one to."""
     rows = session.execute(
-        select(Delivery.target, Delivery.created_at).where(Delivery.signature_id == signature_id)
+        select(LetterRecord.target, LetterRecord.created_at)
+        .where(LetterRecord.signature_id == signature_id, LetterRecord.channel == SENT)
     )
     return {target: at for target, at in rows}
 
@@ -299,9 +303,11 @@ def send_for_me(
     target = _signers_target(campaign, row, target_key)
     if not target.email:
         raise LetterRefused("no_email")
+    record = LetterRecord(signature_id=row.id, campaign=campaign.slug, target=target.key, channel=SENT,
+                          created_at=now)
     try:
         with session.begin_nested():
-            session.add(Delivery(signature_id=row.id, target=target.key, created_at=now))
+            session.add(record)
     except IntegrityError as exc:
         raise LetterRefused("already_sent") from exc
     supporter = open_supporter(row, keyring)
@@ -311,7 +317,10 @@ def send_for_me(
     letter = render_letter(campaign, target, lang, view, secret=secret)
     to = Address(display_name=header_name(target.name[letter.lang]), addr_spec=target.email)
     msg = composer.build(to=to, subject=letter.subject, body=letter.text, html=letter.html)
-    outbox.enqueue(session, msg, kind="letter", keyring=keyring, now=now, signature_id=row.id, target=target.key)
+    sent = outbox.enqueue(session, msg, kind="letter", keyring=keyring, now=now, signature_id=row.id,
+                          target=target.key)
+    session.flush()
+    record.outbox_id = sent.id  # a bounce of this mail finds the letter through it
     _ = i18n.translations(supporter.language).gettext
     if view.named:
         intro = _("This is a copy of the letter we are sending for you to %(target)s. It is signed with your name "

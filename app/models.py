@@ -110,13 +110,69 @@ class TargetOptIn(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-class Delivery(Base):
-    """A signer's request that the service send their letter to a target (at most one per target)."""
+# How a letter reached its target (the ledger's `channel`).
+SENT = "sent"  # the service sent it for the signer, by e-mail
+MAILTO = "mailto"  # the signer opened it in their own mail program
+PDF = "pdf"  # the signer downloaded it to print and post
+BATCH = "batch"  # an organiser's batch (`campaign letters`) included it
+CHANNELS = (SENT, MAILTO, PDF, BATCH)
 
-    __tablename__ = "deliveries"
 
-    signature_id: Mapped[int] = mapped_column(ForeignKey("signatures.id", ondelete="CASCADE"), primary_key=True)
-    target: Mapped[str] = mapped_column(String(64), primary_key=True)
+class LetterRecord(Base):
+    """The delivery ledger: one signer's letter to one target by one channel, recorded once (the first time).
+
+    When the signer erases their data the row stays for the counts, without the signature it came from."""
+
+    __tablename__ = "letter_ledger"
+    __table_args__ = (
+        UniqueConstraint("signature_id", "target", "channel", name="uq_letter_ledger_signer_target_channel"),
+        Index("ix_letter_ledger_campaign_target_channel", "campaign", "target", "channel"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    signature_id: Mapped[int | None] = mapped_column(ForeignKey("signatures.id", ondelete="SET NULL"))
+    campaign: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(64))
+    channel: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # A letter sent for the signer: its outbox row (a bounce finds the letter through it) and the bounce, if any.
+    outbox_id: Mapped[int | None] = mapped_column(ForeignKey("outbox.id", ondelete="SET NULL"))
+    bounced_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class PackDelivery(Base):
+    """An organisation's appeal pack delivered to one target: when, how, with what reference, recorded by whom."""
+
+    __tablename__ = "pack_deliveries"
+    __table_args__ = (Index("ix_pack_deliveries_campaign_target", "campaign", "target"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    campaign: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(64))
+    delivered_on: Mapped[date] = mapped_column(Date)
+    channel: Mapped[str] = mapped_column(String(16))  # post, registered-post, email, hand, online
+    reference: Mapped[str | None] = mapped_column(String(200))  # e.g. a registered-post number
+    supporters: Mapped[int] = mapped_column(Integer)  # the count the pack carried
+    named: Mapped[int] = mapped_column(Integer, default=0)  # supporters named in its annex
+    recorded_by: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Reply(Base):
+    """A reply from an official, recorded by an organiser; public only if the organiser says so."""
+
+    __tablename__ = "replies"
+    __table_args__ = (Index("ix_replies_campaign_target", "campaign", "target"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    campaign: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(64))
+    received_on: Mapped[date] = mapped_column(Date)
+    summary: Mapped[str] = mapped_column(Text)
+    scan: Mapped[bytes | None] = mapped_column(LargeBinary)  # PDF, PNG or JPEG, checked by its first bytes
+    scan_type: Mapped[str | None] = mapped_column(String(32))
+    public: Mapped[bool] = mapped_column(Boolean, default=False)
+    recorded_by: Mapped[str] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

@@ -19,7 +19,7 @@ from app import addresses, cli, counters, erasure, outbox, security
 from app.db import Database, utcnow
 from app.encryption import NONCE_BYTES
 from app.main import create_app
-from app.models import Delivery, OutboxMessage, Signature, SignatureCount, TargetOptIn
+from app.models import LetterRecord, OutboxMessage, Signature, SignatureCount, TargetOptIn
 from app.settings import ROOT
 from tests.seed import add_signatures, signature_values
 from tests.support import TEST_SECRET, body, csrf_token, deliver, link_in, make_settings, settings_env, sign_form
@@ -133,7 +133,7 @@ def test_erasure_leaves_no_trace_in_any_table_and_keeps_the_count(app_client, sm
         mine = s.scalar(select(Signature).where(Signature.campaign == "mamay", Signature.status == "confirmed")
                         .order_by(Signature.id.desc()))
         s.add(TargetOptIn(signature_id=mine.id, target="president", created_at=now))
-        s.add(Delivery(signature_id=mine.id, target="president", created_at=now))
+        s.add(LetterRecord(signature_id=mine.id, campaign="mamay", target="president", channel="sent", created_at=now))
         letter = svc.composer.build(to="office@example.kz", subject="Letter",
                                     body=f"Dear President,\n...\n{NAME}, {CITY}\nReply to {stored_address}")
         outbox.enqueue(s, letter, kind="letter", keyring=svc.keyring, signature_id=mine.id, target="president",
@@ -162,7 +162,8 @@ def test_erasure_leaves_no_trace_in_any_table_and_keeps_the_count(app_client, sm
     assert traces(svc, needles, keys) == []
     with svc.db.read() as s:
         assert s.scalar(select(func.count()).select_from(TargetOptIn)) == 0
-        assert s.scalar(select(func.count()).select_from(Delivery)) == 0
+        # The ledger keeps the letter (the counts), no longer whose it was.
+        assert s.execute(select(LetterRecord.signature_id, LetterRecord.target)).all() == [(None, "president")]
         assert s.scalar(select(func.count()).where(OutboxMessage.state == "queued")) == 0
         erased = s.scalars(select(Signature).where(Signature.erased_at.is_not(None))).all()
         assert len(erased) == 1 and erased[0].status == "confirmed"

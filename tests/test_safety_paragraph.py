@@ -276,7 +276,7 @@ def named_app(tmp_path, sqlite_url):
     text += ('\n[[targets]]\nkey = "embassy-kz"\nkind = "embassy"\ndisclosure = "name"\ncountry = "KZ"\n'
              'name = { en = "Head of Mission", ru = "Глава миссии", kk = "Миссия басшысы" }\n'
              'title = { en = "Representation of Kazakhstan", ru = "Представительство Казахстана", '
-             'kk = "Қазақстан өкілдігі" }\n'
+             'kk = "Қазақстан өкілдігі" }\naddress = "Astana"\n'
              'salutation = { en = "Dear Sir or Madam,", ru = "Уважаемые господа!", kk = "Құрметті мырзалар!" }\n')
     toml.write_text(text, encoding="utf-8")
     settings = make_settings(tmp_path, sqlite_url, letters_dir=Path(folder.parent))
