@@ -99,4 +99,5 @@ def dashboard_page(request: Request, who: CurrentOrganiser, lang: str | None = N
     return page(
         request, "admin/dashboard.html", lang, who=who, overviews=overviews, health=health, log=log,
         snippets=snippets, frame_ancestors=svc.settings.frame_ancestors,
+        problems=getattr(svc.campaigns, "problems", {}),
     )

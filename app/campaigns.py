@@ -5,7 +5,11 @@ A second campaign is a new folder, no code. A wrong file fails loudly, naming th
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import threading
 import tomllib
+from collections.abc import Callable, Iterator, Mapping
 from datetime import date
 from pathlib import Path
 from typing import Literal
@@ -14,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from app import i18n
 
+log = logging.getLogger(__name__)
 LANGUAGES = i18n.LANGUAGES
 Disclosure = Literal["count", "country", "name", "name_city"]
 DISCLOSURE_ORDER = ("count", "country", "name", "name_city")
@@ -150,6 +155,7 @@ class Campaign(_Strict):
     organisation: Organisation | None = None
     appeal: Appeal | None = None
     folder: Path = Path()
+    revision: str = ""  # fingerprint of the folder when loaded: letter templates are compiled per revision
 
     @field_validator("languages")
     @classmethod
@@ -229,7 +235,7 @@ def load_campaign(path: Path) -> Campaign:
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise CampaignError(f"{path}: {exc}") from exc
     try:
-        campaign = Campaign(**data, folder=path.parent)
+        campaign = Campaign(**data, folder=path.parent, revision=fingerprint(path.parent))
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or '(file)'}: {err['msg']}" for err in exc.errors()
@@ -246,3 +252,75 @@ def load_campaigns(letters_dir: Path) -> dict[str, Campaign]:
         raise CampaignError(f"{letters_dir}: campaign folder not found")
     files = sorted(letters_dir.glob("*/campaign.toml"))
     return {c.slug: c for c in map(load_campaign, files)}
+
+
+def fingerprint(folder: Path) -> str:
+    """Names, sizes and modification times of a campaign folder's files: changes when any file is edited."""
+    found = hashlib.sha256()
+    for path in sorted(folder.iterdir()) if folder.is_dir() else ():
+        try:
+            stat = path.stat()
+        except OSError:
+            continue
+        found.update(f"{path.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return found.hexdigest()[:16]
+
+
+Checker = Callable[[Campaign], list[str]]
+
+
+class Registry(Mapping[str, Campaign]):
+    """The campaigns a server serves, each loaded on its own and reloaded when its folder changes.
+
+    A broken campaign (its file, or a letter `check` finds wrong) is left out with its error in `problems` while
+    the others serve; a broken edit of a campaign that was serving keeps its last good version. Each reload swaps
+    in a new dict at once, so a request sees one consistent set."""
+
+    def __init__(self, letters_dir: Path, *, check: Checker | None = None) -> None:
+        if not letters_dir.is_dir():
+            raise CampaignError(f"{letters_dir}: campaign folder not found")
+        self.letters_dir, self.check = letters_dir, check
+        self._current: dict[str, Campaign] = {}
+        self.problems: dict[str, str] = {}  # folder name -> what is wrong with it
+        self._seen: dict[str, str] = {}  # folder name -> fingerprint last loaded (good or bad)
+        self._lock = threading.Lock()
+        self.reload()
+
+    def __getitem__(self, slug: str) -> Campaign:
+        return self._current[slug]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._current)
+
+    def __len__(self) -> int:
+        return len(self._current)
+
+    def reload(self) -> bool:
+        """Load every folder whose files changed since the last look; True if anything changed."""
+        with self._lock:
+            folders = {p.parent.name: p.parent for p in sorted(self.letters_dir.glob("*/campaign.toml"))}
+            stamps = {name: fingerprint(folder) for name, folder in folders.items()}
+            if stamps == self._seen:
+                return False
+            current = {slug: c for slug, c in self._current.items() if slug in folders}
+            problems = {name: problem for name, problem in self.problems.items() if name in folders}
+            for name, folder in folders.items():
+                if self._seen.get(name) == stamps[name]:
+                    continue
+                try:
+                    campaign = load_campaign(folder / "campaign.toml")
+                    found = self.check(campaign) if self.check else []
+                    if found:
+                        raise CampaignError("; ".join(found))
+                except CampaignError as exc:
+                    problems[name] = str(exc)
+                    kept = " (its last good version keeps serving)" if name in current else ""
+                    log.error("campaign %s is not served as it is now%s: %s", name, kept, exc)
+                    continue
+                problems.pop(name, None)
+                if name in self._seen:
+                    log.info("campaign %s reloaded", name)
+                current[name] = campaign
+            self._current = dict(sorted(current.items()))
+            self.problems, self._seen = problems, stamps
+            return True

@@ -40,7 +40,7 @@ def check_campaign(campaign: Campaign, *, secret: bytes = b"check") -> list[str]
                 problems.append(f"{path}: missing (every language needs a .txt.j2 and an .html.j2 letter)")
     if problems:
         return problems
-    env = environment(campaign.folder)
+    env = environment(campaign.folder, campaign.revision)
     for lang in campaign.languages:
         for kind in KINDS:
             try:

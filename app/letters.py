@@ -136,8 +136,10 @@ def variant(campaign: Campaign, target: Target, lang: str, key: str, *, secret: 
 
 
 @lru_cache(maxsize=32)
-def environment(folder: Path) -> SandboxedEnvironment:
-    """One sandbox per campaign folder; it keeps its compiled templates, so a batch compiles each once."""
+def environment(folder: Path, revision: str = "") -> SandboxedEnvironment:
+    """One sandbox per campaign folder and revision; it keeps its compiled templates (never re-read: the campaign
+    check compiles them all when a revision is loaded), so a batch compiles each once and a broken edit on disk
+    does not reach a campaign still serving its last good revision."""
     return SandboxedEnvironment(
         loader=FileSystemLoader(folder),
         undefined=StrictUndefined,
@@ -174,7 +176,7 @@ def render_letter(
         "target_name": target.name[lang],
         "target_title": target.title[lang],
     }
-    env = environment(campaign.folder)
+    env = environment(campaign.folder, campaign.revision)
     text = env.get_template(template_name(lang, "txt")).render(context)
     html_text = env.get_template(template_name(lang, "html")).render(context) if html else ""
     return Letter(

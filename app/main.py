@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import logging
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -10,6 +12,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -19,6 +22,7 @@ from app import (
     admin,
     admin_api,
     api,
+    campaigns,
     i18n,
     notices,
     outbox,
@@ -37,6 +41,7 @@ from app.settings import Settings, load_settings
 from app.state import Services
 
 STATIC_DIR = Path(__file__).parent / "static"
+log = logging.getLogger(__name__)
 
 
 def same_site_path(path: str) -> str:
@@ -51,6 +56,16 @@ def served_app() -> FastAPI:
     and everything built at start-up kept out of the collector's full passes, which otherwise stall requests for
     ~100 ms now and then under load (bench/sign.py, p99)."""
     return create_app(freeze_gc=True)
+
+
+async def _reload_campaigns(registry: campaigns.Registry, every: float) -> None:
+    """Serve added and edited campaign folders without a restart (a broken edit keeps the last good version)."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await run_in_threadpool(registry.reload)
+        except Exception:  # a folder vanishing mid-read, say: the next look tries again
+            log.exception("reloading the campaigns failed")
 
 
 def create_app(settings: Settings | None = None, *, db: Database | None = None, services: Services | None = None,
@@ -74,9 +89,14 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None, 
                                    before=notices.answerer(svc.db, campaigns=svc.campaigns, keyring=svc.keyring,
                                                            composer=svc.composer, settings=settings))
             worker.start()
+        reloading = None
+        if settings.campaign_reload_seconds and isinstance(svc.campaigns, campaigns.Registry):
+            reloading = asyncio.create_task(_reload_campaigns(svc.campaigns, settings.campaign_reload_seconds))
         try:
             yield
         finally:
+            if reloading:
+                reloading.cancel()
             svc.intake.stop()  # commits and answers every signature already queued
             svc.db.stop_checkpoints()
             if worker:

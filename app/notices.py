@@ -107,10 +107,15 @@ def _answer(session: Session, notice: Notice, **how) -> None:
 
 def answerer(db: Database, *, campaigns: Mapping[str, Campaign], keyring: Keyring, composer: mail.Composer,
              settings: Settings) -> Callable[[], None]:
-    """`answer_due` as the outbox worker's step before each pass (its failures are logged, never fatal)."""
+    """`answer_due` as the outbox worker's step before each pass (its failures are logged, never fatal). A live
+    registry of campaigns is looked at first: `campaign outbox` runs without a server to reload it, and a campaign
+    added since it started must have its signers answered."""
+    reload = getattr(campaigns, "reload", None)
 
     def step() -> None:
         try:
+            if reload:
+                reload()
             answer_due(db, campaigns=campaigns, keyring=keyring, composer=composer, settings=settings,
                        max_batches=WORKER_BATCHES)
         except Exception:

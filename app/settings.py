@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     # loop never waits for the GIL behind them), or a thread of the server process itself.
     sign_writer: Literal["process", "thread"] = "process"
     outbox_poll_seconds: float = Field(default=1.0, gt=0)
+    # How often a server looks for added, edited or removed campaign folders (0: only at start).
+    campaign_reload_seconds: float = Field(default=2.0, ge=0)
     # Each mail made from a notice (confirmation, reminder, erase link) waits a random 0..N seconds before it is
     # due, drawn alone: whether a mail was made for an address must not show in when a prober's own mails arrive.
     mail_jitter_seconds: float = Field(default=60.0, ge=0)

@@ -5,7 +5,7 @@ Routes reach them with `services(request)`; nothing here is a module-level globa
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Annotated
@@ -13,7 +13,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from app import campaigns as campaigns_mod
-from app import mail
+from app import letter_check, mail
 from app.campaigns import Campaign
 from app.db import Database, utcnow
 from app.encryption import Keyring, load_keyring
@@ -29,7 +29,7 @@ class Services:
     settings: Settings
     db: Database
     keyring: Keyring
-    campaigns: dict[str, Campaign]
+    campaigns: Mapping[str, Campaign]  # a campaigns.Registry, reloaded live (main.py polls it)
     composer: mail.Composer
     sign_limiter: Limiter
     login_limiter: Limiter
@@ -57,7 +57,7 @@ class Services:
             settings=settings,
             db=db or Database(settings.sqlalchemy_url),
             keyring=load_keyring(settings, create=settings.env != "production"),
-            campaigns=campaigns_mod.load_campaigns(settings.letters_dir),
+            campaigns=campaigns_mod.Registry(settings.letters_dir, check=letter_check.check_campaign),
             composer=mail.Composer(settings),
             sign_limiter=Limiter(settings.sign_rate_limit, secret=settings.secret_key, redis_url=settings.redis_url),
             login_limiter=Limiter(settings.login_rate_limit, secret=settings.secret_key, redis_url=settings.redis_url),

@@ -121,7 +121,9 @@ def check() -> None:
     console.print("campaigns OK")
     from app import letter_check  # every letter template x target x language, with hostile sample signers
 
-    problems = [p for c in svc.campaigns.values() for p in letter_check.check_campaign(c)]
+    # Folders the server would leave out (a broken file or letter), then every letter of the campaigns it serves.
+    problems = [f"{name}: {problem}" for name, problem in getattr(svc.campaigns, "problems", {}).items()]
+    problems += [p for c in svc.campaigns.values() for p in letter_check.check_campaign(c)]
     for problem in problems:
         console.print(problem, style="red", markup=False, highlight=False, soft_wrap=True)
     if problems:
