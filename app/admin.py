@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import html
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from app import dashboard, exports, i18n, organisers
 from app.db import utcnow
 from app.organisers import CurrentOrganiser
-from app.pages import client_address, page, pick_lang, read_form
+from app.pages import client_address, page, petition_page, pick_lang, read_form
 from app.state import services
 
 router = APIRouter(include_in_schema=False)
@@ -99,5 +99,16 @@ def dashboard_page(request: Request, who: CurrentOrganiser, lang: str | None = N
     return page(
         request, "admin/dashboard.html", lang, who=who, overviews=overviews, health=health, log=log,
         snippets=snippets, frame_ancestors=svc.settings.frame_ancestors,
-        problems=getattr(svc.campaigns, "problems", {}),
+        problems=getattr(svc.campaigns, "problems", {}), today=now.date(), phase_names={
+            "draft": i18n.gettext(lang, "Draft: organisers only"), "upcoming": i18n.gettext(lang, "Not open yet"),
+            "open": i18n.gettext(lang, "Open"), "closed": i18n.gettext(lang, "Closed")},
     )
+
+
+@router.get("/organiser/preview/{slug}", response_class=HTMLResponse)
+def preview(request: Request, slug: str, who: CurrentOrganiser, lang: str | None = None) -> HTMLResponse:
+    """The petition page as the public will see it, for a draft too (which the public cannot reach)."""
+    campaign = services(request).campaigns.get(slug)
+    if campaign is None:
+        raise HTTPException(404, "No such campaign")
+    return petition_page(request, campaign, pick_lang(request, lang, campaign))

@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy import text
 
 from app import counters, i18n, pages
+from app.db import utcnow
 from app.state import ServicesDep, services
 
 router = APIRouter(prefix="/api/v1", tags=["public"])
@@ -108,7 +109,7 @@ def list_campaigns(svc: ServicesDep, lang: i18n.Lang = "en") -> list[CampaignOut
             slug=c.slug, title=c.title[c.lang(lang)], summary=c.summary[c.lang(lang)], goal=c.goal,
             opens_on=c.opens_on, closes_on=c.closes_on, languages=list(c.languages),
         )
-        for c in svc.campaigns.values()
+        for c in svc.campaigns.values() if c.is_public(utcnow().date())
     ]
 
 

@@ -14,17 +14,20 @@ from datetime import date
 from pathlib import Path
 from typing import Literal
 
+import pycountry
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from app import i18n
 
 log = logging.getLogger(__name__)
+COUNTRIES = frozenset(c.alpha_2 for c in pycountry.countries)
 LANGUAGES = i18n.LANGUAGES
 Disclosure = Literal["count", "country", "name", "name_city"]
 DISCLOSURE_ORDER = ("count", "country", "name", "name_city")
 # How a target can be reached: e-mail and post are offered to signers; a `pack` target (no address of its own
 # that we could confirm) is reached only by the organisation's appeal pack, delivered by the organisation.
 Channel = Literal["email", "post", "pack"]
+Phase = Literal["draft", "upcoming", "open", "closed"]
 # Domains that can never be a real organisation's (RFC 2606, RFC 6761): a campaign with such an organisation is a
 # sample, whose packs and letters say so and which `campaign check` refuses in production.
 SAMPLE_DOMAINS = ("example.org", "example.com", "example.net", "localhost")
@@ -105,6 +108,10 @@ class Target(_Strict):
     def _embassy_country(self) -> Target:
         if self.kind == "embassy" and not self.country:
             raise ValueError("an embassy needs `country` (ISO alpha-2 of where it is)")
+        if self.country and self.country not in COUNTRIES:
+            hint = " (the United Kingdom is GB)" if self.country == "UK" else ""
+            raise ValueError(f"country {self.country!r} is not an ISO 3166-1 alpha-2 code{hint}: signers choose "
+                             "from that list, so no signer would ever be offered this target")
         if "email" in self.channels and not self.email:
             raise ValueError("channel `email` needs `email`")
         if "post" in self.channels and not self.address:
@@ -137,6 +144,7 @@ class Target(_Strict):
 
 class Campaign(_Strict):
     slug: str = Field(pattern=r"^[a-z0-9-]{1,64}$")
+    draft: bool = False  # seen by organisers only (their preview), takes no signatures, listed nowhere
     languages: tuple[str, ...]
     goal: int = Field(gt=0)
     opens_on: date
@@ -210,8 +218,20 @@ class Campaign(_Strict):
             raise ValueError("closes_on is before opens_on")
         return self
 
+    def phase(self, today: date) -> Phase:
+        """draft (organisers only), upcoming (before opens_on), open, or closed (after closes_on)."""
+        if self.draft:
+            return "draft"
+        if today < self.opens_on:
+            return "upcoming"
+        return "closed" if self.closes_on is not None and today > self.closes_on else "open"
+
     def is_open(self, today: date) -> bool:
-        return self.opens_on <= today and (self.closes_on is None or today <= self.closes_on)
+        return self.phase(today) == "open"
+
+    def is_public(self, today: date) -> bool:
+        """Listed on the home page and the API: open or closed (a draft or a campaign not open yet is not)."""
+        return self.phase(today) in ("open", "closed")
 
     def asks_for(self, target: Target, lang: str) -> list[str]:
         """What a letter to `target` asks: an embassy conveys and raises; the authorities can act."""

@@ -13,6 +13,7 @@ from typing import Literal, get_args
 
 import pycountry
 from babel import Locale
+from babel.dates import format_date
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 from babel.support import NullTranslations, Translations
@@ -97,4 +98,5 @@ def page_env(lang: str) -> Environment:
     env.install_gettext_translations(translations(lang), newstyle=True)  # type: ignore[attr-defined]
     env.globals.update(lang=lang, languages=LANGUAGES, language_names=LANGUAGE_NAMES)
     env.filters["country"] = lambda code: country_name(code, lang)
+    env.filters["day"] = lambda day: format_date(day, format="long", locale=lang)
     return env

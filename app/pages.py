@@ -28,8 +28,9 @@ T = TypeVar("T")
 
 
 def campaign_or_404(svc: Services, slug: str) -> Campaign:
+    """A campaign the public may see: a draft is the organisers' (their preview is behind sign-in)."""
     campaign = svc.campaigns.get(slug)
-    if campaign is None:
+    if campaign is None or campaign.draft:
         raise HTTPException(404, "No such campaign")
     return campaign
 
@@ -87,6 +88,7 @@ def petition_page(request: Request, campaign: Campaign, lang: str, *, status: in
     return page(
         request, "petition.html", lang, status=status, campaign=campaign, stats=stats, countries=i18n.countries(lang),
         form=form or {}, errors=errors or {}, is_open=campaign.is_open(utcnow().date()),
+        phase=campaign.phase(utcnow().date()),
     )
 
 
@@ -162,7 +164,10 @@ def refusal(request: Request, exc: Exception) -> Response:
             return JSONResponse({"detail": field_errors(error.errors, lang)}, 422)
         return petition_page(request, campaign, lang, status=422, form=form, errors=error.errors)
     if isinstance(error, signing.CampaignClosed):
+        upcoming = campaign is not None and campaign.phase(utcnow().date()) == "upcoming"
         if api:
-            return JSONResponse({"detail": "This campaign is closed."}, 409)
-        return page(request, "error.html", lang, status=409, message_id="closed", campaign=campaign)
+            return JSONResponse({"detail": "This campaign is not open yet." if upcoming else
+                                 "This campaign is closed."}, 409)
+        return page(request, "error.html", lang, status=409, message_id="upcoming" if upcoming else "closed",
+                    campaign=campaign)
     raise error

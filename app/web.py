@@ -51,8 +51,10 @@ def _ticket(request: Request, svc: Services, slug: str) -> list[bytes] | None:
 def index(request: Request, lang: str | None = None) -> HTMLResponse:
     svc = services(request)
     lang = pick_lang(request, lang)
-    stats = {slug: svc.stats_cache.stats(c) for slug, c in svc.campaigns.items()}
-    return page(request, "index.html", lang, campaigns=list(svc.campaigns.values()), stats=stats)
+    today = utcnow().date()
+    listed = [c for c in svc.campaigns.values() if c.is_public(today)]
+    stats = {c.slug: svc.stats_cache.stats(c) for c in listed}
+    return page(request, "index.html", lang, campaigns=listed, stats=stats)
 
 
 @router.get("/c/{slug}", response_class=HTMLResponse)
@@ -145,4 +147,5 @@ async def confirm_post(request: Request, token: str) -> Response:
 @router.get("/privacy", response_class=HTMLResponse)
 def privacy(request: Request, lang: str | None = None) -> HTMLResponse:
     svc = services(request)
-    return page(request, "privacy.html", pick_lang(request, lang), campaigns=list(svc.campaigns.values()))
+    return page(request, "privacy.html", pick_lang(request, lang),
+                campaigns=[c for c in svc.campaigns.values() if not c.draft])

@@ -131,6 +131,48 @@ def check() -> None:
     console.print("letters OK")
 
 
+SKELETON = Path(__file__).resolve().parent.parent / "campaign_skeleton"
+
+
+@app.command("new")
+def new(
+    slug: str = typer.Argument(..., help="The new campaign's address: /c/SLUG (a-z, 0-9 and -)."),
+    from_: str = typer.Option("", "--from", help="Copy this campaign instead of starting from the skeleton."),
+) -> None:
+    """Start a campaign folder that passes `campaign check`, as a draft only organisers see until you publish it."""
+    import re
+    import shutil
+    from datetime import date
+
+    s = settings()
+    if not re.fullmatch(r"[a-z0-9-]{1,64}", slug):
+        console.print("[red]SLUG may hold only a-z, 0-9 and -, at most 64 characters[/red]")
+        raise typer.Exit(2)
+    source = s.letters_dir / from_ if from_ else SKELETON
+    folder = s.letters_dir / slug
+    if from_ and not (source / "campaign.toml").is_file():
+        console.print(f"[red]no campaign {from_!r} in {s.letters_dir}[/red]")
+        raise typer.Exit(2)
+    if folder.exists():
+        console.print(f"[red]{folder} exists already[/red]")
+        raise typer.Exit(2)
+    shutil.copytree(source, folder, ignore=shutil.ignore_patterns("__pycache__"))
+    toml = folder / "campaign.toml"
+    text = re.sub(r'(?m)^slug = ".*"$', f'slug = "{slug}"', toml.read_text(encoding="utf-8"), count=1)
+    text = re.sub(r"(?m)^draft = .*\n", "", text)
+    draft = r"\1\ndraft = true  # organisers only: set to false to publish"
+    text = re.sub(r'(?m)^(slug = ".*")$', draft, text, count=1)
+    if not from_:
+        text = re.sub(r"(?m)^opens_on = .*$", f"opens_on = {date.today().isoformat()}", text, count=1)
+    toml.write_text(text, encoding="utf-8")
+    console.print(f"{folder}: a draft, seen by organisers only (dashboard: Preview the public page).",
+                  markup=False)
+    edit = (f"change what is {from_}'s (title, case, sender, targets, letters)" if from_ else
+            "write every [bracketed] text (docs/campaigns.md)")
+    console.print(f"Next: {edit}, run `campaign check`, then set `draft = false`. A running server picks up each "
+                  "saved change.", markup=False)
+
+
 @keys_app.command("ensure")
 def keys_ensure() -> None:
     """Make sure a data key exists: CAMPAIGN_DATA_KEY, or var/data.key (generated here in development)."""
