@@ -8,6 +8,8 @@ the signer's opt-in, so the preview, the signer's page, the mail, the PDF and th
 from __future__ import annotations
 
 import hmac
+import itertools
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,6 +19,7 @@ from pathlib import Path
 
 from jinja2 import FileSystemLoader, StrictUndefined, select_autoescape
 from jinja2.sandbox import SandboxedEnvironment
+from markupsafe import escape
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -152,6 +155,25 @@ def template_name(lang: str, kind: str) -> str:
     return f"letter.{lang}.{kind}.j2"
 
 
+@lru_cache(maxsize=256)
+def has_template(folder: Path, revision: str, name: str) -> bool:
+    return (folder / name).is_file()
+
+
+def text_to_html(text: str) -> str:
+    """The HTML form of a letter written once, as text: a paragraph per blank-line block, runs of lines starting
+    "- " as a list, other line breaks kept. Everything escaped: signer text in it stays text, and none is lost."""
+    parts = []
+    for block in re.split(r"\n\s*\n", text.strip()):
+        for is_list, run in itertools.groupby(block.split("\n"), key=lambda line: line.startswith("- ")):
+            lines = list(run)
+            if is_list:
+                parts.append("<ul>\n" + "\n".join(f"<li>{escape(line[2:])}</li>" for line in lines) + "\n</ul>")
+            else:
+                parts.append("<p>" + "<br>\n".join(escape(line) for line in lines) + "</p>")
+    return "\n".join(parts) + "\n"
+
+
 def recipient_block(target: Target, lang: str) -> tuple[str, ...]:
     lines = [target.name[lang], target.title[lang]]
     if target.address:
@@ -178,7 +200,11 @@ def render_letter(
     }
     env = environment(campaign.folder, campaign.revision)
     text = env.get_template(template_name(lang, "txt")).render(context)
-    html_text = env.get_template(template_name(lang, "html")).render(context) if html else ""
+    html_text = ""
+    if html:  # the campaign's own HTML letter where it wrote one; else the text letter, as HTML
+        html_name = template_name(lang, "html")
+        html_text = (env.get_template(html_name).render(context)
+                     if has_template(campaign.folder, campaign.revision, html_name) else text_to_html(text))
     return Letter(
         subject=campaign.subject[lang], text=text, html=html_text, recipient=recipient_block(target, lang),
         lang=lang, target=target.key,

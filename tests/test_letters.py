@@ -268,3 +268,21 @@ def test_pending_signers_are_not_letters_yet(svc, campaign):
         with pytest.raises(letters.LetterRefused):
             letters.signer_letters(session, campaign=campaign, row=row, lang="en", keyring=svc.keyring,
                                    secret=SECRET, k=5)
+
+
+def test_a_letter_written_once_as_text_is_also_its_html_escaped_and_whole(tmp_path):
+    """One template per language: without a .html.j2 the HTML form is made from the text, and keeps every line."""
+    folder = tmp_path / "letters"
+    shutil.copytree(MAMAY, folder / "mamay")
+    for lang in ("en", "ru", "kk"):
+        (folder / "mamay" / f"letter.{lang}.html.j2").unlink()
+    campaign = load_campaigns(folder)["mamay"]
+    assert letter_check.check_campaign(campaign) == []
+    message = "First <b>line</b>\n- a dash line\nafter it & more\n\n{{ config }}"
+    view = letters.SignerView("s1", name="Ada <i>", city="Almaty", country="KZ", message=message)
+    letter = letters.render_letter(campaign, campaign.targets[0], "en", view, secret=SECRET)
+    assert "<b>" not in letter.html and "&lt;b&gt;line&lt;/b&gt;" in letter.html and "&lt;i&gt;" in letter.html
+    assert "<li>a dash line</li>" in letter.html and "after it &amp; more" in letter.html
+    assert "{{ config }}" in letter.html
+    for ask in campaign.asks["en"]:
+        assert f"<li>{html.escape(ask, quote=True)}</li>" in letter.html
