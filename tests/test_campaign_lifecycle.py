@@ -114,3 +114,12 @@ def test_a_country_no_signer_can_choose_is_refused_with_the_field_named(letters,
     assert "targets.3" in str(err.value) and f"country {code!r} is not an ISO 3166-1 alpha-2 code" in str(err.value)
     if code == "UK":
         assert "the United Kingdom is GB" in str(err.value)
+
+
+def test_serving_on_another_port_warns_that_mailed_links_point_elsewhere():
+    from app.cli.operations import base_url_warning
+
+    warning = base_url_warning("http://127.0.0.1:8000", "127.0.0.1", 8080)
+    assert warning and "port 8080" in warning and "CAMPAIGN_BASE_URL=http://127.0.0.1:8080" in warning
+    assert base_url_warning("http://127.0.0.1:8000", "127.0.0.1", 8000) is None
+    assert base_url_warning("https://letters.example.org", "127.0.0.1", 8000) is None  # behind a proxy

@@ -24,6 +24,19 @@ def db_upgrade(revision: str = typer.Argument("head")) -> None:
     console.print(f"database at {revision}")
 
 
+def base_url_warning(base_url: str, host: str, port: int) -> str | None:
+    """Mailed links are made from CAMPAIGN_BASE_URL: served on a local address and port it does not name, every
+    link in every mail would lead elsewhere. A public URL (behind a proxy) is left alone."""
+    from urllib.parse import urlsplit
+
+    url = urlsplit(base_url)
+    local = url.hostname in ("127.0.0.1", "localhost", "::1", "0.0.0.0", host)
+    if local and (url.port or (443 if url.scheme == "https" else 80)) != port:
+        return (f"CAMPAIGN_BASE_URL is {base_url}, but this server listens on port {port}: the links in mails will "
+                f"point there. Set CAMPAIGN_BASE_URL=http://{host}:{port} (or the public address of your proxy).")
+    return None
+
+
 @app.command()
 def serve(
     host: str = "127.0.0.1",
@@ -42,8 +55,12 @@ def serve(
         console.print(f"[red]--workers {workers} needs CAMPAIGN_REDIS_URL:[/red] without Redis every worker keeps "
                       "its own rate limits and used-form records. Set CAMPAIGN_REDIS_URL or use --workers 1.")
         raise typer.Exit(2)
-    svc = services()  # fail here, with a clear message, on a broken campaign file or a missing key
+    svc = services()  # fail here, with a clear message, on a missing key (a broken campaign is left out)
+    for name, problem in getattr(svc.campaigns, "problems", {}).items():
+        console.print(f"campaign {name} is not served until it is fixed: {problem}", style="red", markup=False)
     console.print(f"Serving on http://{host}:{port}  (mail: {s.smtp_url or s.mail_dir})")
+    if warning := base_url_warning(s.base_url, host, port):
+        console.print(warning, style="yellow", markup=False)
     _announce_organiser_token(svc, f"http://{host}:{port}/organiser/login")
     # Access logs are off: they would hold client IP addresses.
     uvicorn.run(
