@@ -30,7 +30,7 @@ def base_url_warning(base_url: str, host: str, port: int) -> str | None:
     from urllib.parse import urlsplit
 
     url = urlsplit(base_url)
-    local = url.hostname in ("127.0.0.1", "localhost", "::1", "0.0.0.0", host)
+    local = url.hostname in ("127.0.0.1", "localhost", "::1", host)
     if local and (url.port or (443 if url.scheme == "https" else 80)) != port:
         return (f"CAMPAIGN_BASE_URL is {base_url}, but this server listens on port {port}: the links in mails will "
                 f"point there. Set CAMPAIGN_BASE_URL=http://{host}:{port} (or the public address of your proxy).")
