@@ -16,6 +16,7 @@ from babel import Locale
 from babel.dates import format_date
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
+from babel.numbers import format_decimal, format_percent
 from babel.support import NullTranslations, Translations
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
@@ -99,4 +100,17 @@ def page_env(lang: str) -> Environment:
     env.globals.update(lang=lang, languages=LANGUAGES, language_names=LANGUAGE_NAMES)
     env.filters["country"] = lambda code: country_name(code, lang)
     env.filters["day"] = lambda day: format_date(day, format="long", locale=lang)
+    env.filters["num"] = lambda n: format_decimal(n, locale=lang)
+    env.globals["progress"] = lambda n, goal: progress(n, goal, lang)
     return env
+
+
+def progress(confirmed: int, goal: int, lang: str) -> str:
+    """Share of the goal as the language writes a percentage, rounded down; "<1%" rather than "0%" once anyone has
+    signed (38 of 5,000 is not nothing)."""
+    if goal <= 0:
+        return format_percent(0, locale=lang)
+    share = min(confirmed, goal) / goal
+    if 0 < share < 0.01:
+        return "<" + format_percent(0.01, locale=lang)
+    return format_percent(int(share * 100) / 100, locale=lang)

@@ -243,3 +243,12 @@ def test_error_pages_explain_the_problem_in_the_visitors_language(client, lang, 
     unknown = client.get(f"/s/not-a-real-token?lang={lang}")
     text = page_text(unknown)
     assert unknown.status_code == 404 and bad_link in text and "not valid" not in text
+
+
+def test_numbers_and_progress_are_written_as_each_language_writes_them():
+    from app.i18n import page_env, progress
+
+    assert [page_env(lang).filters["num"](5000) for lang in ("en", "ru", "kk")] == ["5,000", "5\xa0000", "5\xa0000"]
+    assert progress(38, 5000, "en") == "<1%" and progress(0, 5000, "en") == "0%"  # 38 signers are not 0 %
+    assert progress(2499, 5000, "en") == "49%" and progress(9000, 5000, "en") == "100%"
+    assert progress(38, 5000, "ru") == "<1\xa0%"
