@@ -70,6 +70,7 @@ def page(request: Request, template: str, lang: str, *, status: int = 200, **con
         min_cell=svc.settings.min_cell,
         retention_days=svc.settings.retention_days,
         refresh_minutes=f"{svc.settings.public_refresh_minutes:g}",
+        asked_lang=(request.query_params.get("lang") or "")[:16],  # shown, escaped, when it is not the page's
         **context,
     )
     response = HTMLResponse(html, status_code=status)

@@ -123,3 +123,19 @@ def test_serving_on_another_port_warns_that_mailed_links_point_elsewhere():
     assert warning and "port 8080" in warning and "CAMPAIGN_BASE_URL=http://127.0.0.1:8080" in warning
     assert base_url_warning("http://127.0.0.1:8000", "127.0.0.1", 8000) is None
     assert base_url_warning("https://letters.example.org", "127.0.0.1", 8000) is None  # behind a proxy
+
+
+def test_the_language_switcher_offers_the_campaigns_languages_and_a_fallback_is_said(tmp_path, sqlite_url, letters):
+    set_line(letters / "mamay", 'languages = ["en", "ru", "kk"]', 'languages = ["en", "ru"]')
+    set_line(letters / "mamay", 'appeal_lang = "kk"', 'appeal_lang = "ru"')
+    with app_for(tmp_path, sqlite_url, letters) as client:
+        answer = client.get("/c/mamay?lang=kk")
+        assert answer.status_code == 200
+        page = answer.text
+        nav = page.split('<nav class="langs"', 1)[1].split("</nav>", 1)[0]
+        assert "Қазақша" not in nav and 'hreflang="ru"' in nav
+        assert 'html lang="en"' in page and "This page is not written in Қазақша; it is shown in English." in page
+        odd = client.get("/c/mamay?lang=%3Cscript%3E").text
+        assert "not available in the language asked for" in odd and "<script>" not in odd
+        assert "not written in" not in client.get("/c/mamay?lang=ru").text
+        assert "Қазақша" in client.get("/?lang=en").text.split('<nav class="langs"', 1)[1].split("</nav>", 1)[0]
