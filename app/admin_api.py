@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import StreamingResponse
 
-from app import exports, i18n
+from app import exports, i18n, organisers
 from app.organisers import CurrentOrganiser
 from app.state import Services, ServicesDep
 
@@ -19,9 +19,11 @@ ERRORS: dict[int | str, dict] = {401: {"description": "No valid organiser token"
 STREAM: dict[int | str, dict] = {200: {"content": {"text/csv": {}, "application/json": {}}}}
 
 
-def _campaign(svc: Services, slug: str) -> str:
+def _campaign(svc: Services, who: organisers.Who, slug: str, need: str) -> str:
+    """The campaign, if it exists and this organiser's role in it allows the act (404 / 403 otherwise)."""
     if slug not in svc.campaigns:
         raise HTTPException(404, "No such campaign")
+    organisers.require(who, slug, need)
     return slug
 
 
@@ -42,7 +44,7 @@ def export_signatures(
     since: Annotated[date | None, Query(description="Only signatures made on or after this day (UTC)")] = None,
 ) -> StreamingResponse:
     """Signatures with their personal data, erased ones left out. Cells a spreadsheet would run are made inert."""
-    query = exports.SignatureQuery(campaign=_campaign(svc, slug), status=status, since=since)
+    query = exports.SignatureQuery(campaign=_campaign(svc, who, slug, "editor"), status=status, since=since)
     chunks = exports.signatures(svc.db, svc.keyring, query, organiser=who.name, fmt=format)
     return _download(chunks, fmt=format, name=exports.filename(slug, f"signatures-{status}", format))
 
@@ -57,5 +59,6 @@ def export_counts(
     lang: i18n.Lang = "en",
 ) -> StreamingResponse:
     """Exact confirmed counts per country (with country names) or per day."""
-    chunks = exports.counts(svc.db, campaign=_campaign(svc, slug), by=by, fmt=format, organiser=who.name, lang=lang)
+    chunks = exports.counts(svc.db, campaign=_campaign(svc, who, slug, "viewer"), by=by, fmt=format,
+                            organiser=who.name, lang=lang)
     return _download(chunks, fmt=format, name=exports.filename(slug, f"counts-by-{by}", format))

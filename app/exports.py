@@ -18,7 +18,7 @@ from typing import BinaryIO, Literal
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from app import counters
+from app import audit, counters
 from app.db import Database, utcnow
 from app.encryption import Keyring
 from app.export_rows import (  # the names callers use, from their one home
@@ -33,7 +33,7 @@ from app.export_rows import (  # the names callers use, from their one home
     inert_csv,
     rendered,
 )
-from app.models import ExportLog
+from app.models import AuditLog
 
 log = logging.getLogger(__name__)
 
@@ -92,20 +92,16 @@ def count_text(fmt: Format, columns: tuple[str, ...], records: list[dict]) -> st
 def start_log(db: Database, *, organiser: str, campaign: str, what: str, now: datetime | None = None) -> int:
     """Record an export before any row leaves (its own transaction): an interrupted export is logged too."""
     with db.write.begin() as session:
-        row = ExportLog(organiser=organiser[:100], campaign=campaign, what=what[:200], rows=None,
-                        created_at=now or utcnow())
-        session.add(row)
-        session.flush()
-        return row.id
+        return audit.record(session, organiser=organiser, action="export", campaign=campaign, what=what, now=now).id
 
 
 def finish_log(db: Database, log_id: int, *, rows: int, complete: bool) -> None:
     with db.write.begin() as session:
         values: dict[str, object] = {"rows": rows}
         if not complete:
-            what = session.scalar(select(ExportLog.what).where(ExportLog.id == log_id)) or ""
+            what = session.scalar(select(AuditLog.what).where(AuditLog.id == log_id)) or ""
             values["what"] = (what + " (interrupted)")[:200]
-        session.execute(update(ExportLog).where(ExportLog.id == log_id).values(**values))
+        session.execute(update(AuditLog).where(AuditLog.id == log_id).values(**values))
 
 
 def _finish(db: Database, log_id: int, *, rows: int, complete: bool) -> None:
@@ -193,11 +189,3 @@ def counts(db: Database, *, campaign: str, by: CountsBy, fmt: Format, organiser:
 
 def filename(campaign: str, what: str, fmt: Format, *, today: date | None = None) -> str:
     return f"{campaign}-{what}-{(today or utcnow().date()).isoformat()}.{fmt}"
-
-
-def recent(session: Session, *, limit: int = 20, campaign: str | None = None) -> list[ExportLog]:
-    """The export log, newest first, for the dashboard."""
-    query = select(ExportLog).order_by(ExportLog.id.desc()).limit(limit)
-    if campaign:
-        query = query.where(ExportLog.campaign == campaign)
-    return list(session.scalars(query))

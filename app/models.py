@@ -245,14 +245,26 @@ class OrganiserSession(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
-class ExportLog(Base):
-    """Who exported what, when: every export of counts or signatures writes one row."""
+class OrganiserRole(Base):
+    """What one organiser may do in one campaign (`campaign` "*": in every campaign): viewer < editor < owner."""
 
-    __tablename__ = "export_log"
+    __tablename__ = "organiser_roles"
+
+    organiser_id: Mapped[int] = mapped_column(ForeignKey("organisers.id", ondelete="CASCADE"), primary_key=True)
+    campaign: Mapped[str] = mapped_column(String(64), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16))
+
+
+class AuditLog(Base):
+    """Who did what, when: sign-ins and sign-outs, exports, organiser and role changes, recorded deliveries and
+    replies. `campaign` "*" when the act is not one campaign's. Shown to owners."""
+
+    __tablename__ = "audit_log"
 
     id: Mapped[int] = mapped_column(primary_key=True)
     organiser: Mapped[str] = mapped_column(String(100))
     campaign: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(32), server_default="export")
     what: Mapped[str] = mapped_column(String(200))
     rows: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -8,7 +8,9 @@ session is itself a row (organiser_sessions): sign-out and revocation delete it,
 from __future__ import annotations
 
 import hmac
-from dataclasses import dataclass
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated
@@ -22,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from app import files, security
 from app.db import Database, utcnow
-from app.models import Organiser, OrganiserSession
+from app.models import Organiser, OrganiserRole, OrganiserSession
 from app.settings import Settings
 from app.state import services
 
@@ -31,6 +33,8 @@ LOCAL_NAME = "local"  # the organiser `campaign serve` creates in development
 SESSION_COOKIE = "organiser"
 SESSION_SECONDS = 12 * 3600
 TOKEN_FILE = "organiser.token"  # noqa: S105 - a file name, not a secret
+ROLES = ("viewer", "editor", "owner")  # viewer: counts; editor: + exports, deliveries, replies; owner: + organisers
+EVERY = "*"  # a role in every campaign
 
 
 class OrganiserError(Exception):
@@ -39,10 +43,59 @@ class OrganiserError(Exception):
 
 @dataclass(frozen=True)
 class Who:
-    """The signed-in organiser: `id` is None for the environment token."""
+    """The signed-in organiser: `id` is None for the environment token (owner of every campaign)."""
 
     id: int | None
     name: str
+    roles: Mapping[str, str] = field(default_factory=dict, compare=False)  # campaign (or "*") -> role
+
+    def role(self, campaign: str) -> str | None:
+        return self.roles.get(campaign) or self.roles.get(EVERY)
+
+    def may(self, campaign: str, need: str) -> bool:
+        role = self.role(campaign)
+        return role is not None and ROLES.index(role) >= ROLES.index(need)
+
+    def campaigns(self, known: Iterable[str]) -> list[str]:
+        """The campaigns (of `known`) this organiser has any role in."""
+        return [slug for slug in known if self.role(slug)]
+
+    def owned(self, known: Iterable[str]) -> list[str] | None:
+        """The campaigns this organiser owns; None: every campaign."""
+        if self.roles.get(EVERY) == "owner":
+            return None
+        return [slug for slug in known if self.role(slug) == "owner"]
+
+
+def require(who: Who, campaign: str, need: str) -> None:
+    """404 where the organiser has no role in the campaign (its existence is not theirs to learn), 403 where their
+    role is below what the act needs."""
+    if who.role(campaign) is None:
+        raise HTTPException(404, "No such campaign")
+    if not who.may(campaign, need):
+        raise HTTPException(403, "Your role in this campaign does not allow this.")
+
+
+def roles_of(session: Session, organiser_id: int) -> dict[str, str]:
+    return dict(session.execute(select(OrganiserRole.campaign, OrganiserRole.role)
+                                .where(OrganiserRole.organiser_id == organiser_id)).all())
+
+
+def set_role(session: Session, *, organiser_id: int, campaign: str, role: str | None) -> None:
+    """Give an organiser a role in a campaign ("*": every campaign), or take it away (`role` None)."""
+    if role is not None and role not in ROLES:
+        raise OrganiserError(f"a role is one of {', '.join(ROLES)}")
+    if campaign != EVERY and not re.fullmatch(r"[a-z0-9-]{1,64}", campaign):
+        raise OrganiserError("a campaign is its slug (a-z, 0-9, -) or * for every campaign")
+    existing = session.get(OrganiserRole, (organiser_id, campaign))
+    if role is None:
+        if existing is not None:
+            session.delete(existing)
+    elif existing is None:
+        session.add(OrganiserRole(organiser_id=organiser_id, campaign=campaign, role=role))
+    else:
+        existing.role = role
+    session.flush()
 
 
 def _check_name(name: str) -> str:
@@ -54,8 +107,10 @@ def _check_name(name: str) -> str:
     return name
 
 
-def add(session: Session, *, name: str, now: datetime) -> tuple[Organiser, str]:
-    """A new organiser and their token. The token is returned once and never stored."""
+def add(session: Session, *, name: str, now: datetime, roles: Mapping[str, str] | None = None
+        ) -> tuple[Organiser, str]:
+    """A new organiser, with their roles (default: owner of every campaign), and their token. The token is returned
+    once and never stored."""
     name = _check_name(name)
     taken = session.scalar(select(Organiser.id).where(Organiser.name == name, Organiser.revoked_at.is_(None)))
     if taken is not None:
@@ -64,6 +119,8 @@ def add(session: Session, *, name: str, now: datetime) -> tuple[Organiser, str]:
     row = Organiser(name=name, token_hash=security.token_hash(token), created_at=now)
     session.add(row)
     session.flush()
+    for campaign, role in (roles if roles is not None else {EVERY: "owner"}).items():
+        set_role(session, organiser_id=row.id, campaign=campaign, role=role)
     return row, token
 
 
@@ -87,6 +144,29 @@ def revoke(session: Session, *, name_or_id: str, now: datetime) -> list[Organise
     return rows
 
 
+@dataclass(frozen=True)
+class Member:
+    id: int
+    name: str
+    role: str
+    everywhere: bool  # the role is for every campaign (given by the operator, not changed from one campaign)
+
+
+def members(session: Session, campaign: str) -> list[Member]:
+    """The active organisers with a role in `campaign`, directly or in every campaign."""
+    rows = session.execute(
+        select(Organiser.id, Organiser.name, OrganiserRole.role, OrganiserRole.campaign)
+        .join(OrganiserRole, OrganiserRole.organiser_id == Organiser.id)
+        .where(Organiser.revoked_at.is_(None), OrganiserRole.campaign.in_([campaign, EVERY]))
+        .order_by(Organiser.name, OrganiserRole.campaign)
+    )
+    found: dict[int, Member] = {}
+    for organiser_id, name, role, where in rows:
+        if organiser_id not in found or where == campaign:
+            found[organiser_id] = Member(organiser_id, name, role, where == EVERY)
+    return list(found.values())
+
+
 def _env_fingerprint(settings: Settings) -> str:
     return security.token_hash(settings.organiser_token).hex()[:16]
 
@@ -96,12 +176,12 @@ def authenticate(session: Session, token: str, *, settings: Settings) -> Who | N
     if not token or len(token) > 200:
         return None
     if settings.organiser_token and hmac.compare_digest(token.encode(), settings.organiser_token.encode()):
-        return Who(None, ENV_NAME)
+        return Who(None, ENV_NAME, {EVERY: "owner"})
     wanted = security.token_hash(token)
     row = session.scalar(select(Organiser).where(Organiser.token_hash == wanted))
     if row is None or row.revoked_at is not None or not security.same(row.token_hash, wanted):
         return None
-    return Who(row.id, row.name)
+    return Who(row.id, row.name, roles_of(session, row.id))
 
 
 # --- browser sessions -------------------------------------------------------------------------------------
@@ -156,14 +236,14 @@ def from_cookie(session: Session, cookie: str | None, *, settings: Settings, now
         return None
     if data.get("id") is None:
         if settings.organiser_token and hmac.compare_digest(data["fp"], _env_fingerprint(settings)):
-            return Who(None, ENV_NAME)
+            return Who(None, ENV_NAME, {EVERY: "owner"})
         return None
     if not isinstance(data["id"], int):
         return None
     row = session.get(Organiser, data["id"])
     if row is None or row.revoked_at is not None or not hmac.compare_digest(row.token_hash.hex()[:16], data["fp"]):
         return None
-    return Who(row.id, row.name)
+    return Who(row.id, row.name, roles_of(session, row.id))
 
 
 # --- the dependency ---------------------------------------------------------------------------------------

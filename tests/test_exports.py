@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from app import cli, exports
 from app.db import utcnow
-from app.models import ExportLog, Signature
+from app.models import AuditLog, Signature
 from tests.seed import add_signatures, bearer, bulk_confirmed, organiser, signature_values
 from tests.support import make_settings, settings_env
 
@@ -151,7 +151,7 @@ def test_every_export_is_logged_with_who_what_and_rows(client, svc):
     client.get("/api/v1/campaigns/mamay/signatures?format=csv&status=all&since=2026-01-01", headers=bearer(token))
     client.get("/api/v1/campaigns/mamay/counts?by=country&format=json", headers=bearer(token))
     with svc.db.read() as s:
-        log = [(e.organiser, e.campaign, e.what, e.rows) for e in s.scalars(select(ExportLog).order_by(ExportLog.id))]
+        log = [(e.organiser, e.campaign, e.what, e.rows) for e in s.scalars(select(AuditLog).order_by(AuditLog.id))]
     assert log == [
         ("aliya", "mamay", "signatures all csv since 2026-01-01", len(HOSTILE_NAMES) + 1),
         ("aliya", "mamay", "counts by country json", 1),
@@ -162,11 +162,11 @@ def test_an_interrupted_export_is_still_logged(svc):
     seed_hostile(svc)
     stream = exports.signatures(svc.db, svc.keyring, exports.SignatureQuery("mamay"), organiser="x", fmt="csv")
     with svc.db.read() as s:
-        assert s.scalar(select(ExportLog.rows)) is None  # logged before the first row leaves
+        assert s.scalar(select(AuditLog.rows)) is None  # logged before the first row leaves
     next(stream)
     stream.close()  # the client went away
     with svc.db.read() as s:
-        entry = s.scalar(select(ExportLog))
+        entry = s.scalar(select(AuditLog))
     assert entry.what.endswith("(interrupted)") and entry.rows is not None
 
 
@@ -190,7 +190,7 @@ def test_ten_thousand_rows_stream_in_batches(client, svc):
     assert len({r["id"] for r in rows}) == 10_000
     assert elapsed < 30
     with svc.db.read() as s:
-        assert s.scalars(select(ExportLog.rows).order_by(ExportLog.id)).all()[-1] == 10_000
+        assert s.scalars(select(AuditLog.rows).order_by(AuditLog.id)).all()[-1] == 10_000
 
 
 def test_cli_export_writes_an_owner_only_file_and_logs_it(settings, svc, tmp_path):
@@ -212,7 +212,7 @@ def test_cli_export_writes_an_owner_only_file_and_logs_it(settings, svc, tmp_pat
     assert json.loads(counts.stdout) == [{"country": "DE", "country_name": "Germany",
                                           "confirmed": len(HOSTILE_NAMES)}]
     with svc.db.read() as s:
-        log = s.scalars(select(ExportLog).order_by(ExportLog.id)).all()
+        log = s.scalars(select(AuditLog).order_by(AuditLog.id)).all()
     assert [e.what for e in log] == ["signatures all csv", "counts by country json"]
     assert all(e.organiser.startswith("cli:") for e in log)
 

@@ -21,7 +21,7 @@ from app import cli, erasure, exports
 from app.db import Database, utcnow
 from app.encryption import KeyError_, Keyring
 from app.main import create_app
-from app.models import CONFIRMED, PENDING, ExportLog, Signature, TargetOptIn
+from app.models import CONFIRMED, PENDING, AuditLog, Signature, TargetOptIn
 from app.state import Services
 from tests.seed import add_signatures, bearer, organiser, signature_values
 from tests.support import TEST_DATA_KEY, make_settings, settings_env
@@ -173,7 +173,7 @@ def test_cli_export_in_parallel_equals_the_web_route_byte_for_byte(mixed, tmp_pa
             assert answer.status_code == 200
             assert answer.content == reference(svc, exports.SignatureQuery("mamay", status="all"), fmt)
     with svc.db.read() as s:
-        log = s.scalars(select(ExportLog).order_by(ExportLog.id)).all()
+        log = s.scalars(select(AuditLog).order_by(AuditLog.id)).all()
     rows = len(list(csv.DictReader(io.StringIO(expected.decode().removeprefix("\ufeff"), newline=""))))
     assert [e.what for e in log] == ["signatures all csv", "signatures all csv", "signatures all json"]
     assert log[0].organiser.startswith("cli:") and [e.rows for e in log] == [rows] * 3
@@ -199,7 +199,7 @@ def test_an_export_whose_output_fails_is_logged_as_interrupted_and_leaves_no_wor
         exports.write_signatures(svc.db, svc.keyring, exports.SignatureQuery("mamay", status="all"), Full(),
                                  organiser="test", fmt="csv", workers=2, span=200)
     with svc.db.read() as s:
-        entry = s.scalar(select(ExportLog))
+        entry = s.scalar(select(AuditLog))
     assert entry.what == "signatures all csv (interrupted)" and 0 < entry.rows < 1000
     assert not multiprocessing.active_children()
 
@@ -233,5 +233,5 @@ def test_a_row_sealed_under_a_key_no_longer_held_stops_the_export_loudly(mixed):
         exports.write_signatures(svc.db, ring, exports.SignatureQuery("mamay", status="all"), io.BytesIO(),
                                  organiser="test", fmt="csv", workers=2, span=300)
     with svc.db.read() as s:
-        assert s.scalar(select(ExportLog.what)) == "signatures all csv (interrupted)"
+        assert s.scalar(select(AuditLog.what)) == "signatures all csv (interrupted)"
     assert not multiprocessing.active_children()

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from app import cli, organisers, security
 from app.db import Database, utcnow
 from app.main import create_app
-from app.models import ExportLog, Organiser
+from app.models import AuditLog, Organiser
 from tests.seed import add_signatures, bearer, organiser, signature_values
 from tests.support import csrf_token, make_settings, settings_env
 
@@ -30,7 +30,7 @@ ROUTES = ["/organiser", *API_ROUTES]
 
 def export_log_rows(svc) -> int:
     with svc.db.read() as s:
-        return s.scalar(select(func.count()).select_from(ExportLog))
+        return s.scalar(select(func.count()).where(AuditLog.action == "export"))
 
 
 def assert_refused(answer, route: str) -> None:
@@ -106,7 +106,7 @@ def test_environment_token_works_and_is_logged_as_env(tmp_path, sqlite_url):
             assert client.get("/organiser", headers=bearer("env-token-for-tests-012345678"),
                               follow_redirects=False).status_code == 303
         with db.read() as s:
-            assert s.scalars(select(ExportLog.organiser)).all() == ["env"]
+            assert s.scalars(select(AuditLog.organiser).where(AuditLog.action == "export")).all() == ["env"]
     finally:
         db.dispose()
 
@@ -188,7 +188,7 @@ def test_cli_adds_lists_and_revokes_organisers(settings, client):
     assert client.get("/api/v1/campaigns/mamay/counts", headers=bearer(token)).status_code == 200
 
     listed = runner.invoke(cli.app, ["organiser", "list"], env=env)
-    assert re.search(r"^\d+\tGulnar\tcreated .*\tactive$", listed.stdout, re.M)
+    assert re.search(r"^\d+\tGulnar\tcreated .*\tactive\towner of \*$", listed.stdout, re.M)
     assert token not in listed.stdout
 
     assert runner.invoke(cli.app, ["organiser", "add", "Gulnar"], env=env).exit_code == 1

@@ -13,19 +13,26 @@ from app.cli.base import app, campaign_and_keys, console, organiser_app, service
 
 
 @organiser_app.command("add")
-def organiser_add(name: str) -> None:
-    """Create an organiser and print their token (shown this once; only its hash is stored)."""
-    from app import organisers
+def organiser_add(
+    name: str,
+    campaign: str = typer.Option("*", help="The campaign's slug, or * for every campaign."),
+    role: str = typer.Option("owner", help="viewer (counts), editor (+ exports, deliveries), owner (+ organisers)."),
+) -> None:
+    """Create an organiser with a role and print their token (shown this once; only its hash is stored)."""
+    from app import audit, organisers
     from app.db import utcnow
 
     svc = services()
     try:
         with svc.db.write.begin() as session:
-            row, token = organisers.add(session, name=name, now=utcnow())
+            row, token = organisers.add(session, name=name, now=utcnow(), roles={campaign: role})
+            audit.record(session, organiser="cli", action="organiser_added", campaign=campaign,
+                         what=f"{row.name}: {role}")
     except organisers.OrganiserError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from exc
-    console.print(f"organiser {row.name!r} (id {row.id}) created. The token, shown only now:")
+    console.print(f"organiser {row.name!r} (id {row.id}) created, {role} of {campaign}. The token, shown only now:",
+                  markup=False)
     sys.stdout.write(token + "\n")
 
 
@@ -36,10 +43,11 @@ def organiser_list() -> None:
 
     svc = services()
     with svc.db.read() as session:
-        rows = organisers.list_all(session)
-    for row in rows:
+        rows = [(row, organisers.roles_of(session, row.id)) for row in organisers.list_all(session)]
+    for row, roles in rows:
         revoked = f"revoked {row.revoked_at:%Y-%m-%d %H:%M}" if row.revoked_at else "active"
-        sys.stdout.write(f"{row.id}\t{row.name}\tcreated {row.created_at:%Y-%m-%d %H:%M}\t{revoked}\n")
+        held = ", ".join(f"{role} of {slug}" for slug, role in sorted(roles.items())) or "no role"
+        sys.stdout.write(f"{row.id}\t{row.name}\tcreated {row.created_at:%Y-%m-%d %H:%M}\t{revoked}\t{held}\n")
     if svc.settings.organiser_token:
         sys.stdout.write(f"-\t{organisers.ENV_NAME}\tCAMPAIGN_ORGANISER_TOKEN\tactive\n")
 
