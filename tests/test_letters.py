@@ -108,7 +108,11 @@ def test_every_template_renders_for_every_target_and_language(campaign):
                     assert not any(ask in letter.text for ask in campaign.asks[lang])
                 assert html.escape(target.salutation[lang], quote=False) in letter.html
                 assert letter.subject == campaign.subject[lang]
-                assert letter.recipient[:2] == (target.name[lang], target.title[lang])
+                head = (tuple(target.addressee[lang].splitlines()) if target.addressee.get(lang)
+                        else (target.name[lang], target.title[lang]))
+                assert letter.recipient[:len(head)] == head
+                if lang == "en":  # the English block is the name, then the title
+                    assert letter.recipient[:2] == (target.name[lang], target.title[lang])
 
 
 @pytest.mark.parametrize("lang", ["en", "ru", "kk"])
@@ -153,16 +157,21 @@ def test_same_signer_same_letter_and_a_batch_is_varied(campaign):
 def test_anonymous_signature_names_the_country_only_when_its_cell_is_large(campaign):
     president = campaign.target("president")
     signer = {"variant_key": "s1", "name": "Aigerim", "city": "Taraz", "country": "KZ", "message": ""}
-    small = letters.view_for(president, **signer, opted_in=True, public_countries=frozenset({"DE"}))
-    large = letters.view_for(president, **signer, opted_in=True, public_countries=frozenset({"KZ", "DE"}))
+    small = letters.view_for(president, **signer, opted_in=False, public_countries=frozenset({"DE"}))
+    large = letters.view_for(president, **signer, opted_in=False, public_countries=frozenset({"KZ", "DE"}))
     assert letters.signature_lines(small, "en") == ["A supporter of the campaign"]
     assert letters.signature_lines(large, "en") == ["A supporter of the campaign from Kazakhstan"]
     assert letters.signature_lines(large, "ru") == ["Сторонник кампании (Казахстан)"]
     assert letters.signature_lines(large, "kk") == ["Науқанды қолдаушы (Қазақстан)"]
     assert letters.signature_lines(small, "kk") == ["Науқанды қолдаушы"]
-    # A count target never gets the name, opt-in or not.
-    text = letters.render_letter(campaign, president, "en", large, secret=SECRET).text
+    # Not opted in: anonymous, even to a target that may see names.
+    unnamed = letters.view_for(president, **signer, opted_in=False, public_countries=frozenset({"KZ"}))
+    text = letters.render_letter(campaign, president, "en", unnamed, secret=SECRET).text
     assert "Aigerim" not in text and "Taraz" not in text
+    # A count target never gets the name, opt-in or not.
+    count = president.model_copy(update={"disclosure": "count"})
+    counted = letters.view_for(count, **signer, opted_in=True, public_countries=frozenset({"KZ"}))
+    assert letters.signature_lines(counted, "en") == ["A supporter of the campaign from Kazakhstan"]
 
 
 def test_a_name_goes_only_where_the_level_allows_it_and_the_signer_said_yes(tmp_path):
@@ -234,16 +243,18 @@ def test_preview_shows_what_each_target_sees_with_a_placeholder_signer(client, c
     for lang in ("en", "ru", "kk"):
         for target in campaign.targets:
             page = client.get(f"/c/mamay/letter?lang={lang}&target={target.key}")
+            if not target.offered_to_signers:  # the organisation's appeal reaches it, not a signer's letter
+                assert page.status_code == 404
+                continue
             assert page.status_code == 200
             expected = letters.render_letter(campaign, target, lang, letters.preview_view(target),
                                              secret=letters.variation_secret(svc.settings.secret_key))
             assert html.escape(expected.text, quote=False) in page.text.replace("&#39;", "'").replace("&#34;", '"')
             assert i18n.gettext(lang, letters.PLACEHOLDER["country"]) in page.text
-    # The shipped targets see no names: the preview signs as a supporter, never with a name placeholder.
+    # The President may see the name, city and country of a signer who agrees: the preview shows the most.
     page = client.get("/c/mamay/letter?lang=en&target=president")
-    assert "A supporter of the campaign from [your country]" in page.text
-    assert "[Your name]" not in page.text
-    assert "total number of signatures only" in page.text
+    assert "[Your name]\n[your city], [your country]" in page.text
+    assert "names, cities and countries of the supporters who agree to be named to it" in page.text
     assert client.get("/c/mamay/letter?target=nobody").status_code == 404
     assert re.search(r'href="/c/mamay/letter\?lang=en&amp;target=embassy-de"', page.text)
 
