@@ -279,3 +279,97 @@ def test_pending_signers_are_not_letters_yet(svc, campaign):
         with pytest.raises(letters.LetterRefused):
             letters.signer_letters(session, campaign=campaign, row=row, lang="en", keyring=svc.keyring,
                                    secret=SECRET, k=5)
+
+
+# --- the texts an official reads (docs/campaign-sources.md maps each to its source) -----------------------------
+
+WGAD_KK = "Озбырлықпен ұстау жөніндегі жұмыс тобы"
+
+
+def kazakh_texts(campaign) -> dict[str, str]:
+    """Every Kazakh text of the campaign an official or a supporter reads, by where it is."""
+    found = {"case": campaign.case["kk"], "summary": campaign.summary["kk"], "appeal": campaign.appeal.body["kk"]}
+    for field in ("asks", "embassy_asks", "openings", "closings"):
+        for i, text in enumerate(getattr(campaign, field)["kk"]):
+            found[f"{field}[{i}]"] = text
+    for kind in letters.KINDS:
+        found[kind] = (MAMAY / letters.template_name("kk", kind)).read_text(encoding="utf-8")
+    return found
+
+
+def test_the_working_group_has_one_kazakh_name_and_never_groundless(campaign):
+    texts = kazakh_texts(campaign)
+    for where, text in texts.items():
+        low = text.lower()
+        assert "негізсіз ұстау" not in low and "ұсталуын негізсіз" not in low, where
+        if "жұмыс тобы" in low:  # the Working Group (its name, or "the Working Group's")
+            assert WGAD_KK in text or "Жұмыс тобының" in text, where
+    # "негізсіз" stays where it means groundless: Human Rights Watch called the case "totally unfounded".
+    assert "«мүлдем негізсіз»" in campaign.case["kk"]
+    for where in ("case", "appeal", "asks[2]", "embassy_asks[2]", "openings[2]", "txt", "html"):
+        assert WGAD_KK in texts[where], where
+
+
+def test_implement_the_recommendations_in_opinion_11_2023(campaign):
+    said = {"en": "recommendations in Opinion No. 11/2023", "ru": "рекомендации, изложенные в мнении № 11/2023",
+            "kk": "№ 11/2023 пікіріндегі ұсынымдарды"}
+    for lang, words in said.items():
+        assert words in campaign.asks[lang][2]
+        assert words in campaign.embassy_asks[lang][2]
+    assert campaign.case["en"].endswith("implement the recommendations in the Working Group's Opinion No. 11/2023.")
+    assert campaign.case["ru"].endswith("выполнить рекомендации, изложенные в мнении Рабочей группы № 11/2023.")
+    assert campaign.case["kk"].endswith("Жұмыс тобының № 11/2023 пікіріндегі ұсынымдарды орындауға шақырады.")
+    for lang in ("en", "ru", "kk"):
+        assert "act on the Working Group's opinion" not in campaign.case[lang]
+        assert "выполнить мнение" not in campaign.case[lang] + campaign.asks[lang][2]
+        assert "пікірін орындау" not in campaign.case[lang] + campaign.asks[lang][2]
+
+
+def test_the_final_ask_is_grammatical_in_russian_and_kazakh(campaign):
+    ru, kk = campaign.asks["ru"][3], campaign.asks["kk"][3]
+    assert ru.startswith("Обеспечить, чтобы никто, включая Жанболата Мамая, не подвергался")
+    assert "чтобы Демократическая партия Казахстана могла беспрепятственно" in ru
+    # The subjects of the nominalised clauses take the genitive.
+    assert kk.startswith("Ешкімнің, соның ішінде Жанболат Мамайдың да,")
+    assert "ұшырамауын, ал Қазақстан демократиялық партиясының тіркеуге кедергісіз өтініш бере алуын" in kk
+
+
+def test_closings_are_formal_and_never_casual(campaign):
+    for lang in campaign.languages:
+        for text in (*campaign.closings[lang], campaign.signoff[lang], campaign.appeal.closing[lang]):
+            assert "рахмет" not in text.lower() and "спасибо" not in text.lower(), text
+    assert all("алғыс" in text for text in campaign.closings["kk"])
+
+
+def test_address_blocks_put_the_title_first_in_the_dative(campaign):
+    president = campaign.target("president")
+    assert letters.recipient_block(president, "ru")[:2] == ("Президенту Республики Казахстан", "Токаеву К.-Ж. К.")
+    assert letters.recipient_block(president, "kk")[:2] == ("Қазақстан Республикасының Президенті",
+                                                             "Қ.-Ж. К. Тоқаевқа")
+    assert letters.recipient_block(president, "en")[:2] == ("Kassym-Jomart Tokayev",
+                                                             "President of the Republic of Kazakhstan")
+    dative_ru = ("Президенту ", "Генеральному прокурору ", "Уполномоченному ", "Руководителю ", "Послу ")
+    for target in campaign.targets:
+        ru, kk = letters.recipient_block(target, "ru"), letters.recipient_block(target, "kk")
+        assert ru[0].startswith(dative_ru), ru
+        addressee = target.addressee["kk"].splitlines()
+        assert addressee[-1].endswith(("қа", "ке", "ға", "ге", "на", "не")), addressee  # the last line: dative
+        assert kk[:len(addressee)] == tuple(addressee)
+        assert target.address is None or kk[-1] == target.address.strip().splitlines()[-1].strip()
+    # The letter a signer sends carries the same block.
+    letter = letters.render_letter(campaign, president, "kk", letters.SignerView("s1"), secret=SECRET)
+    assert letter.recipient[:2] == ("Қазақстан Республикасының Президенті", "Қ.-Ж. К. Тоқаевқа")
+
+
+def test_the_bans_extension_is_told_with_its_qualifier(campaign):
+    qualifier = {"en": "giving media interviews as a political scientist or human rights defender",
+                 "ru": "интервью средствам массовой информации в качестве политолога или правозащитника",
+                 "kk": "бұқаралық ақпарат құралдарына саясаттанушы немесе құқық қорғаушы ретінде сұхбат беруге"}
+    books = {"en": "writing and publishing books", "ru": "написание и издание книг",
+             "kk": "кітап жазып, басып шығаруға"}
+    posts = {"en": "posting on social media", "ru": "публикации в социальных сетях",
+             "kk": "әлеуметтік желілерде жазба жариялауға"}
+    for lang in campaign.languages:
+        case = campaign.case[lang]
+        assert qualifier[lang] in case and books[lang] in case and posts[lang] in case, lang
+    assert "giving interviews to the media" not in campaign.case["en"]  # never without the qualifier
