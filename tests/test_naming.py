@@ -114,7 +114,8 @@ def test_the_privacy_notice_names_the_controller_and_its_privacy_contact(client,
         "campaign": campaign.title[lang], "organisation": org.name[lang],
         "address": "Sample Human Rights Organisation, 1 Example Street, London EC1A 1AA, United Kingdom"}
     assert said in page
-    assert f'href="mailto:{org.privacy_contact}"' in page
+    contact = i18n.gettext(lang, "Questions and requests about your data:")
+    assert f'{contact} <strong class="contact">{org.privacy_contact}</strong>' in page
     assert i18n.gettext(lang, "These are sample details: no real organisation runs this campaign yet.") in page
 
 
@@ -158,7 +159,7 @@ def deliver_pack(svc, target: str, on: date) -> None:
 
 
 def section(page: str, key: str) -> str:
-    return page.split(f'id="t-{key}"', 1)[1].split("</section>", 1)[0]
+    return page.split(f'id="pack-{key}"' if key in PACK_ONLY else f'id="t-{key}"', 1)[1].split("</section>", 1)[0]
 
 
 @pytest.mark.parametrize(("lang", "country"), [("en", "DE"), ("ru", "KZ"), ("kk", "KZ"), ("kk", "GB")])
@@ -242,3 +243,25 @@ def test_the_lock_counts_a_yes_given_on_the_delivery_day_as_carried():
     assert naming.carried_on([date(2026, 11, 30), date(2026, 12, 1)], at) == date(2026, 12, 1)
     assert naming.carried_on([date(2026, 12, 9)], at) == date(2026, 12, 9)
     assert naming.carried_on([date(2026, 12, 9)], None) is None
+
+
+def test_a_target_that_never_sees_names_offers_nothing_to_agree_to(tmp_path, sqlite_url):
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from tests.support import make_settings
+
+    def edit(text: str) -> str:  # the Prosecutor General sees the count only
+        return text.replace('key = "prosecutor-general"\nkind = "authority"\ndisclosure = "name_city"\n',
+                            'key = "prosecutor-general"\nkind = "authority"\ndisclosure = "count"\n')
+
+    settings = make_settings(tmp_path, sqlite_url, letters_dir=copy_campaign(tmp_path, edit))
+    with TestClient(create_app(settings)) as client:
+        svc = client.app.state.services
+        sig, token = add_signer(svc, country="DE")
+        page = text_of(client.get(f"/s/{token}"))
+        assert 'id="pack-human-rights-commissioner"' in page and 'id="pack-prosecutor-general"' not in page
+        refused = client.post(f"/s/{token}/named", data={"csrf_token": csrf(client, token),
+                                                         "target": "prosecutor-general", "named": "on"})
+        assert refused.status_code == 400
+        assert named_to(svc, sig) == set()
