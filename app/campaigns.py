@@ -98,6 +98,9 @@ class Target(_Strict):
     address: str | None = None
     email: str | None = None
     salutation: Text
+    # The address block's first lines in a language whose official letters open with the title in the dative
+    # (ru "Президенту Республики Казахстан / Токаеву К.-Ж. К."), one line per line; absent: name, then title.
+    addressee: Text = {}
     disclosure: Disclosure | None = None
     channels: tuple[Channel, ...] = ()  # empty: e-mail if it has one, post if it has an address, else pack
     appeal_lang: str | None = None  # the language of the pack to this target (default: the campaign's first)
@@ -125,6 +128,10 @@ class Target(_Strict):
             return self.channels
         found: tuple[Channel, ...] = (("email",) if self.email else ()) + (("post",) if self.address else ())
         return found or ("pack",)
+
+    def writes_from(self, country: str) -> bool:
+        """An embassy is written to by the signers who live in its country; an authority by every signer."""
+        return self.kind != "embassy" or self.country == country
 
     @property
     def offered_to_signers(self) -> bool:
@@ -175,47 +182,55 @@ class Campaign(_Strict):
 
     @model_validator(mode="after")
     def _every_language_everywhere(self) -> Campaign:
+        """Every problem at once (one ValueError listing them all), so a file is fixed in one pass."""
+        problems: list[str] = []
         texts = ("title", "summary", "case", "asks", "subject", "openings", "closings", "signoff")
         for field in texts:
             for lang in self.languages:
                 if not getattr(self, field).get(lang):
-                    raise ValueError(f"{field}.{lang} is missing or empty")
+                    problems.append(f"{field}.{lang} is missing or empty")
         for i, target in enumerate(self.targets):
             for field in ("name", "title", "salutation"):
                 for lang in self.languages:
                     if not getattr(target, field).get(lang):
-                        raise ValueError(f"targets[{i}] ({target.key}).{field}.{lang} is missing or empty")
+                        problems.append(f"targets[{i}] ({target.key}).{field}.{lang} is missing or empty")
         if any(t.kind == "embassy" for t in self.targets):
             for lang in self.languages:
                 if not self.embassy_asks.get(lang):
-                    raise ValueError(f"embassy_asks.{lang} is missing or empty (the campaign writes to an embassy)")
+                    problems.append(f"embassy_asks.{lang} is missing or empty (the campaign writes to an embassy)")
         if self.sender:
             for lang in self.languages:
                 if not self.sender.name.get(lang):
-                    raise ValueError(f"sender.name.{lang} is missing or empty")
+                    problems.append(f"sender.name.{lang} is missing or empty")
         if any(t.kind == "authority" for t in self.targets):
             if self.organisation is None:
-                raise ValueError("organisation: a campaign that writes to authorities needs the organisation that "
-                                 "is the named applicant of its appeal (anonymous appeals are not considered)")
+                authorities = ", ".join(t.key for t in self.targets if t.kind == "authority")
+                problems.append(
+                    f"organisation: missing. This campaign writes to authorities ({authorities}), and Kazakh law "
+                    "sets anonymous appeals aside (APC Art. 63): add an [organisation] table (name, postal address, "
+                    "email, representative, privacy_contact) naming who applies for the signers")
             if self.appeal is None:
-                raise ValueError("appeal: a campaign that writes to authorities needs the pack's cover letter")
-        for lang in {t.appeal_lang or self.languages[0] for t in self.targets}:
+                problems.append("appeal: a campaign that writes to authorities needs the pack's cover letter")
+        for lang in sorted({t.appeal_lang or self.languages[0] for t in self.targets}):
             if lang not in self.languages:
-                raise ValueError(f"appeal_lang {lang!r} is not one of the campaign's languages")
+                problems.append(f"appeal_lang {lang!r} is not one of the campaign's languages")
+                continue
             for part in ("subject", "body", "closing"):
                 if self.appeal and not getattr(self.appeal, part).get(lang):
-                    raise ValueError(f"appeal.{part}.{lang} is missing or empty")
+                    problems.append(f"appeal.{part}.{lang} is missing or empty")
             if self.organisation:
                 if not self.organisation.name.get(lang):
-                    raise ValueError(f"organisation.name.{lang} is missing or empty")
+                    problems.append(f"organisation.name.{lang} is missing or empty")
                 for part in ("name", "title"):
                     if not getattr(self.organisation.representative, part).get(lang):
-                        raise ValueError(f"organisation.representative.{part}.{lang} is missing or empty")
+                        problems.append(f"organisation.representative.{part}.{lang} is missing or empty")
         keys = [t.key for t in self.targets]
         if len(set(keys)) != len(keys):
-            raise ValueError("targets: two targets share a key")
+            problems.append("targets: two targets share a key")
         if self.closes_on and self.closes_on < self.opens_on:
-            raise ValueError("closes_on is before opens_on")
+            problems.append("closes_on is before opens_on")
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
     def phase(self, today: date) -> Phase:
@@ -257,10 +272,13 @@ def load_campaign(path: Path) -> Campaign:
     try:
         campaign = Campaign(**data, folder=path.parent, revision=fingerprint(path.parent))
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(file)'}: {err['msg']}" for err in exc.errors()
-        )
-        raise CampaignError(f"{path}: {problems}") from exc
+        problems: list[str] = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"])
+            message = err["msg"].removeprefix("Value error, ")
+            # The whole-campaign check lists every problem it found, "; "-separated: one line each.
+            problems += [f"{where}: {message}"] if where else message.split("; ")
+        raise CampaignError("\n".join(f"{path}: {problem}" for problem in problems)) from exc
     if campaign.slug != path.parent.name:
         raise CampaignError(f"{path}: slug: {campaign.slug!r} must equal the folder name {path.parent.name!r}")
     return campaign

@@ -1,13 +1,17 @@
 """The campaign check (`campaign check`): every letter template of a campaign rendered for every target and language
 with a named and an anonymous hostile signer, before anything is served, so a broken or unsafe template is found
-by the organiser and never by an official.
+by the organiser and never by an official; and what must be fixed before delivering (`review`): a sample
+organisation as the applicant, targets whose details nobody has checked for six months.
 """
 
 from __future__ import annotations
 
 import traceback
 from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date, timedelta
 from pathlib import Path
+from typing import Literal
 
 from jinja2 import TemplateError, TemplateSyntaxError
 
@@ -17,6 +21,42 @@ from app.letters import KINDS, Letter, SignerView, environment, preview_view, re
 HOSTILE_NAME = "{{ config }}<script>alert(1)</script>\r\nBcc: victim@example.org"
 HOSTILE_CITY = "{% for x in ().__class__.__base__.__subclasses__() %}{{ x }}{% endfor %}"
 HOSTILE_MESSAGE = "{{ 7 * 7 }} <b>bold</b> & \"quotes\"\r\nSubject: injected"
+# Office holders and addresses change: a target's details older than this are to be checked again before sending.
+STALE_AFTER = timedelta(days=183)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing `campaign check` reports: an error fails the check, a warning is printed and passes."""
+
+    level: Literal["error", "warning"]
+    text: str
+
+
+def review(campaign: Campaign, *, production: bool, today: date) -> list[Finding]:
+    """What an organiser must fix or check before delivering anything, every item at once: a SAMPLE organisation
+    (an error in production, where a pack would name a made-up applicant; a warning elsewhere) and each target
+    whose details were last checked more than six months ago, or never."""
+    where = campaign.folder / "campaign.toml"
+    found: list[Finding] = []
+    org = campaign.organisation
+    if org is not None and org.is_sample:
+        found.append(Finding(
+            "error" if production else "warning",
+            f"{where}: organisation: SAMPLE values ({org.email}, {org.privacy_contact}) on a reserved domain; the "
+            "appeal names its applicant and the privacy notice its controller: put your organisation's own "
+            "name, postal address, e-mail, representative and privacy contact there",
+        ))
+    for target in campaign.targets:
+        if target.verified_on is None:
+            found.append(Finding("warning", f"{where}: target {target.key}: verified_on is missing; check its "
+                                            "name, office and addresses and record the date"))
+        elif today - target.verified_on > STALE_AFTER:
+            age = (today - target.verified_on).days
+            found.append(Finding("warning", f"{where}: target {target.key}: details last checked on "
+                                            f"{target.verified_on.isoformat()} ({age} days ago, more than six "
+                                            "months): check the name, office and addresses before sending"))
+    return found
 
 
 def _where(exc: BaseException, folder: Path) -> str:

@@ -12,7 +12,7 @@ import itertools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from email.headerregistry import Address
 from functools import lru_cache
 from pathlib import Path
@@ -24,7 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app import counters, i18n, mail, outbox
+from app import counters, i18n, mail, naming, outbox
 from app.campaigns import Campaign, Target
 from app.encryption import Keyring
 from app.i18n import N_
@@ -175,7 +175,11 @@ def text_to_html(text: str) -> str:
 
 
 def recipient_block(target: Target, lang: str) -> tuple[str, ...]:
-    lines = [target.name[lang], target.title[lang]]
+    """The address block as on the envelope and atop the letter: where the target gives one, the form a native
+    official letter in `lang` uses (title first, in the dative), else the name and then the title."""
+    lines = target.addressee[lang].splitlines() if target.addressee.get(lang) else [target.name[lang],
+                                                                                   target.title[lang]]
+    lines = [line.strip() for line in lines if line.strip()]
     if target.address:
         lines += [line.strip() for line in target.address.strip().splitlines() if line.strip()]
     return tuple(lines)
@@ -214,8 +218,7 @@ def render_letter(
 def targets_for(campaign: Campaign, country: str) -> list[Target]:
     """A signer writes to every authority they can reach (not a pack-only one: the organisation's pack reaches it),
     and to the Kazakh embassy in their own country where there is one."""
-    return [t for t in campaign.targets
-            if t.offered_to_signers and (t.kind != "embassy" or t.country == country)]
+    return [t for t in campaign.targets if t.offered_to_signers and t.writes_from(country)]
 
 
 def public_countries(by_country: Mapping[str, int], k: int) -> frozenset[str]:
@@ -284,29 +287,38 @@ def deliveries(session: Session, signature_id: int) -> dict[str, datetime]:
 
 
 class LetterRefused(Exception):
-    """`reason`: not_confirmed, unknown_target, no_names (the target never sees names), no_email, already_sent."""
+    """`reason`: not_confirmed, unknown_target, no_names (the target never sees names), no_email, already_sent,
+    pack_delivered (`on`: the day the pack that carried the name was delivered)."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, on: date | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.on = on
 
 
-def _signers_target(campaign: Campaign, row: Signature, target_key: str) -> Target:
+def _signers_target(campaign: Campaign, row: Signature, target_key: str, *, for_naming: bool = False) -> Target:
+    """One of the signer's own targets; with `for_naming`, also a pack-only one they may be named to."""
     if row.status != CONFIRMED or row.email_key is None:
         raise LetterRefused("not_confirmed")
     target = campaign.target(target_key)
-    if target is None or target not in targets_for(campaign, row.country):
+    allowed = targets_for(campaign, row.country) + (naming.pack_targets(campaign, row.country) if for_naming else [])
+    if target is None or target not in allowed:
         raise LetterRefused("unknown_target")
     return target
 
 
 def set_named(session: Session, *, campaign: Campaign, row: Signature, target_key: str, named: bool,
               now: datetime) -> None:
-    """Record (or withdraw) the signer's consent to be named to one target. Off unless they say yes."""
-    target = _signers_target(campaign, row, target_key)
+    """Record (or withdraw) the signer's consent to be named to one target, a pack-only one included. Off unless
+    they say yes; a yes that a delivered pack carried cannot be withdrawn (the target holds the name)."""
+    target = _signers_target(campaign, row, target_key, for_naming=True)
     if not target.allows_names():
         raise LetterRefused("no_names")
     existing = session.get(TargetOptIn, (row.id, target.key))
+    if not named and existing is not None:
+        carried = naming.carried_on(naming.packs_delivered(session, campaign.slug, target.key), existing.created_at)
+        if carried is not None:
+            raise LetterRefused("pack_delivered", on=carried)
     if named and existing is None:
         session.add(TargetOptIn(signature_id=row.id, target=target.key, created_at=now))
     elif not named and existing is not None:
@@ -410,5 +422,3 @@ def signer_letter(
                           public=current_public_countries(session, campaign.slug, k=k))
     return render_letter(campaign, target, lang, view, secret=secret)
 
-
-# --- campaign check ------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Letter pages: the public preview of a campaign's letter, and on the signer's own page their letter to each
-target with the three ways to deliver it (own mailbox, sent for them, print and post) and the opt-ins.
+target with the three ways to deliver it (own mailbox, sent for them, print and post) and the opt-ins, including
+being named in the organisation's appeal to an authority that only the organisation's pack reaches.
 
 Each page shows a letter exactly as its target would receive it: the same function renders the mail, the PDF and
 the batch. Everything works without JavaScript; forms carry the CSRF token.
@@ -13,7 +14,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from app import letters, pdf
+from app import letters, naming, pdf
 from app.campaigns import Campaign
 from app.db import utcnow
 from app.models import Signature
@@ -57,13 +58,15 @@ def preview(request: Request, slug: str, lang: str | None = None, target: str | 
     svc = services(request)
     campaign = campaign_or_404(svc, slug)
     lang = pick_lang(request, lang, campaign)
-    chosen = campaign.target(target) if target else campaign.targets[0]
-    if chosen is None:
+    # Only the targets a signer writes to: a pack-only one gets the organisation's appeal, never this letter.
+    offered = [t for t in campaign.targets if t.offered_to_signers]
+    chosen = campaign.target(target) if target else (offered[0] if offered else None)
+    if chosen is None or chosen not in offered:
         raise HTTPException(404, "No such recipient in this campaign")
     letter = letters.render_letter(campaign, chosen, lang, letters.preview_view(chosen),
                                    secret=letters.variation_secret(svc.settings.secret_key))
     return page(request, "letter_preview.html", lang, campaign=campaign, target=chosen, letter=letter,
-                    variants=len(campaign.openings[lang]) * len(campaign.closings[lang]))
+                offered=offered, variants=len(campaign.openings[lang]) * len(campaign.closings[lang]))
 
 
 @router.get("/s/{token}", response_class=HTMLResponse)
@@ -80,10 +83,14 @@ def signer_page(request: Request, token: str, lang: str | None = None) -> HTMLRe
                 session, campaign=campaign, row=row, lang=lang, keyring=svc.keyring,
                 secret=letters.variation_secret(svc.settings.secret_key), k=svc.settings.min_cell,
             )
+            pack_only = naming.pack_targets(campaign, row.country)
+            choices = naming.choices(session, campaign=campaign, row=row,
+                                     targets=[item.target for item in items] + pack_only)
         except letters.LetterRefused:
-            items = []
+            items, pack_only, choices = [], [], {}
     return page(request, "signer.html", lang, campaign=campaign, stats=svc.stats_cache.stats(campaign), token=token,
-                cards=[card(item) for item in items], done=done if done in DONE else None)
+                cards=[card(item) for item in items], naming=choices, pack=[choices[t.key] for t in pack_only],
+                signer_country=row.country, done=done if done in DONE else None)
 
 
 def _done_url(token: str, lang: str, done: str, target: str) -> str:
@@ -91,8 +98,9 @@ def _done_url(token: str, lang: str, done: str, target: str) -> str:
 
 
 def _refused(request: Request, token: str, lang: str, campaign: Campaign, exc: letters.LetterRefused) -> HTMLResponse:
-    return page(request, "letter_refused.html", lang, status=409 if exc.reason == "already_sent" else 400,
-                    campaign=campaign, reason=exc.reason, back=f"/s/{token}?lang={lang}")
+    conflict = exc.reason in ("already_sent", "pack_delivered")
+    return page(request, "letter_refused.html", lang, status=409 if conflict else 400, campaign=campaign,
+                reason=exc.reason, on=exc.on, back=f"/s/{token}?lang={lang}")
 
 
 async def _signer_form(request: Request, token: str) -> tuple[Services, Campaign, dict, str]:

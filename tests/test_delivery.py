@@ -149,8 +149,9 @@ def test_opt_in_is_off_by_default_and_can_be_withdrawn(client, svc):
     page = page_letter(client, token)
     assert "checked" not in re.search(r'<input type="checkbox" name="named" value="on"[^>]*>', page).group(0)
     assert "Carl Ng" not in page
-    # A target that never sees names offers nothing to agree to.
-    assert post(client, token, "named", target="president", named="on").status_code == 400
+    # The President may be named too, by choice (`name_city`), and withdrawn (tests/test_naming.py: the lock).
+    assert post(client, token, "named", target="president", named="on").status_code == 303
+    assert post(client, token, "named", target="president").status_code == 303
 
 
 def test_signer_page_shows_each_letter_exactly_as_its_target_will_receive_it(client, svc):

@@ -108,7 +108,11 @@ def test_every_template_renders_for_every_target_and_language(campaign):
                     assert not any(ask in letter.text for ask in campaign.asks[lang])
                 assert html.escape(target.salutation[lang], quote=False) in letter.html
                 assert letter.subject == campaign.subject[lang]
-                assert letter.recipient[:2] == (target.name[lang], target.title[lang])
+                head = (tuple(target.addressee[lang].splitlines()) if target.addressee.get(lang)
+                        else (target.name[lang], target.title[lang]))
+                assert letter.recipient[:len(head)] == head
+                if lang == "en":  # the English block is the name, then the title
+                    assert letter.recipient[:2] == (target.name[lang], target.title[lang])
 
 
 @pytest.mark.parametrize("lang", ["en", "ru", "kk"])
@@ -153,16 +157,21 @@ def test_same_signer_same_letter_and_a_batch_is_varied(campaign):
 def test_anonymous_signature_names_the_country_only_when_its_cell_is_large(campaign):
     president = campaign.target("president")
     signer = {"variant_key": "s1", "name": "Aigerim", "city": "Taraz", "country": "KZ", "message": ""}
-    small = letters.view_for(president, **signer, opted_in=True, public_countries=frozenset({"DE"}))
-    large = letters.view_for(president, **signer, opted_in=True, public_countries=frozenset({"KZ", "DE"}))
+    small = letters.view_for(president, **signer, opted_in=False, public_countries=frozenset({"DE"}))
+    large = letters.view_for(president, **signer, opted_in=False, public_countries=frozenset({"KZ", "DE"}))
     assert letters.signature_lines(small, "en") == ["A supporter of the campaign"]
     assert letters.signature_lines(large, "en") == ["A supporter of the campaign from Kazakhstan"]
     assert letters.signature_lines(large, "ru") == ["Сторонник кампании (Казахстан)"]
     assert letters.signature_lines(large, "kk") == ["Науқанды қолдаушы (Қазақстан)"]
     assert letters.signature_lines(small, "kk") == ["Науқанды қолдаушы"]
-    # A count target never gets the name, opt-in or not.
-    text = letters.render_letter(campaign, president, "en", large, secret=SECRET).text
+    # Not opted in: anonymous, even to a target that may see names.
+    unnamed = letters.view_for(president, **signer, opted_in=False, public_countries=frozenset({"KZ"}))
+    text = letters.render_letter(campaign, president, "en", unnamed, secret=SECRET).text
     assert "Aigerim" not in text and "Taraz" not in text
+    # A count target never gets the name, opt-in or not.
+    count = president.model_copy(update={"disclosure": "count"})
+    counted = letters.view_for(count, **signer, opted_in=True, public_countries=frozenset({"KZ"}))
+    assert letters.signature_lines(counted, "en") == ["A supporter of the campaign from Kazakhstan"]
 
 
 def test_a_name_goes_only_where_the_level_allows_it_and_the_signer_said_yes(tmp_path):
@@ -234,16 +243,18 @@ def test_preview_shows_what_each_target_sees_with_a_placeholder_signer(client, c
     for lang in ("en", "ru", "kk"):
         for target in campaign.targets:
             page = client.get(f"/c/mamay/letter?lang={lang}&target={target.key}")
+            if not target.offered_to_signers:  # the organisation's appeal reaches it, not a signer's letter
+                assert page.status_code == 404
+                continue
             assert page.status_code == 200
             expected = letters.render_letter(campaign, target, lang, letters.preview_view(target),
                                              secret=letters.variation_secret(svc.settings.secret_key))
             assert html.escape(expected.text, quote=False) in page.text.replace("&#39;", "'").replace("&#34;", '"')
             assert i18n.gettext(lang, letters.PLACEHOLDER["country"]) in page.text
-    # The shipped targets see no names: the preview signs as a supporter, never with a name placeholder.
+    # The President may see the name, city and country of a signer who agrees: the preview shows the most.
     page = client.get("/c/mamay/letter?lang=en&target=president")
-    assert "A supporter of the campaign from [your country]" in page.text
-    assert "[Your name]" not in page.text
-    assert "total number of signatures only" in page.text
+    assert "[Your name]\n[your city], [your country]" in page.text
+    assert "names, cities and countries of the supporters who agree to be named to it" in page.text
     assert client.get("/c/mamay/letter?target=nobody").status_code == 404
     assert re.search(r'href="/c/mamay/letter\?lang=en&amp;target=embassy-de"', page.text)
 
@@ -286,3 +297,96 @@ def test_a_letter_written_once_as_text_is_also_its_html_escaped_and_whole(tmp_pa
     assert "{{ config }}" in letter.html
     for ask in campaign.asks["en"]:
         assert f"<li>{html.escape(ask, quote=True)}</li>" in letter.html
+
+# --- the texts an official reads (docs/campaign-sources.md maps each to its source) -----------------------------
+
+WGAD_KK = "Озбырлықпен ұстау жөніндегі жұмыс тобы"
+
+
+def kazakh_texts(campaign) -> dict[str, str]:
+    """Every Kazakh text of the campaign an official or a supporter reads, by where it is."""
+    found = {"case": campaign.case["kk"], "summary": campaign.summary["kk"], "appeal": campaign.appeal.body["kk"]}
+    for field in ("asks", "embassy_asks", "openings", "closings"):
+        for i, text in enumerate(getattr(campaign, field)["kk"]):
+            found[f"{field}[{i}]"] = text
+    for kind in letters.KINDS:
+        found[kind] = (MAMAY / letters.template_name("kk", kind)).read_text(encoding="utf-8")
+    return found
+
+
+def test_the_working_group_has_one_kazakh_name_and_never_groundless(campaign):
+    texts = kazakh_texts(campaign)
+    for where, text in texts.items():
+        low = text.lower()
+        assert "негізсіз ұстау" not in low and "ұсталуын негізсіз" not in low, where
+        if "жұмыс тобы" in low:  # the Working Group (its name, or "the Working Group's")
+            assert WGAD_KK in text or "Жұмыс тобының" in text, where
+    # "негізсіз" stays where it means groundless: Human Rights Watch called the case "totally unfounded".
+    assert "«мүлдем негізсіз»" in campaign.case["kk"]
+    for where in ("case", "appeal", "asks[2]", "embassy_asks[2]", "openings[2]", "txt", "html"):
+        assert WGAD_KK in texts[where], where
+
+
+def test_implement_the_recommendations_in_opinion_11_2023(campaign):
+    said = {"en": "recommendations in Opinion No. 11/2023", "ru": "рекомендации, изложенные в мнении № 11/2023",
+            "kk": "№ 11/2023 пікіріндегі ұсынымдарды"}
+    for lang, words in said.items():
+        assert words in campaign.asks[lang][2]
+        assert words in campaign.embassy_asks[lang][2]
+    assert campaign.case["en"].endswith("implement the recommendations in the Working Group's Opinion No. 11/2023.")
+    assert campaign.case["ru"].endswith("выполнить рекомендации, изложенные в мнении Рабочей группы № 11/2023.")
+    assert campaign.case["kk"].endswith("Жұмыс тобының № 11/2023 пікіріндегі ұсынымдарды орындауға шақырады.")
+    for lang in ("en", "ru", "kk"):
+        assert "act on the Working Group's opinion" not in campaign.case[lang]
+        assert "выполнить мнение" not in campaign.case[lang] + campaign.asks[lang][2]
+        assert "пікірін орындау" not in campaign.case[lang] + campaign.asks[lang][2]
+
+
+def test_the_final_ask_is_grammatical_in_russian_and_kazakh(campaign):
+    ru, kk = campaign.asks["ru"][3], campaign.asks["kk"][3]
+    assert ru.startswith("Обеспечить, чтобы никто, включая Жанболата Мамая, не подвергался")
+    assert "чтобы Демократическая партия Казахстана могла беспрепятственно" in ru
+    # The subjects of the nominalised clauses take the genitive.
+    assert kk.startswith("Ешкімнің, соның ішінде Жанболат Мамайдың да,")
+    assert "ұшырамауын, ал Қазақстан демократиялық партиясының тіркеуге кедергісіз өтініш бере алуын" in kk
+
+
+def test_closings_are_formal_and_never_casual(campaign):
+    for lang in campaign.languages:
+        for text in (*campaign.closings[lang], campaign.signoff[lang], campaign.appeal.closing[lang]):
+            assert "рахмет" not in text.lower() and "спасибо" not in text.lower(), text
+    assert all("алғыс" in text for text in campaign.closings["kk"])
+
+
+def test_address_blocks_put_the_title_first_in_the_dative(campaign):
+    president = campaign.target("president")
+    assert letters.recipient_block(president, "ru")[:2] == ("Президенту Республики Казахстан", "Токаеву К.-Ж. К.")
+    assert letters.recipient_block(president, "kk")[:2] == ("Қазақстан Республикасының Президенті",
+                                                             "Қ.-Ж. К. Тоқаевқа")
+    assert letters.recipient_block(president, "en")[:2] == ("Kassym-Jomart Tokayev",
+                                                             "President of the Republic of Kazakhstan")
+    dative_ru = ("Президенту ", "Генеральному прокурору ", "Уполномоченному ", "Руководителю ", "Послу ")
+    for target in campaign.targets:
+        ru, kk = letters.recipient_block(target, "ru"), letters.recipient_block(target, "kk")
+        assert ru[0].startswith(dative_ru), ru
+        addressee = target.addressee["kk"].splitlines()
+        assert addressee[-1].endswith(("қа", "ке", "ға", "ге", "на", "не")), addressee  # the last line: dative
+        assert kk[:len(addressee)] == tuple(addressee)
+        assert target.address is None or kk[-1] == target.address.strip().splitlines()[-1].strip()
+    # The letter a signer sends carries the same block.
+    letter = letters.render_letter(campaign, president, "kk", letters.SignerView("s1"), secret=SECRET)
+    assert letter.recipient[:2] == ("Қазақстан Республикасының Президенті", "Қ.-Ж. К. Тоқаевқа")
+
+
+def test_the_bans_extension_is_told_with_its_qualifier(campaign):
+    qualifier = {"en": "giving media interviews as a political scientist or human rights defender",
+                 "ru": "интервью средствам массовой информации в качестве политолога или правозащитника",
+                 "kk": "бұқаралық ақпарат құралдарына саясаттанушы немесе құқық қорғаушы ретінде сұхбат беруге"}
+    books = {"en": "writing and publishing books", "ru": "написание и издание книг",
+             "kk": "кітап жазып, басып шығаруға"}
+    posts = {"en": "posting on social media", "ru": "публикации в социальных сетях",
+             "kk": "әлеуметтік желілерде жазба жариялауға"}
+    for lang in campaign.languages:
+        case = campaign.case[lang]
+        assert qualifier[lang] in case and books[lang] in case and posts[lang] in case, lang
+    assert "giving interviews to the media" not in campaign.case["en"]  # never without the qualifier

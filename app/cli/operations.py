@@ -131,20 +131,36 @@ def stats(slug: str, exact: bool = typer.Option(False, help="Unfolded counts (or
 
 @app.command()
 def check() -> None:
-    """Load every campaign file and report the first error with its file and field."""
-    svc = services()
-    for campaign in svc.campaigns.values():
-        console.print(f"{campaign.slug}: {len(campaign.targets)} targets, languages {', '.join(campaign.languages)}")
-    console.print("campaigns OK")
+    """Check every campaign: its file, every letter template with hostile signers, the organisation and how fresh
+    each target's details are. Lists every problem at once; fails (exit 1, or 2 for a file that does not load) on
+    any error, prints warnings and passes."""
     from app import letter_check  # every letter template x target x language, with hostile sample signers
+    from app.campaigns import CampaignError, load_campaign
+    from app.db import utcnow
 
-    # Folders the server would leave out (a broken file or letter), then every letter of the campaigns it serves.
-    problems = [f"{name}: {problem}" for name, problem in getattr(svc.campaigns, "problems", {}).items()]
-    problems += [p for c in svc.campaigns.values() for p in letter_check.check_campaign(c)]
-    for problem in problems:
-        console.print(problem, style="red", markup=False, highlight=False, soft_wrap=True)
-    if problems:
+    s = settings()
+    files = sorted(s.letters_dir.glob("*/campaign.toml"))
+    broken, findings = 0, []
+    for path in files:
+        try:
+            campaign = load_campaign(path)
+        except CampaignError as exc:
+            broken += 1
+            findings += [letter_check.Finding("error", line) for line in str(exc).splitlines()]
+            continue
+        console.print(f"{campaign.slug}: {len(campaign.targets)} targets, languages {', '.join(campaign.languages)}")
+        findings += [letter_check.Finding("error", p) for p in letter_check.check_campaign(campaign)]
+        findings += letter_check.review(campaign, production=s.env == "production", today=utcnow().date())
+    if not files:
+        findings.append(letter_check.Finding("error", f"{s.letters_dir}: no */campaign.toml found"))
+    for finding in findings:
+        console.print(f"{finding.level}: {finding.text}", style="red" if finding.level == "error" else "yellow",
+                      markup=False, highlight=False, soft_wrap=True)
+    if broken:
+        raise typer.Exit(2)
+    if any(f.level == "error" for f in findings):
         raise typer.Exit(1)
+    console.print("campaigns OK")
     console.print("letters OK")
 
 

@@ -1,0 +1,66 @@
+"""Naming by choice: the targets a signer may agree to be named to, and how long that yes can be taken back.
+
+A signer is named to a target only if they said yes (a TargetOptIn row; none by default). Besides the targets
+of their own letters, they may be named in the organisation's appeal pack to an authority that only the pack
+reaches. A yes can be withdrawn until a pack that carried it is delivered: after that the target holds the
+name, and the page says so instead of pretending it can be undone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.campaigns import Campaign, Target
+from app.models import PackDelivery, Signature, TargetOptIn
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One target a signer may be named to, as their page shows it."""
+
+    target: Target
+    opted_in: bool
+    delivered_on: date | None  # the latest delivery of the organisation's pack to this target, if any
+    locked: bool  # they said yes before that delivery: the target holds their name, it cannot be withdrawn
+
+
+def pack_targets(campaign: Campaign, country: str) -> list[Target]:
+    """Targets reached only by the organisation's pack (no letter of the signer's goes there) that may carry
+    the names of supporters who agree."""
+    return [t for t in campaign.targets
+            if not t.offered_to_signers and t.allows_names() and t.writes_from(country)]
+
+
+def packs_delivered(session: Session, campaign: str, target: str) -> list[date]:
+    """When the organisation's pack reached `target`, oldest first. (The delivery ledger's own look-up, once it
+    exists, answers the same question.)"""
+    return list(session.scalars(
+        select(PackDelivery.delivered_on)
+        .where(PackDelivery.campaign == campaign, PackDelivery.target == target)
+        .order_by(PackDelivery.delivered_on)
+    ))
+
+
+def carried_on(delivered: list[date], opted_in_at: datetime | None) -> date | None:
+    """The first delivery that carried a yes given at `opted_in_at`. A yes given on a delivery's own day counts
+    as carried: which came first that day is not recorded, and the signer must not be told a name is still
+    theirs to withdraw when it may already be in an official's hands."""
+    if opted_in_at is None:
+        return None
+    return next((day for day in delivered if day >= opted_in_at.date()), None)
+
+
+def choice(session: Session, *, campaign: Campaign, row: Signature, target: Target) -> Choice:
+    opt_in = session.get(TargetOptIn, (row.id, target.key))
+    delivered = packs_delivered(session, campaign.slug, target.key)
+    carried = carried_on(delivered, opt_in.created_at if opt_in else None)
+    return Choice(target, opt_in is not None, carried or (delivered[-1] if delivered else None), carried is not None)
+
+
+def choices(session: Session, *, campaign: Campaign, row: Signature, targets: list[Target]) -> dict[str, Choice]:
+    """The naming choice of one signer for each of `targets` that may carry names, by target key."""
+    return {t.key: choice(session, campaign=campaign, row=row, target=t) for t in targets if t.allows_names()}
