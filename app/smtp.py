@@ -7,6 +7,7 @@ are removed from every error kept.
 from __future__ import annotations
 
 import base64
+import functools
 import hmac
 import re
 import smtplib
@@ -61,6 +62,7 @@ def message_id(key: bytes, outbox_id: int, domain: str) -> str:
     return f"<{hmac.digest(key, outbox_id.to_bytes(8, 'big'), 'sha256')[:16].hex()}@{domain}>"
 
 
+@functools.lru_cache(maxsize=8)
 def _bounce_cipher(key: bytes) -> Cipher:
     return Cipher(algorithms.AES(hmac.digest(key, b"bounce address v1", "sha256")), modes.ECB())  # noqa: S305
 
