@@ -62,7 +62,7 @@ class Renderer:
     def __init__(self, settings: Settings, *, db: Database, keyring: Keyring, campaign: Campaign) -> None:
         self.settings, self.db, self.keyring, self.campaign = settings, db, keyring, campaign
         self.secret = letters.variation_secret(settings.secret_key)
-        self.domain = mail.mail_domain(settings)
+        self.domain = mail.campaign_sender(settings, campaign, campaign.languages[0])[1].rpartition("@")[2]
         self._heads: dict[tuple[str, str, str], bytes] = {}
         self._stamps: dict[datetime | None, bytes] = {}
 
@@ -184,7 +184,8 @@ class Renderer:
         key = (target.key, lang, str(plan.dated))
         if key not in self._heads:
             self._heads[key] = mail.letter_head(
-                self.settings, to_name=letters.header_name(target.name[lang]), to_addr=target.email or "",
+                self.settings, campaign=self.campaign, lang=lang,
+                to_name=letters.header_name(target.name[lang]), to_addr=target.email or "",
                 subject=self.campaign.subject[lang], dated=plan.dated,
             )
         return self._heads[key]

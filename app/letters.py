@@ -356,7 +356,8 @@ def send_for_me(
                           public=current_public_countries(session, campaign.slug, k=k))
     letter = render_letter(campaign, target, lang, view, secret=secret)
     to = Address(display_name=header_name(target.name[letter.lang]), addr_spec=target.email)
-    msg = composer.build(to=to, subject=letter.subject, body=letter.text, html=letter.html)
+    msg = composer.build(to=to, subject=letter.subject, body=letter.text, html=letter.html, campaign=campaign,
+                         lang=letter.lang, automatic=False)
     sent = outbox.enqueue(session, msg, kind="letter", keyring=keyring, now=now, signature_id=row.id,
                           target=target.key)
     session.flush()
@@ -371,7 +372,7 @@ def send_for_me(
     subject = _("Your copy") if row.discreet else (
         _("Copy of your letter to %(target)s") % {"target": target.name[letter.lang]})
     copy = composer.build(to=supporter.email, subject=subject, body=f"{intro}\n\n{letter.text}\n",
-                          from_name=_("Notifications") if row.discreet else None)
+                          campaign=campaign, lang=supporter.language, discreet=row.discreet)
     outbox.enqueue(session, copy, kind="letter_copy", keyring=keyring, now=now, signature_id=row.id)
     return letter
 

@@ -20,13 +20,15 @@ from email.utils import getaddresses
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from app import mail, smtp
+from app import mail, mail_auth, smtp
 from app.db import Database, driver_rows, utcnow
 from app.encryption import Keyring
 from app.models import OutboxMessage
+from app.settings import Settings
 
 log = logging.getLogger(__name__)
 QUEUED, SENDING, SENT, FAILED = "queued", "sending", "sent", "failed"
+BOUNCED = "bounced"  # sent, then reported undeliverable (bounces.py)
 LEASE = timedelta(minutes=5)
 BACKOFF_BASE = timedelta(seconds=30)
 BACKOFF_MAX = timedelta(hours=2)
@@ -171,13 +173,18 @@ def deliver_due(
     *,
     keyring: Keyring,
     transport: smtp.SMTPTransport | smtp.FileTransport,
-    domain: str,
+    domain: str = "localhost",
+    stamp: smtp.Stamp | None = None,
     now: datetime | None = None,
     batch: int = 100,
     target_hourly_cap: int = 30,
     max_attempts: int = 12,
 ) -> Report:
-    """Claim one batch, send it over one connection, record the outcomes. Returns what happened."""
+    """Claim one batch, send it over one connection, record the outcomes. Returns what happened.
+
+    `stamp`: what each mail gets as it leaves (see `make_stamp`); by default keyed Message-IDs and bounce addresses,
+    no DKIM. `domain`: the Message-ID's domain for a mail whose From has none."""
+    stamp = stamp or make_stamp(keyring, fallback_domain=domain)
     clock_given = now is not None  # a caller's clock (tests, replays) also times outcomes and the next attempt
     now = now or utcnow()
     report = Report()
@@ -199,7 +206,7 @@ def deliver_due(
                     report.deferred += 1
                     continue
                 sent_per_target[row.target] = used + 1
-            plans.append((row.id, _plan(row, keyring=keyring, domain=domain)))
+            plans.append((row.id, _plan(row, keyring=keyring, stamp=stamp)))
 
     # Sending happens outside any transaction: a slow SMTP server never holds a database lock.
     outcomes: list[tuple[int, str, str | None]] = []
@@ -225,19 +232,39 @@ def deliver_due(
     return report
 
 
+def _message_key(keyring: Keyring) -> bytes:
+    return hmac.digest(keyring.index_keys[0], b"message-id v1", "sha256")
+
+
 def message_id(keyring: Keyring, row_id: int, domain: str) -> str:
-    """The Message-ID of an outbox row's every try (keyed: see smtp.message_id)."""
-    return smtp.message_id(hmac.digest(keyring.index_keys[0], b"message-id v1", "sha256"), row_id, domain)
+    """The Message-ID of an outbox row's every try (keyed: see smtp.message_id), `domain` that of its From."""
+    return smtp.message_id(_message_key(keyring), row_id, domain)
 
 
-def _plan(row: OutboxMessage, *, keyring: Keyring, domain: str) -> smtp.Envelope | str:
+def bounce_keys(keyring: Keyring) -> list[bytes]:
+    """The keys of bounce addresses: the first seals, every one opens (data keys rotate; bounces come late)."""
+    return [hmac.digest(key, b"bounce v1", "sha256") for key in keyring.index_keys]
+
+
+def make_stamp(keyring: Keyring, settings: Settings | None = None, *, fallback_domain: str = "localhost"
+               ) -> smtp.Stamp:
+    """What the sender adds to each mail, from the data keys and the settings (bounce mailbox, DKIM key)."""
+    local = settings.bounce_local if settings else "bounces"
+    return smtp.Stamp(
+        message_key=_message_key(keyring), bounce_key=bounce_keys(keyring)[0] if local else None,
+        bounce_local=local, dkim=mail_auth.load(settings) if settings else None,
+        fallback_domain=mail.mail_domain(settings) if settings else fallback_domain,
+    )
+
+
+def _plan(row: OutboxMessage, *, keyring: Keyring, stamp: smtp.Stamp) -> smtp.Envelope | str:
     """The row ready for the wire, or the reason it can never be sent (it then fails alone)."""
     try:
         recipients = [r for r in (keyring.open(row.recipient_enc, "recipient", row.key_id) or "").split(",") if r]
         if row.message_enc is None or not recipients:
             return "nothing to send (erased or empty)"
         raw = keyring.open_bytes(row.message_enc, "message", row.key_id)
-        return smtp.envelope(raw, recipients=recipients, message_id=message_id(keyring, row.id, domain))
+        return smtp.envelope(raw, recipients=recipients, row_id=row.id, stamp=stamp)
     except Exception as exc:
         log.exception("outbox: message %s cannot be read", row.id)
         return f"cannot be read: {type(exc).__name__}: {exc}"
@@ -300,6 +327,12 @@ def drop_old_bodies(session: Session, *, now: datetime, days: int = 28) -> int:
         .where(OutboxMessage.message_enc.is_not(None))
         .values(message_enc=None, recipient_enc=None)
     ).rowcount
+    sent += session.execute(
+        update(OutboxMessage)
+        .where(OutboxMessage.state == BOUNCED, OutboxMessage.sent_at < cutoff)
+        .where(or_(OutboxMessage.message_enc.is_not(None), OutboxMessage.last_error.is_not(None)))
+        .values(message_enc=None, recipient_enc=None, last_error=None)
+    ).rowcount
     failed = session.execute(
         update(OutboxMessage)
         .where(OutboxMessage.state == FAILED, OutboxMessage.created_at < cutoff)
@@ -322,6 +355,7 @@ class Worker(threading.Thread):
         self.on_idle = on_idle
         self.before = before  # a step run before each pass that may queue mail (notices.answerer)
         self.stopping = threading.Event()
+        self.stamp = make_stamp(keyring, settings)  # here, not in the thread: a broken DKIM key fails the start
 
     def run(self) -> None:
         transport = smtp.transport(self.settings)
@@ -332,7 +366,7 @@ class Worker(threading.Thread):
                 try:
                     report = deliver_due(
                         self.db, keyring=self.keyring, transport=transport,
-                        domain=mail.mail_domain(self.settings),
+                        stamp=self.stamp,
                         target_hourly_cap=self.settings.target_hourly_cap,
                         max_attempts=self.settings.outbox_max_attempts,
                     )

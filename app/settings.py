@@ -35,6 +35,14 @@ class Settings(BaseSettings):
     mail_from: str = "campaign@localhost"
     mail_from_name: str = "Letters for Zhanbolat Mamay"
     discreet_mail_from: str = ""  # sender of discreet mail; default noreply@<domain of mail_from>
+    # Bounces come back to <bounce_local>+<sealed row>@<domain of the From address> (VERP): that domain's mail
+    # server must deliver bounces+anything@ to one mailbox, which `campaign bounces` reads. Empty: no VERP, the
+    # envelope sender is the From address.
+    bounce_local: str = Field(default="bounces", pattern=r"^[a-z0-9.-]{0,32}$")
+    # DKIM: every mail is signed with this key for the domain of its From address (`campaign dkim-key` makes one,
+    # `campaign dns` prints the records to publish). Both or neither.
+    dkim_selector: str = Field(default="", pattern=r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)?$")
+    dkim_key_file: str = ""
     sign_rate_limit: str = "10/minute;100/day"
     login_rate_limit: str = "5/minute"
     min_cell: int = Field(default=5, ge=1)
@@ -73,6 +81,12 @@ class Settings(BaseSettings):
                 raise ValueError("CAMPAIGN_SECRET_KEY must be set to 32+ random characters in production")
             if not self.data_key:
                 raise ValueError("CAMPAIGN_DATA_KEY must be set in production")
+            for name in ("mail_from", "discreet_mail_from"):
+                if _unroutable(getattr(self, name)):
+                    raise ValueError(f"CAMPAIGN_{name.upper()} must be an address on a domain you own in production "
+                                     "(not localhost or a reserved domain: mail from it is refused or lands as spam)")
+        if bool(self.dkim_selector) != bool(self.dkim_key_file):
+            raise ValueError("set both CAMPAIGN_DKIM_SELECTOR and CAMPAIGN_DKIM_KEY_FILE, or neither")
         return self
 
     @property
@@ -87,6 +101,16 @@ class Settings(BaseSettings):
     def unconfirmed_days(self) -> int:
         """How long an unconfirmed signature is kept after its last link or code was mailed (the mail says so)."""
         return self.confirm_token_days + UNCONFIRMED_GRACE_DAYS
+
+
+def _unroutable(address: str) -> bool:
+    """An address no real mail can come from: no domain, a single-label one (localhost), or a reserved one."""
+    from app.campaigns import is_sample_address
+
+    if not address:
+        return False  # not set: the default (derived from mail_from) applies
+    domain = address.rpartition("@")[2].strip().lower().rstrip(".")
+    return "@" not in address or "." not in domain or is_sample_address(address)
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -1,10 +1,13 @@
 """Sending: SMTP (the only importer of smtplib) or, with no server configured, .eml files; each message stamped
-with its keyed Message-ID. SMTP failures are classified once, here: a 5xx answer is permanent, everything else
-(4xx, refused, dropped) temporary; addresses are removed from every error kept.
+with its keyed Message-ID, its sealed bounce address and, when configured, a DKIM signature. SMTP failures are
+classified once, here: a 5xx answer is permanent, everything else (4xx, refused, dropped) temporary; addresses
+are removed from every error kept.
 """
 
 from __future__ import annotations
 
+import base64
+import functools
 import hmac
 import re
 import smtplib
@@ -12,9 +15,15 @@ import ssl
 from dataclasses import dataclass
 from email.utils import getaddresses
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
 from app.settings import Settings
+
+if TYPE_CHECKING:
+    from app.mail_auth import DkimKey
 
 
 class TemporaryFailure(Exception):
@@ -32,19 +41,79 @@ class Envelope:
     recipients: list[str]
     message_id: str
 
+
+@dataclass(frozen=True)
+class Stamp:
+    """What each message gets as it leaves, from its outbox row: a keyed Message-ID in the domain of its From
+    address, a bounce address naming the row sealed (VERP; `bounce_key` None: the From address itself), and a
+    DKIM signature for that domain when a key is configured."""
+
+    message_key: bytes
+    bounce_key: bytes | None = None
+    bounce_local: str = "bounces"
+    dkim: DkimKey | None = None
+    fallback_domain: str = "localhost"  # a From address without a domain (never ours in production)
+
+
 def message_id(key: bytes, outbox_id: int, domain: str) -> str:
     """A Message-ID for an outbox row: the same for every try of the row (so a receiver can drop a duplicate of a
     retried send), keyed so that nobody can read the row's number from it (consecutive numbers in a signer's own
     mails would tell how many were mailed in between, and whether an address signed)."""
     return f"<{hmac.digest(key, outbox_id.to_bytes(8, 'big'), 'sha256')[:16].hex()}@{domain}>"
 
-def envelope(raw: bytes, *, recipients: list[str], message_id: str) -> Envelope:
+
+@functools.lru_cache(maxsize=8)
+def _bounce_cipher(key: bytes) -> Cipher:
+    return Cipher(algorithms.AES(hmac.digest(key, b"bounce address v1", "sha256")), modes.ECB())  # noqa: S305
+
+
+def bounce_token(key: bytes, outbox_id: int) -> str:
+    """An outbox row's number sealed for a bounce address: one AES block holding the number and eight zero bytes
+    (a forged or mangled token fails them), in lower-case base32 (servers may change a local part's case). Like
+    the Message-ID, it never shows how many mails were sent."""
+    encryptor = _bounce_cipher(key).encryptor()
+    block = encryptor.update(outbox_id.to_bytes(8, "big") + bytes(8)) + encryptor.finalize()
+    return base64.b32encode(block).decode().rstrip("=").lower()
+
+
+def bounce_row(keys: list[bytes], token: str) -> int | None:
+    """The outbox row a bounce token names, under any of `keys` (data keys rotate); None if none opens it."""
+    if not _TOKEN.fullmatch(token):
+        return None
+    block = base64.b32decode(token.upper() + "======")
+    for key in keys:
+        decryptor = _bounce_cipher(key).decryptor()
+        plain = decryptor.update(block) + decryptor.finalize()
+        if plain[8:] == bytes(8):
+            return int.from_bytes(plain[:8], "big")
+    return None
+
+
+_TOKEN = re.compile(r"[a-z2-7]{26}")
+
+
+def from_address(head: bytes) -> str:
+    """The address of the From line of a header block we wrote: "Name <addr>" (possibly folded) or a bare one."""
+    lines = head.split(b"\n")
+    for i, line in enumerate(lines):
+        if line[:5].lower() == b"from:":
+            value = line[5:]
+            for more in lines[i + 1:]:
+                if more[:1] not in (b" ", b"\t"):
+                    break
+                value += more
+            text = value.decode("ascii", "replace").strip()
+            inner = text.rpartition("<")[2].partition(">")[0] if text.endswith(">") else ""
+            return inner or getaddresses([text])[0][1]
+    return ""
+
+
+def envelope(raw: bytes, *, recipients: list[str], row_id: int, stamp: Stamp) -> Envelope:
     """Stamp a stored message without parsing it again: its Message-ID (see `message_id`) replaces any other,
-    and the From address becomes the envelope sender (a discreet mail's bounce address must not name the
-    campaign either)."""
+    the envelope sender is its bounce address in the From's domain (a discreet mail's names no campaign
+    either), and a DKIM signature goes on top."""
     head, sep, body = raw.partition(b"\n\n")
     lines: list[bytes] = []
-    sender = ""
     skipping = False
     for line in head.split(b"\n"):
         if line[:1] in (b" ", b"\t"):  # a folded continuation belongs to the header before it
@@ -52,20 +121,21 @@ def envelope(raw: bytes, *, recipients: list[str], message_id: str) -> Envelope:
                 lines.append(line)
             continue
         name = line.split(b":", 1)[0].strip().lower()
-        skipping = name == b"message-id"
+        skipping = name in (b"message-id", b"dkim-signature", b"return-path")
         if not skipping:
             lines.append(line)
-    for line in lines:
-        if line.lower().startswith(b"from:"):
-            value = line[5:].decode("ascii", "replace")
-            # We wrote this header: "Name <addr>" (the cheap path), else let the parser decide.
-            inner = value.rpartition("<")[2].partition(">")[0] if value.rstrip().endswith(">") else ""
-            sender = inner or getaddresses([value])[0][1]
-            break
-    lines.append(f"Message-ID: {message_id}".encode())
+    author = from_address(head)
+    domain = author.rpartition("@")[2].lower() or stamp.fallback_domain
+    mid = message_id(stamp.message_key, row_id, domain)
+    sender = author
+    if stamp.bounce_key is not None:
+        sender = f"{stamp.bounce_local}+{bounce_token(stamp.bounce_key, row_id)}@{domain}"
+    lines.append(f"Message-ID: {mid}".encode())
     # SMTP wants CRLF line ends, and smtplib converts them only for str, never for bytes.
     wire = (b"\n".join(lines) + sep + body).replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-    return Envelope(wire, sender, recipients, message_id)
+    if stamp.dkim is not None:
+        wire = stamp.dkim.sign(wire, domain) + wire
+    return Envelope(wire, sender, recipients, mid)
 
 # An address as it goes into RCPT TO: ASCII, nothing smtplib's parseaddr could read as another address.
 _WIRE_ADDRESS = re.compile(r"[!-~]+@[!-~]+", re.ASCII)
@@ -188,7 +258,8 @@ class FileTransport:
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / f"{env.message_id.strip('<>').replace('/', '_')}.eml"
         tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(env.raw)
+        # What a receiving server would add: where a bounce of this mail would go.
+        tmp.write_bytes(b"Return-Path: <%s>\r\n%s" % (env.sender.encode(), env.raw))
         tmp.replace(path)
 
     def close(self) -> None:

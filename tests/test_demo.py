@@ -128,6 +128,6 @@ def test_demo_data_command_fills_the_campaign(settings):
 def test_demo_data_is_refused_on_a_production_database(settings):
     env = {"CAMPAIGN_DATABASE_URL": settings.database_url, "CAMPAIGN_VAR_DIR": str(settings.var_dir),
            "CAMPAIGN_DATA_KEY": TEST_DATA_KEY, "CAMPAIGN_SECRET_KEY": TEST_SECRET, "CAMPAIGN_ENV": "production",
-           "CAMPAIGN_BASE_URL": "https://campaign.example.org"}
+           "CAMPAIGN_BASE_URL": "https://campaign.example.org", "CAMPAIGN_MAIL_FROM": "letters@mamay-campaign.org"}
     result = CliRunner().invoke(cli, ["demo-data", "mamay", "--count", "10"], env=env)
     assert result.exit_code == 2 and "refused" in result.output

@@ -92,12 +92,12 @@ def test_an_encoded_word_name_already_stored_adds_no_header_and_no_recipient_to_
     [received] = [r for r in smtp.sink.messages if LONDON in r.envelope_to]
     assert received.envelope_to == [LONDON]
     assert sorted(k.lower() for k in received.message) == sorted(
-        ["from", "to", "subject", "date", "mime-version", "content-type", "message-id"])
+        ["from", "to", "subject", "date", "mime-version", "content-type", "content-language", "message-id"])
     assert received.message["Subject"] == svc.campaigns["mamay"].subject["en"]
     [copy] = [r for r in smtp.sink.messages if r.envelope_to == ["stored@example.org"]]
     assert sorted(k.lower() for k in copy.message) == sorted(
         ["from", "to", "subject", "date", "mime-version", "content-type", "content-transfer-encoding",
-         "message-id"])
+         "content-language", "auto-submitted", "message-id"])
 
 
 @pytest.mark.parametrize("where", ["reply_to", "cc", "to", "from_name"])
@@ -185,7 +185,7 @@ def test_an_unexpected_error_sending_one_message_fails_it_alone(svc, tmp_path):
                            keyring=svc.keyring, now=t0)
         ids = s.scalars(select(OutboxMessage.id).order_by(OutboxMessage.id)).all()
     folder = tmp_path / "mail"
-    name = [outbox.message_id(svc.keyring, i, "test").strip("<>") + ".eml" for i in ids]
+    name = [outbox.message_id(svc.keyring, i, mail.mail_domain(svc.settings)).strip("<>") + ".eml" for i in ids]
     (folder / name[1]).mkdir(parents=True)  # a folder where that file must go
     report = outbox.deliver_due(svc.db, keyring=svc.keyring, transport=smtp.FileTransport(folder), domain="test",
                                 now=t0)

@@ -73,17 +73,16 @@ def serve(
 @app.command()
 def outbox(once: bool = typer.Option(False, "--once", help="Send what is due now, then exit.")) -> None:
     """Run the mail sender alone (for hosts that do not serve pages)."""
-    from app import mail
-
     svc = services()
     answer_notices = notices.answerer(svc.db, campaigns=svc.campaigns, keyring=svc.keyring, composer=svc.composer,
                                       settings=svc.settings)
     if once:
         answer_notices()
+        stamp = outbox_mod.make_stamp(svc.keyring, svc.settings)
         transport = smtp.transport(svc.settings)
         try:
             while report := outbox_mod.deliver_due(
-                svc.db, keyring=svc.keyring, transport=transport, domain=mail.mail_domain(svc.settings),
+                svc.db, keyring=svc.keyring, transport=transport, stamp=stamp,
                 target_hourly_cap=svc.settings.target_hourly_cap, max_attempts=svc.settings.outbox_max_attempts,
             ):
                 console.print(f"sent {report.sent}, retry later {report.retried}, failed {report.failed}, "
@@ -255,3 +254,4 @@ def keys_rotate() -> None:
         console.print(f"re-sealed {moved} rows under k{n}; {encryption.key_file(s)} now holds only the new key")
     else:
         console.print(f"re-sealed {moved} rows under k{n}; CAMPAIGN_DATA_KEY may now be just: {new_spec}")
+from app.cli import mailing  # noqa: E402, F401 - registers the mail commands (dkim-key, dns, bounces)
