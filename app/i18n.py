@@ -18,6 +18,8 @@ from babel.messages.pofile import read_po
 from babel.support import NullTranslations, Translations
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
+from app import static_files
+
 Lang = Literal["en", "ru", "kk"]  # the one list of languages: pages, mails, campaigns, the API's parameters
 LANGUAGES: tuple[str, ...] = get_args(Lang)
 LANGUAGE_NAMES = {"en": "English", "ru": "Русский", "kk": "Қазақша"}
@@ -97,4 +99,5 @@ def page_env(lang: str) -> Environment:
     env.install_gettext_translations(translations(lang), newstyle=True)  # type: ignore[attr-defined]
     env.globals.update(lang=lang, languages=LANGUAGES, language_names=LANGUAGE_NAMES)
     env.filters["country"] = lambda code: country_name(code, lang)
+    env.globals["static_url"] = static_files.url  # content-hashed, so browsers may keep it for a year
     return env
