@@ -37,7 +37,8 @@ def confirm_in_process(svc: Services, email: str) -> None:
 
 def form_sign(http: httpx.Client, email: str) -> httpx.Response:
     assert http.get("/c/mamay?lang=en").status_code == 200
-    return http.post("/c/mamay/sign", data={**SIGNER, "email": email}, headers={"Origin": str(http.base_url)[:-1]})
+    return http.post("/c/mamay/sign", data={**SIGNER, "email": email},
+                     headers={"Origin": str(http.base_url).rstrip("/")})
 
 
 def set_cookie_shape(answer: httpx.Response) -> list[str]:
