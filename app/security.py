@@ -169,7 +169,8 @@ def content_security_policy(frame_ancestors: str = "'none'") -> str:
 class SecurityHeaders:
     """Pure ASGI middleware (cheaper than BaseHTTPMiddleware on the hot sign path).
 
-    A route that may be framed (the embed) sets its own Content-Security-Policy; it is kept.
+    A route that may be framed (the embed) sets its own Content-Security-Policy; it is kept. Whatever a route
+    says, an answer that sets a cookie or answers a POST is `no-store`.
     """
 
     def __init__(self, app: ASGIApp, *, hsts: bool = False) -> None:
@@ -188,6 +189,9 @@ class SecurityHeaders:
                 if "content-security-policy" not in headers:
                     headers["Content-Security-Policy"] = self.csp
                     headers["X-Frame-Options"] = "DENY"
+                if "set-cookie" in headers or scope["method"] not in ("GET", "HEAD"):
+                    # A cookie is one visitor's, a form's answer is one sender's: never kept by any cache.
+                    headers["Cache-Control"] = "no-store"
                 headers["Referrer-Policy"] = "no-referrer"
                 headers["X-Content-Type-Options"] = "nosniff"
                 headers["Cross-Origin-Opener-Policy"] = "same-origin"
