@@ -4,18 +4,28 @@ content-hashed names. The clock is the app's own (create_app(clock=...)), moved 
 
 from __future__ import annotations
 
+import grp
+import os
+import pwd
 import re
+import shutil
+import subprocess
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
 from app import page_cache, security, static_files
 from app.db import Database
 from app.main import create_app
-from app.settings import Settings
-from tests.support import BROWSER_POST, SIGNER, count, csrf_token, sign_form
+from app.settings import ROOT, Settings
+from tests.servers import AppProcess, server_env, upgrade
+from tests.support import BROWSER_POST, SIGNER, count, csrf_token, free_port, sign_form
 from tests.test_public_figures import Clock, confirm
 
 START = datetime(2026, 12, 5, 10, 0, 30, tzinfo=UTC)  # 30 s into a period (boundaries every 10 minutes)
@@ -201,3 +211,100 @@ def test_static_files_have_content_hashed_immutable_names(app):
     assert app.get(href, headers={"If-None-Match": hashed.headers["etag"]}).status_code == 304
     assert app.get("/static/style.0000.css").status_code == 404
     assert app.get("/static/../settings.py").status_code == 404
+
+
+# --- the shipped nginx micro-cache in front of a real server -------------------------------------------------
+
+
+NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+
+
+@contextmanager
+def nginx_in_front(tmp_path: Path) -> Iterator[tuple[str, AppProcess]]:
+    """deploy/nginx.conf as shipped (only its upstream, port and cache folder changed) on a loopback port in front
+    of a real server process; yields the proxy's URL and the server."""
+    if NGINX is None:
+        pytest.skip("nginx is not installed (apt-get install nginx-light)")
+    port = free_port()
+    env = server_env(var_dir=tmp_path / "var", database_url=f"sqlite:///{tmp_path / 'campaign.db'}",
+                     base_url=f"http://127.0.0.1:{port}")  # the public URL is the proxy's
+    upgrade(env)
+    with AppProcess(env) as app:
+        site = (ROOT / "deploy" / "nginx.conf").read_text()
+        for shipped, here in [("server web:8000;", f"server 127.0.0.1:{app.port};"),
+                              ("listen 80;", f"listen 127.0.0.1:{port};"),
+                              ("/var/cache/nginx/campaign", str(tmp_path / "cache"))]:
+            assert shipped in site, shipped
+            site = site.replace(shipped, here)
+        temp = " ".join(f"{kind}_temp_path {tmp_path / kind};" for kind in ("client_body", "proxy", "fastcgi",
+                                                                               "uwsgi", "scgi"))
+        conf = tmp_path / "nginx.conf"
+        # As root, nginx's workers would switch to another user, who may not open this test's folders.
+        user = ""
+        if os.geteuid() == 0:
+            user = f"user {pwd.getpwuid(os.geteuid()).pw_name} {grp.getgrgid(os.getegid()).gr_name};"
+        conf.write_text(f"daemon off; worker_processes 1; pid {tmp_path / 'nginx.pid'}; {user}\n"
+                        f"error_log {tmp_path / 'error.log'};\nevents {{ worker_connections 128; }}\n"
+                        f"http {{ {temp}\n{site}\n}}\n")
+        proc = subprocess.Popen([NGINX, "-p", str(tmp_path), "-e", str(tmp_path / "error.log"), "-c", str(conf)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 10
+            while True:
+                assert proc.poll() is None, f"nginx exited: {proc.stderr.read().decode()}"
+                try:
+                    httpx.get(f"{url}/healthz", timeout=1)
+                    break
+                except httpx.HTTPError:
+                    assert time.monotonic() < deadline, "nginx did not answer"
+                    time.sleep(0.1)
+            yield url, app
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
+def test_through_the_shipped_nginx_two_visitors_never_get_each_others_tokens_or_cookies(tmp_path):
+    with nginx_in_front(tmp_path) as (url, _), httpx.Client(base_url=url) as one, httpx.Client(base_url=url) as two:
+        # The petition: stored once, then the same bytes for everyone, with no cookie.
+        first = one.get("/c/mamay?lang=en")
+        assert first.headers["x-cache-status"] == "MISS" and "set-cookie" not in first.headers, first.headers
+        for who in (one, two):
+            again = who.get("/c/mamay?lang=en")
+            assert again.headers["x-cache-status"] == "HIT" and again.content == first.content, again.headers
+            assert "set-cookie" not in again.headers
+        # Languages negotiated through one URL are stored apart.
+        for lang in ("ru", "kk", "ru", "kk"):
+            answer = two.get("/c/mamay", headers={"Accept-Language": lang})
+            assert f'<html lang="{lang}">' in answer.text, (lang, answer.headers.get("x-cache-status"))
+        # Each signs as a browser does from that page; a cross-site post is refused.
+        for n, who in enumerate((one, two)):
+            signed = who.post("/c/mamay/sign", data={**SIGNER, "email": f"proxy{n}@example.org"},
+                              headers={"Origin": url, "Sec-Fetch-Site": "same-origin"})
+            assert signed.status_code == 303 and "ticket" in who.cookies
+            assert signed.headers.get("x-cache-status", "") != "HIT"
+        refused = two.post("/c/mamay/sign", data={**SIGNER, "email": "victim@example.org"},
+                           headers={"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"})
+        assert refused.status_code == 403
+        # Private pages: each visitor's own token and cookie, every time from the app, never from the cache.
+        private = {"/c/mamay/thanks?lang=en": "csrf_token", "/erase?lang=en": "csrf_token",
+                   "/c/mamay/embed?lang=en": "form_token", "/organiser/login": "csrf_token"}
+        for path, field in private.items():
+            seen = {}
+            for name, who in (("one", one), ("two", two), ("one again", one), ("two again", two)):
+                answer = who.get(path)
+                assert answer.status_code == 200, (path, answer.status_code)
+                assert answer.headers["x-cache-status"] in ("MISS", "BYPASS", "EXPIRED"), (path, name)
+                assert answer.headers["cache-control"] == "no-store", path
+                found = re.search(rf'name="{field}" value="([^"]+)"', answer.text)
+                assert found, (path, name, answer.text[:300])
+                seen[name] = found.group(1)
+            assert seen["one"] != seen["two"], path
+            if field == "form_token":  # single-use: a new one each time
+                assert len(set(seen.values())) == 4, path
+            else:  # bound to each visitor's own cookie
+                assert seen["one"] == seen["one again"] and seen["two"] == seen["two again"], path
+        assert one.cookies["csrf"] != two.cookies["csrf"] and one.cookies["ticket"] != two.cookies["ticket"]
+        stranger = httpx.get(f"{url}/c/mamay/thanks?lang=en")  # no ticket: no code form, whoever asked before
+        assert 'name="code"' not in stranger.text and stranger.headers["x-cache-status"] != "HIT"
