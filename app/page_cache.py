@@ -23,19 +23,11 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from app import counters
+from app.static_files import etag_matches
 
 MAX_AGE_CAP = 600  # seconds: a proxy keeps a page at most this long, whatever the refresh interval
 HTML = "text/html; charset=utf-8"
 MARKER = "@@per-visitor-value@@"  # survives HTML escaping unchanged; never in a template or in campaign text
-
-
-def etag_matches(if_none_match: str | None, etag: str) -> bool:
-    """RFC 9110 weak comparison of an If-None-Match header against one strong ETag."""
-    if not if_none_match:
-        return False
-    if if_none_match.strip() == "*":
-        return True
-    return any(tag.strip().removeprefix("W/") == etag for tag in if_none_match.split(","))
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,6 @@ from pathlib import Path
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response
 
-from app.page_cache import etag_matches
-
 STATIC_DIR = Path(__file__).parent / "static"
 IMMUTABLE = "public, max-age=31536000, immutable"
 REVALIDATE = "public, max-age=0, must-revalidate"
@@ -36,6 +34,15 @@ class File:
 def hashed_name(name: str, digest: str) -> str:
     stem, dot, suffix = name.rpartition(".")
     return f"{stem}.{digest}.{suffix}" if dot else f"{name}.{digest}"
+
+
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """RFC 9110 weak comparison of an If-None-Match header against one strong ETag."""
+    if not if_none_match:
+        return False
+    if if_none_match.strip() == "*":
+        return True
+    return any(tag.strip().removeprefix("W/") == etag for tag in if_none_match.split(","))
 
 
 @cache
