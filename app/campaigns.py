@@ -322,6 +322,7 @@ class Registry(Mapping[str, Campaign]):
         self.problems: dict[str, str] = {}  # folder name -> what is wrong with it
         self._seen: dict[str, str] = {}  # folder name -> fingerprint last loaded (good or bad)
         self._lock = threading.Lock()
+        self.version = 0  # counts reloads that changed something (cached pages key on it)
         self.reload()
 
     def __getitem__(self, slug: str) -> Campaign:
@@ -361,4 +362,5 @@ class Registry(Mapping[str, Campaign]):
                 current[name] = campaign
             self._current = dict(sorted(current.items()))
             self.problems, self._seen = problems, stamps
+            self.version += 1
             return True

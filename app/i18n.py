@@ -20,6 +20,8 @@ from babel.numbers import format_decimal, format_percent
 from babel.support import NullTranslations, Translations
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
+from app import static_files
+
 Lang = Literal["en", "ru", "kk"]  # the one list of languages: pages, mails, campaigns, the API's parameters
 LANGUAGES: tuple[str, ...] = get_args(Lang)
 LANGUAGE_NAMES = {"en": "English", "ru": "Русский", "kk": "Қазақша"}
@@ -102,6 +104,8 @@ def page_env(lang: str) -> Environment:
     env.filters["day"] = lambda day: format_date(day, format="long", locale=lang)
     env.filters["num"] = lambda n: format_decimal(n, locale=lang)
     env.globals["progress"] = lambda n, goal: progress(n, goal, lang)
+
+    env.globals["static_url"] = static_files.url  # content-hashed, so browsers may keep it for a year
     return env
 
 

@@ -7,15 +7,13 @@ import gc
 import logging
 from collections.abc import Callable
 from contextlib import asynccontextmanager
-from datetime import datetime
-from pathlib import Path
+from datetime import datetime, timedelta
 from urllib.parse import quote
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import (
@@ -26,9 +24,11 @@ from app import (
     i18n,
     notices,
     outbox,
+    page_cache,
     pages,
     replay,
     retention,
+    static_files,
     web,
     web_embed,
     web_erasure,
@@ -40,7 +40,6 @@ from app.security import SecurityHeaders
 from app.settings import Settings, load_settings
 from app.state import Services
 
-STATIC_DIR = Path(__file__).parent / "static"
 log = logging.getLogger(__name__)
 
 
@@ -117,7 +116,9 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None, 
     app.state.services = svc
     app.state.used_forms = replay.UsedOnce(settings.redis_url, prefix="campaign:embed-form-used")  # web_embed
     app.add_middleware(SecurityHeaders, hsts=settings.base_url.startswith("https://"))
-    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.state.page_cache = page_cache.PageCache(  # pages.public_page: public pages rendered once per period
+        every=timedelta(minutes=settings.public_refresh_minutes), clock=svc.clock)
+    app.include_router(static_files.router)  # from memory, content-hashed names (static_files.py)
     app.include_router(api.router)
     app.include_router(api.health_router)
     app.include_router(web.router)

@@ -1,7 +1,8 @@
 """Tokens, confirmation codes, CSRF and security headers.
 
-Tokens are random and stored only as hashes; codes are compared in constant time; every form carries a CSRF
-token bound to a cookie; every response forbids loading anything from another origin.
+Tokens are random and stored only as hashes; codes are compared in constant time; every private form carries a
+CSRF token bound to a cookie, and the public sign form (on a page cached for everyone) is taken only from our own
+origin; every response forbids loading anything from another origin.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import os
 import secrets
 import struct
 import time
+from collections.abc import Mapping
+from urllib.parse import urlsplit
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -123,6 +126,29 @@ def open_handle(secret: str, purpose: str, value: str | None, *, max_age: float,
     return plain[8:] if 0 <= age <= max_age else None
 
 
+def same_origin(headers: Mapping[str, str], *, base_url: str) -> bool:
+    """Whether a form post may be taken without a CSRF token: the check of Go 1.25's http.CrossOriginProtection.
+    A browser that sends Sec-Fetch-Site says where the request came from (only same-origin, or none: typed or
+    bookmarked, passes); an older one sends Origin, which must be this site (the Host asked for, or base_url);
+    a request with neither is not from a browser, so no other site's page can have made it."""
+    site = headers.get("sec-fetch-site")
+    if site:
+        return site in ("same-origin", "none")
+    origin = headers.get("origin")
+    if origin is None:
+        return True
+    try:
+        parts = urlsplit(origin)
+    except ValueError:
+        return False
+    netloc = parts.netloc.lower()
+    if not netloc:  # "null": a sandboxed or opaque origin
+        return False
+    host = headers.get("host", "").lower()
+    own = urlsplit(base_url)
+    return netloc == host or (parts.scheme.lower(), netloc) == (own.scheme.lower(), own.netloc.lower())
+
+
 def csrf_form_token(secret: str, cookie: str) -> str:
     return hmac.new(secret.encode(), b"csrf:" + cookie.encode(), "sha256").hexdigest()
 
@@ -143,7 +169,8 @@ def content_security_policy(frame_ancestors: str = "'none'") -> str:
 class SecurityHeaders:
     """Pure ASGI middleware (cheaper than BaseHTTPMiddleware on the hot sign path).
 
-    A route that may be framed (the embed) sets its own Content-Security-Policy; it is kept.
+    A route that may be framed (the embed) sets its own Content-Security-Policy; it is kept. Whatever a route
+    says, an answer that sets a cookie or answers a POST is `no-store`.
     """
 
     def __init__(self, app: ASGIApp, *, hsts: bool = False) -> None:
@@ -162,6 +189,9 @@ class SecurityHeaders:
                 if "content-security-policy" not in headers:
                     headers["Content-Security-Policy"] = self.csp
                     headers["X-Frame-Options"] = "DENY"
+                if "set-cookie" in headers or scope["method"] not in ("GET", "HEAD"):
+                    # A cookie is one visitor's, a form's answer is one sender's: never kept by any cache.
+                    headers["Cache-Control"] = "no-store"
                 headers["Referrer-Policy"] = "no-referrer"
                 headers["X-Content-Type-Options"] = "nosniff"
                 headers["Cross-Origin-Opener-Policy"] = "same-origin"

@@ -1,25 +1,34 @@
 """Public HTML routes: campaign list, petition page and form, thank-you and code entry, confirmation links and
 the privacy notice (the signer's own page is with its letters, web_letters.py).
 
-Every page works without JavaScript and loads nothing from another origin. Before a form is submitted the only
-cookie set is the CSRF one. Routes parse, call one domain function inside one transaction, and render.
+Every page works without JavaScript and loads nothing from another origin. The public pages (home, petition,
+privacy) are the same for everyone and set no cookie, so they are served from the page cache and any proxy may
+keep them until the next figures boundary; the sign form is taken only from our own origin. Routes parse, call
+one domain function inside one transaction, and render.
 """
 
 from __future__ import annotations
+
+from collections.abc import Awaitable
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from app import addresses, i18n, security, signing
+from app.campaigns import Campaign
 from app.db import utcnow
 from app.pages import (
     HONEYPOT_FIELD,
     campaign_or_404,
     client_address,
+    csrf_page,
+    negotiated,
     page,
-    petition_page,
+    petition_context,
     pick_lang,
+    public_page,
     read_form,
+    read_public_form,
     secure,
     sign,
     write,
@@ -48,26 +57,33 @@ def _ticket(request: Request, svc: Services, slug: str) -> list[bytes] | None:
 
 
 @router.get("/", response_class=HTMLResponse)
-def index(request: Request, lang: str | None = None) -> HTMLResponse:
+async def index(request: Request, lang: str | None = None) -> Response:
     svc = services(request)
-    lang = pick_lang(request, lang)
-    today = utcnow().date()
-    listed = [c for c in svc.campaigns.values() if c.is_public(today)]
-    stats = {c.slug: svc.stats_cache.stats(c) for c in listed}
-    return page(request, "index.html", lang, campaigns=listed, stats=stats)
+    chosen = pick_lang(request, lang)
+
+    def context() -> dict:
+        listed = [c for c in svc.campaigns.values() if c.is_public(utcnow().date())]
+        return {"campaigns": listed, "stats": {c.slug: svc.stats_cache.stats(c) for c in listed}}
+
+    return await public_page(request, "index.html", chosen, (), context, negotiated=negotiated(lang))
 
 
 @router.get("/c/{slug}", response_class=HTMLResponse)
-def petition(request: Request, slug: str, lang: str | None = None) -> HTMLResponse:
-    campaign = campaign_or_404(services(request), slug)
-    return petition_page(request, campaign, pick_lang(request, lang, campaign))
+async def petition(request: Request, slug: str, lang: str | None = None) -> Response:
+    """The petition everyone gets: no per-visitor value, no cookie (its form is guarded by its origin)."""
+    svc = services(request)
+    campaign = campaign_or_404(svc, slug)
+    chosen = pick_lang(request, lang, campaign)
+    is_open = campaign.is_open(utcnow().date())
+    return await public_page(request, "petition.html", chosen, (is_open,),
+                             lambda: petition_context(svc, campaign, chosen), negotiated=negotiated(lang))
 
 
 @router.post("/c/{slug}/sign")
 async def sign_form(request: Request, slug: str) -> Response:
     svc = services(request)
     campaign = campaign_or_404(svc, slug)
-    form = await read_form(request)
+    form = await read_public_form(request)
     lang = campaign.lang(form.get("lang") or pick_lang(request, None, campaign))
     form["lang"] = lang
     thanks = RedirectResponse(f"/c/{slug}/thanks?lang={lang}", status_code=303)
@@ -81,15 +97,19 @@ async def sign_form(request: Request, slug: str) -> Response:
     return thanks
 
 
+def _thanks(request: Request, campaign: Campaign, lang: str, *, has_ticket: bool, problem: bool = False,
+            status: int = 200) -> Awaitable[Response]:
+    """The thank-you page, rendered once per kind; only its CSRF token is the visitor's own."""
+    return csrf_page(request, "thanks.html", lang, (has_ticket, problem), lambda: {
+        "campaign": campaign, "has_ticket": has_ticket, "problem": problem}, status=status)
+
+
 @router.get("/c/{slug}/thanks", response_class=HTMLResponse)
-def thanks(request: Request, slug: str, lang: str | None = None) -> HTMLResponse:
+async def thanks(request: Request, slug: str, lang: str | None = None) -> Response:
     svc = services(request)
     campaign = campaign_or_404(svc, slug)
-    lang = pick_lang(request, lang, campaign)
-    return page(
-        request, "thanks.html", lang, campaign=campaign, has_ticket=_ticket(request, svc, slug) is not None,
-        problem=None,
-    )
+    return await _thanks(request, campaign, pick_lang(request, lang, campaign),
+                         has_ticket=_ticket(request, svc, slug) is not None)
 
 
 @router.post("/c/{slug}/code")
@@ -101,7 +121,7 @@ async def confirm_code(request: Request, slug: str) -> Response:
     keys = _ticket(request, svc, slug)
     code = str(form.get("code", ""))[:64]
     if keys is None:
-        return page(request, "thanks.html", lang, status=400, campaign=campaign, has_ticket=False, problem=None)
+        return await _thanks(request, campaign, lang, has_ticket=False, status=400)
     svc.sign_limiter.check("code", client_address(request))
 
     opened = await write(svc, lambda session: signing.confirm_by_code(
@@ -109,7 +129,7 @@ async def confirm_code(request: Request, slug: str) -> Response:
         composer=svc.composer, settings=svc.settings, now=utcnow(),
     ))
     if isinstance(opened, signing.ConfirmProblem):  # one answer for every wrong, used-up or unknown code
-        return page(request, "thanks.html", lang, status=422, campaign=campaign, has_ticket=True, problem=opened)
+        return await _thanks(request, campaign, lang, has_ticket=True, problem=True, status=422)
     return RedirectResponse(f"/s/{opened.manage_token}?lang={lang}", status_code=303)
 
 
@@ -145,7 +165,8 @@ async def confirm_post(request: Request, token: str) -> Response:
 
 
 @router.get("/privacy", response_class=HTMLResponse)
-def privacy(request: Request, lang: str | None = None) -> HTMLResponse:
+async def privacy(request: Request, lang: str | None = None) -> Response:
     svc = services(request)
-    return page(request, "privacy.html", pick_lang(request, lang),
-                campaigns=[c for c in svc.campaigns.values() if not c.draft])
+    return await public_page(request, "privacy.html", pick_lang(request, lang), (),
+                             lambda: {"campaigns": [c for c in svc.campaigns.values() if not c.draft]},
+                             negotiated=negotiated(lang))

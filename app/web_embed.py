@@ -24,7 +24,8 @@ from starlette.datastructures import Headers
 
 from app import i18n, security
 from app.db import utcnow
-from app.pages import HONEYPOT_FIELD, campaign_or_404, petition_page, pick_lang, read_fields, sign
+from app.page_cache import MARKER
+from app.pages import HONEYPOT_FIELD, campaign_or_404, page_cache, petition_page, pick_lang, read_fields, render, sign
 from app.settings import Settings
 from app.state import Services, services
 
@@ -94,20 +95,22 @@ def _serializer(svc: Services) -> URLSafeTimedSerializer:
 
 
 @router.get("/c/{slug}/embed", response_class=HTMLResponse)
-def embed(request: Request, slug: str, lang: str | None = None) -> HTMLResponse:
+async def embed(request: Request, slug: str, lang: str | None = None) -> Response:
+    """Rendered once per period and language (page_cache); each answer fills in its own single-use form token,
+    so the answer itself is never stored by anyone."""
     svc = services(request)
     campaign = campaign_or_404(svc, slug)
     lang = pick_lang(request, lang, campaign)
-    stats = svc.stats_cache.stats(campaign)
-    html = i18n.page_env(lang).get_template("embed.html").render(
-        campaign=campaign, stats=stats, countries=i18n.countries(lang),
-        form_token=_serializer(svc).dumps([slug, secrets.token_urlsafe(16)]),
-        is_open=campaign.is_open(utcnow().date()), path=request.url.path,
+    is_open = campaign.is_open(utcnow().date())
+    path = request.url.path
+    response = await page_cache(request).private(
+        (path, lang, is_open),
+        lambda: render("embed.html", lang, path=path, settings=svc.settings, campaign=campaign, is_open=is_open,
+                       stats=svc.stats_cache.stats(campaign), countries=i18n.countries(lang), form_token=MARKER),
+        _serializer(svc).dumps([slug, secrets.token_urlsafe(16)]),
     )
     # No CSRF cookie here: in a third-party frame it would be neither stored nor sent back.
-    response = HTMLResponse(html)
     response.headers["Content-Security-Policy"] = security.content_security_policy(frame_ancestors(svc.settings))
-    response.headers["Cache-Control"] = "no-store"
     return response
 
 

@@ -18,7 +18,16 @@ from app import letters, naming, pdf
 from app.campaigns import Campaign
 from app.db import utcnow
 from app.models import Signature
-from app.pages import campaign_or_404, page, pick_lang, read_form, signer_or_404, write
+from app.pages import (
+    campaign_or_404,
+    negotiated,
+    page,
+    pick_lang,
+    public_page,
+    read_form,
+    signer_or_404,
+    write,
+)
 from app.state import Services, services
 
 router = APIRouter(include_in_schema=False)
@@ -54,19 +63,21 @@ def card(item: letters.TargetLetter) -> Card:
 
 
 @router.get("/c/{slug}/letter", response_class=HTMLResponse)
-def preview(request: Request, slug: str, lang: str | None = None, target: str | None = None) -> HTMLResponse:
+async def preview(request: Request, slug: str, lang: str | None = None, target: str | None = None) -> Response:
     svc = services(request)
     campaign = campaign_or_404(svc, slug)
-    lang = pick_lang(request, lang, campaign)
+    chosen_lang = pick_lang(request, lang, campaign)
     # Only the targets a signer writes to: a pack-only one gets the organisation's appeal, never this letter.
     offered = [t for t in campaign.targets if t.offered_to_signers]
     chosen = campaign.target(target) if target else (offered[0] if offered else None)
     if chosen is None or chosen not in offered:
         raise HTTPException(404, "No such recipient in this campaign")
-    letter = letters.render_letter(campaign, chosen, lang, letters.preview_view(chosen),
-                                   secret=letters.variation_secret(svc.settings.secret_key))
-    return page(request, "letter_preview.html", lang, campaign=campaign, target=chosen, letter=letter,
-                offered=offered, variants=len(campaign.openings[lang]) * len(campaign.closings[lang]))
+    return await public_page(request, "letter_preview.html", chosen_lang, (chosen.key,), lambda: {
+        "campaign": campaign, "target": chosen, "offered": offered, "variants": len(campaign.openings[chosen_lang])
+        * len(campaign.closings[chosen_lang]),
+        "letter": letters.render_letter(campaign, chosen, chosen_lang, letters.preview_view(chosen),
+                                        secret=letters.variation_secret(svc.settings.secret_key)),
+    }, negotiated=negotiated(lang))
 
 
 @router.get("/s/{token}", response_class=HTMLResponse)

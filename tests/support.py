@@ -173,10 +173,14 @@ SIGNER = {
 }
 
 
+BROWSER_POST = {"Origin": "http://testserver", "Sec-Fetch-Site": "same-origin"}  # a form post from our own page
+
+
 def sign_form(client: TestClient, slug: str = "mamay", **fields: str):
-    token = csrf_token(client, f"/c/{slug}?lang={fields.get('lang', 'en')}")
-    data = {**SIGNER, **fields, "csrf_token": token}
-    return client.post(f"/c/{slug}/sign", data=data, follow_redirects=False)
+    """Sign as a browser does: load the petition (it carries no token and sets no cookie), post its form."""
+    page = client.get(f"/c/{slug}?lang={fields.get('lang', 'en')}")
+    assert page.status_code == 200, page.text[:300]
+    return client.post(f"/c/{slug}/sign", data={**SIGNER, **fields}, headers=BROWSER_POST, follow_redirects=False)
 
 
 def link_in(text_body: str, path: str) -> str:

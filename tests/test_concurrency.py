@@ -103,13 +103,16 @@ class Signer:
         self.csrf = ""
 
     async def open_form(self) -> int:
+        """The petition (the same bytes for everyone, no cookie), and a CSRF token and cookie from a page with a
+        private form, for the code and confirmation forms later."""
         page = await self.client.get("/c/mamay?lang=en")
-        self.csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
-        return page.status_code
+        private = await self.client.get("/erase?lang=en")
+        self.csrf = re.search(r'name="csrf_token" value="([^"]+)"', private.text).group(1)
+        return page.status_code if private.status_code == 200 else private.status_code
 
     async def sign(self) -> int:
-        answer = await self.client.post("/c/mamay/sign", data={**SIGNER, "email": self.email,
-                                                               "csrf_token": self.csrf})
+        answer = await self.client.post("/c/mamay/sign", data={**SIGNER, "email": self.email},
+                                        headers={"Origin": str(self.client.base_url).rstrip("/")})
         return answer.status_code
 
     async def type_code(self, code: str) -> int:

@@ -40,7 +40,7 @@ def page_letter(client, token: str, lang: str = "en") -> str:
 
 
 def post(client, token: str, action: str, **fields: str):
-    data = {"csrf_token": csrf_token(client, "/c/mamay"), "lang": "en", **fields}  # one token per browser
+    data = {"csrf_token": csrf_token(client, "/erase"), "lang": "en", **fields}  # one token per browser
     return client.post(f"/s/{token}/{action}", data=data, follow_redirects=False)
 
 
@@ -266,7 +266,7 @@ def test_hourly_cap_per_target_defers_the_third_letter_and_other_mail_still_flow
 def test_a_long_cyrillic_subject_and_name_arrive_intact(client, svc, smtp, lang):
     """Encoded words of at most 75 characters, folded, and nothing lost at a fold (mail.header)."""
     _, token = add_signer(svc, country="DE", lang=lang, email=f"{lang}-subject@example.org")
-    data = {"csrf_token": csrf_token(client, "/c/mamay"), "lang": lang, "target": "president"}
+    data = {"csrf_token": csrf_token(client, "/erase"), "lang": lang, "target": "president"}
     assert client.post(f"/s/{token}/send", data=data, follow_redirects=False).status_code == 303
     deliver(svc, smtp.url)
     [msg] = smtp.sink.to(PRESIDENT)

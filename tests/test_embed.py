@@ -104,7 +104,7 @@ def test_embed_form_errors_open_the_full_petition_filled_in(client, svc):
     answer = client.post("/c/mamay/embed/sign", data={**data, "consent": "", "name": "Kept Name"}, headers=FROM_EMBED)
     assert answer.status_code == 422
     assert "Please tick the box" in answer.text and 'value="Kept Name"' in answer.text
-    assert 'action="/c/mamay/sign"' in answer.text  # the site's own form, with its own CSRF cookie
+    assert 'action="/c/mamay/sign"' in answer.text  # the site's own form, guarded by its origin
     with svc.db.read() as s:
         assert s.scalar(select(func.count()).select_from(Signature)) == 0
 

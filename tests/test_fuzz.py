@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -168,8 +167,9 @@ def as_browser_sends(value: str) -> str:
 
 
 def form_token(client: TestClient) -> str:
-    page = client.get("/c/mamay?lang=en")
-    return re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+    """The sign form carries no CSRF token (it is checked by its origin): a stray one is ignored."""
+    assert client.get("/c/mamay?lang=en").status_code == 200
+    return "ignored"
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,

@@ -238,7 +238,8 @@ def test_api_validation_messages_follow_the_requested_language(client):
     ],
 )
 def test_error_pages_explain_the_problem_in_the_visitors_language(client, lang, expired_form, bad_link):
-    forged = client.post(f"/c/mamay/sign?lang={lang}", data={"name": "x"}, headers={"Accept-Language": lang})
+    forged = client.post(f"/c/mamay/sign?lang={lang}", data={"name": "x"},
+                         headers={"Accept-Language": lang, "Origin": "https://evil.example"})
     assert forged.status_code == 403 and expired_form in page_text(forged)
     unknown = client.get(f"/s/not-a-real-token?lang={lang}")
     text = page_text(unknown)

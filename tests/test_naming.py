@@ -79,7 +79,8 @@ def test_a_sample_organisation_is_an_error_in_production_and_a_warning_elsewhere
     assert elsewhere.exit_code == 0, elsewhere.output
     assert "warning: " in elsewhere.output and "SAMPLE values (appeals@example.org" in elsewhere.output
     assert "letters OK" in elsewhere.output
-    production = CliRunner().invoke(cli_app, ["check"], env={**env, "CAMPAIGN_ENV": "production"})
+    production = CliRunner().invoke(cli_app, ["check"], env={**env, "CAMPAIGN_ENV": "production",
+                                                                "CAMPAIGN_MAIL_FROM": "letters@mamay-campaign.org"})
     assert production.exit_code == 1, production.output
     out = " ".join(production.output.split())
     assert "error: " in out and "organisation: SAMPLE values (appeals@example.org, privacy@example.org)" in out

@@ -32,7 +32,7 @@ def pdf_text(data: bytes) -> str:
 
 
 def opt_in(client, token: str, target: str) -> None:
-    data = {"csrf_token": csrf_token(client, "/c/mamay"), "lang": "en", "target": target, "named": "on"}
+    data = {"csrf_token": csrf_token(client, "/erase"), "lang": "en", "target": target, "named": "on"}
     assert client.post(f"/s/{token}/named", data=data, follow_redirects=False).status_code == 303
 
 

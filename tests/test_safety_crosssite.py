@@ -1,6 +1,6 @@
 """Signer safety, round 2: another site cannot make its visitors sign. The JSON API takes only JSON bodies (which
-a browser sends cross-site only after a CORS preflight we never grant), and the embed's form is single-use and
-accepted only from this site or a listed partner."""
+a browser sends cross-site only after a CORS preflight we never grant), the embed's form is single-use and
+accepted only from this site or a listed partner, and the petition's form only from this site."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import re
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import func, select
 
 from app.db import Database
 from app.main import create_app
+from app.models import Signature
 from tests import browser
 from tests.seed import bearer, organiser
 from tests.support import PARTNER, SIGNER, count, make_settings
@@ -158,3 +160,51 @@ def test_chromium_signs_through_the_embed_on_a_partner_page(tmp_path):
         with page.expect_navigation(timeout=15_000):
             frame.locator("form button[type=submit]").click()
         assert "/c/mamay/thanks" in page.url, (page.url, page.content()[:500])
+
+
+# --- 3c: the petition's own form, on a page cached for everyone --------------------------------------------
+# The petition carries no per-visitor token (so that it can be cached); its form is taken only from our own
+# origin, as browsers say in Sec-Fetch-Site (or, older ones, in Origin).
+
+
+@pytest.mark.parametrize("headers", [{"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"},
+                                     {"Origin": "https://evil.example"},  # a browser without Sec-Fetch-Site
+                                     {"Origin": "https://testserver.evil.example", "Sec-Fetch-Site": "cross-site"},
+                                     {"Origin": "null", "Sec-Fetch-Site": "cross-site"},
+                                     {"Origin": "http://sub.testserver", "Sec-Fetch-Site": "same-site"}])
+def test_a_cross_site_post_of_the_petition_form_is_refused_and_changes_nothing(client, svc, headers):
+    from tests.test_access import snapshot
+
+    client.get("/c/mamay?lang=en")
+    before = snapshot(svc)
+    answer = client.post("/c/mamay/sign", data={**SIGNER, "email": "victim@example.org"}, headers=headers,
+                         follow_redirects=False)
+    assert answer.status_code == 403 and "This form has expired" in answer.text  # the 403 page as before
+    assert answer.headers["cache-control"] == "no-store" and "set-cookie" not in answer.headers
+    assert snapshot(svc) == before
+
+
+@pytest.mark.browser
+def test_chromium_signs_the_petition_from_the_page_itself(tmp_path):
+    """A real browser's same-origin post (its own Sec-Fetch-Site and Origin) is accepted, with no cookie before."""
+    from tests.servers import AppProcess, server_env, upgrade
+
+    env = server_env(var_dir=tmp_path / "var", database_url=f"sqlite:///{tmp_path / 'campaign.db'}")
+    upgrade(env)
+    with AppProcess(env) as app, browser.chromium() as context:
+        page = context.new_page()
+        page.goto(f"{app.url}/c/mamay?lang=en")
+        assert context.cookies() == []
+        page.fill("#f-name", "Same Origin")
+        page.fill("#f-email", "same-origin@example.org")
+        page.select_option("#f-country", "DE")
+        page.check("#f-consent")
+        with page.expect_navigation(timeout=15_000):
+            page.click("form[action$='/sign'] button[type=submit]")
+        assert "/c/mamay/thanks" in page.url, (page.url, page.content()[:500])
+        db = Database(env["CAMPAIGN_DATABASE_URL"])
+        try:
+            with db.read() as session:
+                assert session.scalar(select(func.count()).select_from(Signature)) == 1
+        finally:
+            db.dispose()

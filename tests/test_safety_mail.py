@@ -56,7 +56,7 @@ def stored_nothing(svc) -> bool:
 
 
 def post_own(client, token: str, action: str, **fields: str):
-    data = {"csrf_token": csrf_token(client, "/c/mamay"), "lang": "en", **fields}
+    data = {"csrf_token": csrf_token(client, "/erase"), "lang": "en", **fields}
     return client.post(f"/s/{token}/{action}", data=data, follow_redirects=False)
 
 

@@ -36,9 +36,9 @@ def confirm_in_process(svc: Services, email: str) -> None:
 
 
 def form_sign(http: httpx.Client, email: str) -> httpx.Response:
-    page = http.get("/c/mamay?lang=en")
-    token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
-    return http.post("/c/mamay/sign", data={**SIGNER, "email": email, "csrf_token": token})
+    assert http.get("/c/mamay?lang=en").status_code == 200
+    return http.post("/c/mamay/sign", data={**SIGNER, "email": email},
+                     headers={"Origin": str(http.base_url).rstrip("/")})
 
 
 def set_cookie_shape(answer: httpx.Response) -> list[str]:

@@ -154,9 +154,9 @@ def test_errors_come_back_in_the_signers_language(client):
     assert '<html lang="ru">' in answer.text
 
 
-def test_form_without_csrf_token_is_refused_and_stores_nothing(client, svc):
+def test_form_posted_from_another_site_is_refused_and_stores_nothing(client, svc):
     client.get("/c/mamay")
-    answer = client.post("/c/mamay/sign", data={**SIGNER, "csrf_token": "forged"})
+    answer = client.post("/c/mamay/sign", data=SIGNER, headers={"Origin": "https://evil.example"})
     assert answer.status_code == 403 and count(svc) == 0
 
 

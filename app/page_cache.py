@@ -1,0 +1,119 @@
+"""Public pages rendered once per (page, language, figures period) and handed out as bytes.
+
+A public page holds nothing of the visitor (no CSRF token, no cookie: the sign form is guarded by its Origin, see
+security.same_origin), and its figures change only at the publication boundaries (counters.period), so one
+rendering serves everyone until the next boundary: from this process's memory, and from any proxy in front, which
+`Cache-Control: public, max-age=<seconds to the boundary>` allows. Pages that hold one per-visitor value (the
+embed's single-use form token, the thank-you page's CSRF token) are cached as bytes around a marker that each
+answer fills in; those answers are `no-store`, since the filled-in value is the visitor's own.
+
+At a boundary one request per page renders the new period (in a thread: it may read the figures from the
+database) while the others are answered from the previous period's bytes, so a spike never renders a page twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
+
+from app import counters
+from app.static_files import etag_matches
+
+MAX_AGE_CAP = 600  # seconds: a proxy keeps a page at most this long, whatever the refresh interval
+HTML = "text/html; charset=utf-8"
+MARKER = "@@per-visitor-value@@"  # survives HTML escaping unchanged; never in a template or in campaign text
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One rendering: the whole page, or the bytes before and after the per-visitor marker."""
+
+    starts_at: datetime
+    ends_at: datetime
+    head: bytes
+    tail: bytes | None  # None: the page has no per-visitor value
+    etag: str
+
+    def fill(self, value: str) -> bytes:
+        """The page with `value` (a token: URL-safe characters only, nothing to escape) at the marker."""
+        return self.head if self.tail is None else self.head + value.encode() + self.tail
+
+
+def _entry(html: str, starts_at: datetime, ends_at: datetime) -> Entry:
+    raw = html.encode()
+    head, marker, tail = raw.partition(MARKER.encode())
+    if marker and MARKER.encode() in tail:
+        raise ValueError("a cached page holds the per-visitor marker more than once")
+    etag = '"' + hashlib.blake2b(raw, digest_size=12).hexdigest() + '"'
+    return Entry(starts_at, ends_at, head if marker else raw, tail if marker else None, etag)
+
+
+class PageCache:
+    """Renderings by key (the page, its language and whatever else selects its bytes), for the current period."""
+
+    def __init__(self, *, every: timedelta, clock: Callable[[], datetime], cap: int = MAX_AGE_CAP) -> None:
+        self.every, self.clock, self.cap = every, clock, cap
+        self._entries: dict[Hashable, Entry] = {}
+        self._rendering: dict[Hashable, asyncio.Future[Entry]] = {}
+
+    def max_age(self, entry: Entry, now: datetime) -> int:
+        """Seconds a proxy may keep this rendering: to the next figures boundary and never past midnight UTC
+        (when a campaign opens or closes), capped."""
+        midnight = datetime(now.year, now.month, now.day, tzinfo=UTC) + timedelta(days=1)
+        left = min(entry.ends_at, midnight) - now
+        return max(0, min(self.cap, int(left.total_seconds())))
+
+    async def get(self, key: Hashable, render: Callable[[], str]) -> tuple[Entry, bool]:
+        """The rendering for `key` in the current period, and whether it is current (False: the previous period's,
+        handed out while another request renders the new one). `render` runs in a thread, once per period."""
+        now = self.clock()
+        entry = self._entries.get(key)
+        if entry is not None and entry.starts_at <= now < entry.ends_at:
+            return entry, True
+        pending = self._rendering.get(key)
+        if pending is not None:
+            if entry is not None:
+                return entry, False
+            return await asyncio.shield(pending), True
+        future: asyncio.Future[Entry] = asyncio.get_running_loop().create_future()
+        self._rendering[key] = future
+        try:
+            starts_at, ends_at = counters.period(now, self.every)
+            fresh = _entry(await run_in_threadpool(render), starts_at, ends_at)
+            if counters.period(self.clock(), self.every)[0] == starts_at:  # a boundary passed meanwhile: not kept
+                self._entries[key] = fresh
+            future.set_result(fresh)
+            return fresh, True
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved here, so a render nobody else awaited logs no warning
+            raise
+        finally:
+            del self._rendering[key]
+
+    async def public(self, key: Hashable, render: Callable[[], str], *, if_none_match: str | None,
+                     negotiated: bool) -> Response:
+        """A public page for anyone and any proxy: ETag, 304, `Cache-Control: public` to the next boundary.
+        `negotiated`: the language came from Accept-Language (no `?lang=`), so caches must key on it too."""
+        entry, current = await self.get(key, render)
+        if entry.tail is not None:
+            raise ValueError("a page with a per-visitor value is never public")
+        age = self.max_age(entry, self.clock()) if current else 0
+        headers = {"Cache-Control": f"public, max-age={age}", "ETag": entry.etag}
+        if negotiated:
+            headers["Vary"] = "Accept-Language"
+        if etag_matches(if_none_match, entry.etag):
+            return Response(status_code=304, headers=headers)
+        return Response(entry.head, media_type=HTML, headers=headers)
+
+    async def private(self, key: Hashable, render: Callable[[], str], value: str, *, status: int = 200
+                      ) -> Response:
+        """A page cached as bytes with one per-visitor value filled in: the answer itself is never stored."""
+        entry, _ = await self.get(key, render)
+        return Response(entry.fill(value), status_code=status, media_type=HTML, headers={"Cache-Control": "no-store"})
