@@ -87,7 +87,7 @@ def dashboard_page(request: Request, who: CurrentOrganiser, lang: str | None = N
 
 def _dashboard(request: Request, who: organisers.Who, lang: str, *, status: int = 200, done: str | None = None,
                problem: dict | None = None) -> HTMLResponse:
-    """The dashboard; `problem` ({slug, form, field, message, values}) shows a refused form again, as typed."""
+    """The dashboard; `problem` ({slug, form, field, message, typed}) shows a refused form again, as typed."""
     svc = services(request)
     now = utcnow()
     chart_label = i18n.gettext(lang, "Confirmed signatures per day")
@@ -117,7 +117,7 @@ def _dashboard(request: Request, who: organisers.Who, lang: str, *, status: int 
 def _refused(request: Request, who: organisers.Who, lang: str, slug: str, form: str, exc: ledger.LedgerError,
              values: dict) -> HTMLResponse:
     message = i18n.gettext(lang, exc.message) % exc.params if exc.params else i18n.gettext(lang, exc.message)
-    problem = {"slug": slug, "form": form, "field": exc.field, "message": message, "values": values}
+    problem = {"slug": slug, "form": form, "field": exc.field, "message": message, "typed": values}
     return _dashboard(request, who, lang, status=422, problem=problem)
 
 

@@ -94,7 +94,7 @@ def table(session: Session, campaign: Campaign, *, lang: str) -> list[TargetRow]
     """Every target of the campaign × every channel, exact (organisers only), in the campaign's target order."""
     from app.models import Reply  # the replies' own module (replies.py) imports this one
 
-    rows = {t.key: TargetRow(t.key, t.name[campaign.lang(lang)]) for t in campaign.targets}
+    rows = {t.key: TargetRow(t.key, t.title[campaign.lang(lang)]) for t in campaign.targets}
     for target, channel, n, bounced in session.execute(
         select(LetterRecord.target, LetterRecord.channel, func.count(), func.count(LetterRecord.bounced_at))
         .where(LetterRecord.campaign == campaign.slug).group_by(LetterRecord.target, LetterRecord.channel)
