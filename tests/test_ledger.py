@@ -11,20 +11,26 @@ import io
 import json
 import re
 import time
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
-from app import erasure, ledger, letter_batch
+from app import erasure, ledger, letter_batch, organisers
 from app.cli import app as cli_app
 from app.db import utcnow
 from app.main import create_app
 from app.models import BATCH, MAILTO, PDF, SENT, ExportLog, LetterRecord, PackDelivery, Reply, Signature
+from app.settings import ROOT
+from app.state import Services
+from tests import browser
 from tests.seed import bearer, bulk_confirmed, organiser
-from tests.support import csrf_token, deliver, make_settings
+from tests.servers import AppProcess, server_env
+from tests.support import csrf_token, deliver, make_settings, migrate
 from tests.test_delivery import open_in_mail_program, post
 from tests.test_letters import add_signer, cli_env, letters_dir_with_named_targets
 from tests.test_public_figures import Clock
@@ -323,7 +329,7 @@ def test_dashboard_shows_targets_by_channel_and_letters_apart_from_signer_mail(c
     assert figures["Letters sent in the last hour"] == "3" and figures["Signer mails sent in the last hour"] == "3"
     table = re.search(r'<table class="ledger">.*?</table>', text, re.S).group(0)
     cells = {key: re.findall(r'<td class="n">(\d+)</td>', row)
-             for key, row in re.findall(r'<span class="muted">([a-z-]+)</span></td>(.*?)</tr>', table, re.S)}
+             for key, row in re.findall(r'<span class="muted key">([a-z-]+)</span></td>(.*?)</tr>', table, re.S)}
     # sent, mailto, pdf, batch, bounced, total, replies
     assert cells["embassy-gb"] == ["3", "0", "0", "0", "1", "3", "0"]
     assert cells["president"] == ["0", "1", "1", "0", "0", "2", "0"]
@@ -398,3 +404,109 @@ def test_ledger_export_counts_per_target_and_channel_as_csv_and_json_and_is_logg
         logged = [(e.organiser, e.what, e.rows) for e in s.scalars(select(ExportLog).order_by(ExportLog.id))]
     assert logged[:2] == [("olga", "ledger csv", 6), ("olga", "ledger json", 6)]
     assert logged[2][0].startswith("cli:") and logged[2][1] == "ledger json"
+
+
+# --- in a real browser -------------------------------------------------------------------------------------------
+
+DASHBOARD_SHOT = ROOT / "docs" / "img" / "dashboard-ledger.png"
+
+
+@pytest.fixture
+def site(tmp_path):
+    """The service in its own process, a confirmed signer in Britain, an organiser, and a ledger with some of
+    everything in it: letters by each channel, a bounce, a pack delivered, two replies."""
+    url = f"sqlite:///{tmp_path / 'campaign.db'}"
+    migrate(url)
+    svc = Services.build(make_settings(tmp_path, url))
+    campaign = svc.campaigns["mamay"]
+    now = utcnow()
+    with svc.db.write.begin() as s:
+        _, token = organisers.add(s, name="olga", now=now)
+    signers = [add_signer(svc, country=("GB", "DE", "KZ", "CA")[i % 4], now=now - timedelta(days=2))
+               for i in range(40)]
+    with svc.db.write.begin() as s:
+        for i, (sig, _) in enumerate(signers[1:], 1):
+            country_embassy = ("embassy-gb", "embassy-de", None, "embassy-ca")[i % 4]
+            for channel, target in ((BATCH, "president"), (SENT if i % 3 else PDF, country_embassy),
+                                    (MAILTO if i % 5 == 0 else None, "president")):
+                if channel and target:
+                    ledger.record(s, signature_id=sig, campaign="mamay", target=target, channel=channel, now=now)
+        s.execute(LetterRecord.__table__.update().where(LetterRecord.signature_id == signers[4][0],
+                                                        LetterRecord.channel == SENT).values(bounced_at=now))
+        ledger.record_pack(s, campaign=campaign, target="prosecutor-general", delivered_on=now.date(),
+                           channel="registered-post", reference="RR123456789KZ", recorded_by="olga", now=now)
+        from app import replies
+
+        replies.record(s, campaign=campaign, target="embassy-gb", received_on=now.date(), public=True,
+                       summary="The embassy confirms it forwarded the appeal to the Ministry of Foreign Affairs.",
+                       scan=PDF_BYTES, recorded_by="olga", now=now)
+    svc.db.dispose()
+    env = server_env(var_dir=tmp_path / "var", database_url=url)
+    with AppProcess(env) as server:
+        yield server, token, signers[0], svc
+
+
+@contextmanager
+def chromium_seen():
+    """Debian's Chromium, kept on this machine by its resolver (every other host is NOTFOUND), with every request
+    it makes recorded. Not tests/browser.py's request interception: that aborts a redirect to mailto: itself."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    path = browser.executable()
+    with sync_api.sync_playwright() as pw:
+        try:
+            chromium = pw.chromium.launch(executable_path=path, args=[
+                *browser.ARGS, "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"])
+        except Exception as exc:
+            pytest.skip(f"Chromium does not start here: {exc}")
+        context = chromium.new_context(viewport={"width": 1280, "height": 1000})
+        seen: list[str] = []
+        context.on("request", lambda request: seen.append(request.url))
+        try:
+            yield context, seen
+        finally:
+            chromium.close()
+        strays = [u for u in seen if not u.startswith("mailto:") and urlsplit(u).hostname not in browser.LOOPBACK]
+        assert not strays, f"requests to other hosts: {strays}"
+
+
+@pytest.mark.browser
+def test_chromium_opens_the_mail_program_from_the_signers_page_and_the_letter_is_recorded_once(site):
+    server, _, (sig, manage), svc = site
+    with chromium_seen() as (context, seen):
+        page = context.new_page()
+        page.goto(f"{server.url}/s/{manage}?lang=en")
+        form = page.locator("#t-president form.mailto")
+        with page.expect_request(lambda r: r.url.startswith("mailto:"), timeout=10_000) as opened:
+            form.locator("button").click()
+        assert opened.value.url.startswith("mailto:udp@udp-rk.kz?subject=")
+        page.wait_for_timeout(300)
+        assert page.url.startswith(f"{server.url}/s/{manage}")  # the page stays; the mail program takes over
+        assert page.locator("#t-president").is_visible()
+    posts = [u for u in seen if u.endswith(f"/s/{manage}/mailto")]
+    assert len(posts) == 1
+    with svc.db.read() as s:
+        assert s.execute(select(LetterRecord.target, LetterRecord.channel)
+                         .where(LetterRecord.signature_id == sig)).all() == [("president", MAILTO)]
+
+
+@pytest.mark.browser
+def test_chromium_dashboard_shows_the_ledger_table_screenshot(site):
+    server, token, _, _ = site
+    with chromium_seen() as (context, _):
+        page = context.new_page()
+        page.goto(f"{server.url}/organiser/login?next=/organiser")
+        page.fill("#f-token", token)
+        page.locator("form.login button").click()
+        page.wait_for_url(f"{server.url}/organiser")
+        table = page.locator("table.ledger")
+        assert table.is_visible()
+        president = table.locator("tr", has_text="President of the Republic of Kazakhstan")
+        assert president.locator("td").nth(4).inner_text() == "39"  # batch
+        assert "RR123456789KZ" in table.inner_text()
+        gb = table.locator("tr", has_text="embassy-gb")
+        assert gb.locator("td").nth(5).inner_text() == "1"  # bounced
+        page.locator("#ledger-mamay").scroll_into_view_if_needed()
+        page.evaluate("document.getElementById('ledger-mamay').scrollIntoView()")
+        DASHBOARD_SHOT.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(DASHBOARD_SHOT))
+    assert DASHBOARD_SHOT.stat().st_size > 10_000
