@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
-from sqlalchemy import Select, func, literal, select
+from sqlalchemy import Select, exists, func, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -72,6 +72,30 @@ def record_selected(session: Session, ids: Select, *, campaign: str, target: str
 def high_water(session: Session) -> int:
     """The newest ledger row's id: a batch excludes the letters recorded up to here, and records the same set."""
     return session.scalar(select(func.max(LetterRecord.id))) or 0
+
+
+def delivered(target: str, *, upto: int):
+    """A signature's letter to `target` is in the ledger (rows up to `upto`), by any channel: for a WHERE."""
+    return exists().where(LetterRecord.signature_id == Signature.id, LetterRecord.target == target,
+                          LetterRecord.id <= upto)
+
+
+def delivered_count(session: Session, *, campaign: str, target: str, upto: int, where: list) -> int:
+    """How many of the signatures `where` selects have a letter to `target` in the ledger (rows up to `upto`);
+    counted from the ledger's side, whose rows are the fewer."""
+    return session.scalar(
+        select(func.count(func.distinct(LetterRecord.signature_id)))
+        .join(Signature, Signature.id == LetterRecord.signature_id)
+        .where(LetterRecord.campaign == campaign, LetterRecord.target == target, LetterRecord.id <= upto, *where)
+    ) or 0
+
+
+def delivered_pairs(session: Session, lo: int, hi: int, *, targets: list[str], upto: int) -> set[tuple[int, str]]:
+    """(signature id, target) of every letter in the ledger (rows up to `upto`) for signatures lo..hi."""
+    return {(sig, target) for sig, target in session.execute(
+        select(LetterRecord.signature_id, LetterRecord.target).where(
+            LetterRecord.signature_id.between(lo, hi), LetterRecord.target.in_(targets), LetterRecord.id <= upto)
+    )}
 
 
 @dataclass

@@ -22,14 +22,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import exists, func, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app import counters, files, ledger, letters, mail
 from app.campaigns import Campaign, Target
 from app.db import Database, utcnow
 from app.encryption import Keyring, load_keyring
-from app.models import CONFIRMED, LetterRecord, Signature, TargetOptIn
+from app.models import CONFIRMED, Signature, TargetOptIn
 from app.settings import Settings
 
 FORMATS = ("txt", "mbox", "eml", "pdf", "pack")
@@ -123,13 +123,9 @@ class Renderer:
         upto = ledger.high_water(session)
         left_out = 0
         if not batch.include_delivered and last is not None:
-            for target in self.batch_targets(batch):  # counted from the ledger's side: its rows are the fewer
-                left_out += session.scalar(
-                    select(func.count(func.distinct(LetterRecord.signature_id)))
-                    .join(Signature, Signature.id == LetterRecord.signature_id)
-                    .where(LetterRecord.campaign == batch.slug, LetterRecord.target == target.key,
-                           LetterRecord.id <= upto, *self.for_target(batch, target, last=last))
-                ) or 0
+            for target in self.batch_targets(batch):
+                left_out += ledger.delivered_count(session, campaign=batch.slug, target=target.key, upto=upto,
+                                                   where=self.for_target(batch, target, last=last))
         return Plan(total, ranges, letters.public_countries(by_country, self.settings.min_cell), dated, last, upto,
                     left_out)
 
@@ -149,8 +145,7 @@ class Renderer:
         for target in self.batch_targets(batch):
             where = self.for_target(batch, target, last=plan.last)
             if not batch.include_delivered:
-                where.append(~exists().where(LetterRecord.signature_id == Signature.id,
-                                             LetterRecord.target == target.key, LetterRecord.id <= plan.ledger_upto))
+                where.append(~ledger.delivered(target.key, upto=plan.ledger_upto))
             added += ledger.record_selected(session, select(Signature.id).where(*where), campaign=batch.slug,
                                             target=target.key, now=now)
         return added
@@ -162,13 +157,8 @@ class Renderer:
         targets = self.batch_targets(batch)
         naming = [t.key for t in targets if t.allows_names()]
         with self.db.read() as session:
-            delivered = set()
-            if not batch.include_delivered:
-                delivered = set(session.execute(
-                    select(LetterRecord.signature_id, LetterRecord.target).where(
-                        LetterRecord.signature_id.between(lo, hi), LetterRecord.target.in_([t.key for t in targets]),
-                        LetterRecord.id <= plan.ledger_upto)
-                ))
+            delivered = set() if batch.include_delivered else ledger.delivered_pairs(
+                session, lo, hi, targets=[t.key for t in targets], upto=plan.ledger_upto)
             named = set()
             if naming:
                 named = {(sig, key) for sig, key in session.execute(
