@@ -74,8 +74,8 @@ def overview(session: Session, campaign: Campaign, *, lang: str, today: date, ch
 def outbox_health(session: Session, *, now: datetime) -> OutboxHealth:
     states = dict(session.execute(select(OutboxMessage.state, func.count()).group_by(OutboxMessage.state)).all())
     sent = dict(session.execute(
-        select(OutboxMessage.kind == LETTER, func.count()).where(OutboxMessage.sent_at >= now - timedelta(hours=1))
-        .group_by(OutboxMessage.kind == LETTER)
+        select(OutboxMessage.kind, func.count()).where(OutboxMessage.sent_at >= now - timedelta(hours=1))
+        .group_by(OutboxMessage.kind)
     ).all())
     last = session.execute(
         select(OutboxMessage.kind, OutboxMessage.last_error)
@@ -87,8 +87,8 @@ def outbox_health(session: Session, *, now: datetime) -> OutboxHealth:
         queued=states.get("queued", 0),
         sending=states.get("sending", 0),
         failed=states.get("failed", 0),
-        letters_last_hour=sent.get(True, 0),
-        signer_mails_last_hour=sent.get(False, 0),
+        letters_last_hour=sent.get(LETTER, 0),
+        signer_mails_last_hour=sum(n for kind, n in sent.items() if kind != LETTER),
         # Redacted again: a row stored before errors were redacted may still quote an address.
         last_error=smtp.redacted(last.last_error) if last else None,
         last_error_kind=last.kind if last else None,

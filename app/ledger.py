@@ -52,8 +52,8 @@ def record(session: Session, *, signature_id: int, campaign: str, target: str, c
     assert channel in CHANNELS
     stmt = _insert(session, LetterRecord).values(
         signature_id=signature_id, campaign=campaign, target=target, channel=channel, created_at=now,
-    ).on_conflict_do_nothing(index_elements=["signature_id", "target", "channel"])
-    return session.execute(stmt).rowcount == 1
+    ).on_conflict_do_nothing(index_elements=["signature_id", "target", "channel"]).returning(LetterRecord.id)
+    return session.execute(stmt).scalar() is not None
 
 
 def record_selected(session: Session, ids: Select, *, campaign: str, target: str, now: datetime,

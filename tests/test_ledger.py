@@ -510,3 +510,34 @@ def test_chromium_dashboard_shows_the_ledger_table_screenshot(site):
         DASHBOARD_SHOT.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(DASHBOARD_SHOT))
     assert DASHBOARD_SHOT.stat().st_size > 10_000
+
+
+def test_the_ledger_on_postgresql(pg_svc, tmp_path):
+    """The same statements on PostgreSQL: recording once, a batch's INSERT … SELECT with its exclusion, the
+    dashboard's table and outbox split, the public letters per target, a pack."""
+    from app import counters, dashboard
+
+    svc = pg_svc
+    sigs = [add_signer(svc, country="GB")[0] for _ in range(6)]
+    now = utcnow()
+    with svc.db.write.begin() as s:
+        assert ledger.record(s, signature_id=sigs[0], campaign="mamay", target="president", channel=SENT, now=now)
+        assert not ledger.record(s, signature_id=sigs[0], campaign="mamay", target="president", channel=SENT,
+                                 now=now)
+    renderer = letter_batch.Renderer(svc.settings, db=svc.db, keyring=svc.keyring, campaign=svc.campaigns["mamay"])
+    left: list[int] = []
+    written = letter_batch.run(renderer, letter_batch.Batch(slug="mamay", fmt="txt", target="president"),
+                               tmp_path / "p.txt", workers=1, on_left_out=left.append)
+    assert written == 5 and left == [1]
+    with svc.db.write.begin() as s:
+        pack = ledger.record_pack(s, campaign=svc.campaigns["mamay"], target="president", delivered_on=now.date(),
+                                  channel="hand", reference=None, recorded_by="olga", now=now)
+        assert pack.supporters == 6
+    with svc.db.read() as s:
+        [row] = [r for r in ledger.table(s, svc.campaigns["mamay"], lang="en") if r.key == "president"]
+        assert row.letters == {SENT: 1, MAILTO: 0, PDF: 0, BATCH: 5} and len(row.packs) == 1
+        assert counters.letters_by_target(s, svc.campaigns["mamay"])["president"] == 6
+        assert counters.letters_by_target(s, svc.campaigns["mamay"], before=now - timedelta(hours=1)) \
+            ["president"] == 0
+        health = dashboard.outbox_health(s, now=now)
+        assert (health.letters_last_hour, health.signer_mails_last_hour) == (0, 0)
