@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 from pypdf import PdfReader
 from sqlalchemy import select, update
 
-from app import organisers, security, signing
+from app import organisers, replies, security, signing
 from app.db import Base, utcnow
 from app.main import create_app
 from app.models import ExportLog, Signature
@@ -55,6 +55,7 @@ def needs_organiser(route: APIRoute) -> bool:
 
 
 ORGANISER_ROUTES = [(m, r.path) for r in APP_ROUTES if needs_organiser(r) for m in sorted(r.methods)]
+ORGANISER_FORMS = {path for method, path in ORGANISER_ROUTES if method == "POST"}
 FORM_POSTS = [r.path for r in APP_ROUTES if "POST" in r.methods and not r.path.startswith("/api/")]
 PUBLIC_GETS = [r.path for r in APP_ROUTES if "GET" in r.methods and not needs_organiser(r)]
 
@@ -128,7 +129,7 @@ def test_every_form_post_without_a_valid_csrf_token_is_refused_and_changes_nothi
     victim.confirm, victim.code = pending.confirm, pending.code  # a pending signature: confirming would change it
     ask_erase_link(client, svc, smtp, victim)
     token = organiser(svc)
-    url = fill(path, tokens=victim)
+    url = fill(path, tokens=victim).replace("{reply_id}", str(a_reply(svc)))
     # Everything a real form of any of our pages would carry, so only the CSRF token is missing or wrong.
     data = {**SIGNER, "email": "new@example.org", "code": pending.code, "token": token, "target": "president",
             "named": "on", "lang": "en"}
@@ -143,9 +144,12 @@ def test_every_form_post_without_a_valid_csrf_token_is_refused_and_changes_nothi
             "csrf_token": security.csrf_form_token(svc.settings.secret_key, other_cookie)}),
         "garbage": ({security.CSRF_COOKIE: own_cookie}, {"csrf_token": "x" * 64, "form_token": "x" * 64}),
     }
+    # An organiser's form: the forged request comes from a signed-in organiser's browser, with its session cookie.
+    signed_in = {organisers.SESSION_COOKIE: organiser_session(client, token)} if path in ORGANISER_FORMS else {}
     before = snapshot(svc)
     for what, (cookies, extra) in attempts.items():
-        attacker = TestClient(client.app, base_url="http://testserver", cookies={**cookies, "ticket": victim.ticket})
+        attacker = TestClient(client.app, base_url="http://testserver",
+                              cookies={**cookies, **signed_in, "ticket": victim.ticket})
         answer = attacker.post(url, data={**data, **extra}, follow_redirects=False)
         assert answer.status_code == 403, f"{path}: {what} -> {answer.status_code}"
         assert snapshot(svc) == before, f"{path}: {what} changed the database"
@@ -169,12 +173,33 @@ def export_log_rows(svc) -> int:
         return len(s.scalars(select(ExportLog.id)).all())
 
 
+def a_reply(svc) -> int:
+    """A reply from an official with a scan, for the routes that take one (its id)."""
+    with svc.db.write.begin() as s:
+        return replies.record(s, campaign=svc.campaigns["mamay"], target="president", received_on=utcnow().date(),
+                              summary="A reply.", scan=b"%PDF-1.4 a scan", public=False, recorded_by="test",
+                              now=utcnow()).id
+
+
+def organiser_session(client: TestClient, token: str) -> str:
+    login = csrf_token(client, "/organiser/login")
+    assert client.post("/organiser/login", data={"token": token, "csrf_token": login, "next": "/organiser"},
+                       follow_redirects=False).status_code == 303
+    cookie = client.cookies.get(organisers.SESSION_COOKIE)
+    client.cookies.delete(organisers.SESSION_COOKIE)
+    return cookie
+
+
 @pytest.mark.parametrize(("method", "path"), ORGANISER_ROUTES)
 def test_every_organiser_route_refuses_no_token_a_wrong_one_and_a_revoked_one(client, svc, method, path):
-    url = path.replace("{slug}", "mamay")
+    url = path.replace("{slug}", "mamay").replace("{reply_id}", str(a_reply(svc)))
     live = organiser(svc, "live")
     gone = organiser(svc, "gone")
-    assert client.request(method, url, headers=bearer(gone)).status_code == 200  # it did work before
+    # A form is sent with its right CSRF pair, so that only the organiser is in question; it then answers with
+    # the next page (303) or the form's own errors (422, nothing sent in it), never 401 or 403.
+    form = {"data": {"csrf_token": csrf_token(client, "/organiser/login")}} if method == "POST" else {}
+    works = (200,) if method == "GET" else (200, 303, 422)
+    assert client.request(method, url, headers=bearer(gone), **form).status_code in works  # it did work before
     # A browser session of the organiser about to be revoked.
     login = csrf_token(client, "/organiser/login")
     assert client.post("/organiser/login", data={"token": gone, "csrf_token": login, "next": "/organiser"},
@@ -192,7 +217,7 @@ def test_every_organiser_route_refuses_no_token_a_wrong_one_and_a_revoked_one(cl
         "not a bearer": {"Authorization": f"Basic {base64.b64encode(live.encode()).decode()}"},
     }
     for what, headers in attempts.items():
-        answer = client.request(method, url, headers=headers, follow_redirects=False)
+        answer = client.request(method, url, headers=headers, follow_redirects=False, **form)
         assert answer.status_code in (401, 303), f"{method} {path}: {what} -> {answer.status_code}"
         if answer.status_code == 303:
             assert answer.headers["location"].startswith("/organiser/login")
@@ -201,7 +226,7 @@ def test_every_organiser_route_refuses_no_token_a_wrong_one_and_a_revoked_one(cl
         answer = stranger.request(method, url, follow_redirects=False)
         assert answer.status_code in (401, 303), f"{method} {path}: session cookie {cookie[:10]}…"
     assert export_log_rows(svc) == logged, "a refused export was logged as done"
-    assert client.request(method, url, headers=bearer(live)).status_code == 200
+    assert client.request(method, url, headers=bearer(live), **form).status_code in works
 
 
 # --- confirmation, manage and erase tokens -----------------------------------------------------------------
