@@ -1,18 +1,22 @@
-"""Organiser pages: sign-in with a token (exchanged for a signed, HttpOnly, SameSite=Strict cookie), sign-out, and
-the dashboard. Every page but the sign-in form needs an organiser; all of them work without JavaScript.
+"""Organiser pages: sign-in with a token (exchanged for a signed, HttpOnly, SameSite=Strict cookie), sign-out, the
+dashboard, and its forms that record an appeal pack delivered and a reply from an official (with its scan).
+Every page but the sign-in form needs an organiser; all of them work without JavaScript; every form carries the
+CSRF token, and a refused one changes nothing and shows the dashboard again with the form as typed.
 """
 
 from __future__ import annotations
 
 import html
+from datetime import date
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from starlette.datastructures import UploadFile
 
-from app import audit, dashboard, i18n, organisers
+from app import audit, dashboard, i18n, ledger, organisers, replies, security
 from app.db import utcnow
 from app.organisers import CurrentOrganiser
-from app.pages import client_address, page, petition_page, pick_lang, read_form
+from app.pages import client_address, page, petition_page, pick_lang, read_form, write
 from app.state import services
 
 router = APIRouter(include_in_schema=False)
@@ -81,8 +85,15 @@ async def logout(request: Request) -> Response:
 
 @router.get("/organiser", response_class=HTMLResponse)
 def dashboard_page(request: Request, who: CurrentOrganiser, lang: str | None = None) -> HTMLResponse:
+    done = request.query_params.get("done")
+    return _dashboard(request, who, pick_lang(request, lang), done=done if done in ("pack", "reply", "public")
+                      else None)
+
+
+def _dashboard(request: Request, who: organisers.Who, lang: str, *, status: int = 200, done: str | None = None,
+               problem: dict | None = None) -> HTMLResponse:
+    """The dashboard; `problem` ({slug, form, field, message, typed}) shows a refused form again, as typed."""
     svc = services(request)
-    lang = pick_lang(request, lang)
     now = utcnow()
     chart_label = i18n.gettext(lang, "Confirmed signatures per day")
     mine = who.campaigns(svc.campaigns)  # an organiser sees only the campaigns they have a role in
@@ -105,10 +116,10 @@ def dashboard_page(request: Request, who: CurrentOrganiser, lang: str | None = N
         for o in overviews
     }
     return page(
-        request, "admin/dashboard.html", lang, who=who, overviews=overviews, health=health, log=log,
-        snippets=snippets, frame_ancestors=svc.settings.frame_ancestors,
-        team=team, roles=organisers.ROLES, new_token=None,
-        problems=getattr(svc.campaigns, "problems", {}) if owned is None else {}, today=now.date(), phase_names={
+        request, "admin/dashboard.html", lang, status=status, who=who, overviews=overviews, health=health, log=log,
+        snippets=snippets, frame_ancestors=svc.settings.frame_ancestors, pack_channels=ledger.PACK_CHANNELS,
+        today=now.date(), done=done, problem=problem, team=team, roles=organisers.ROLES,
+        problems=getattr(svc.campaigns, "problems", {}) if owned is None else {}, phase_names={
             "draft": i18n.gettext(lang, "Draft: organisers only"), "upcoming": i18n.gettext(lang, "Not open yet"),
             "open": i18n.gettext(lang, "Open"), "closed": i18n.gettext(lang, "Closed")},
     )
@@ -125,10 +136,7 @@ def preview(request: Request, slug: str, who: CurrentOrganiser, lang: str | None
 
 
 def _owned(request: Request, who: organisers.Who, slug: str) -> str:
-    if slug not in services(request).campaigns:
-        raise HTTPException(404, "No such campaign")
-    organisers.require(who, slug, "owner")
-    return slug
+    return _campaign(request, who, slug, "owner").slug
 
 
 @router.post("/organiser/campaigns/{slug}/organisers")
@@ -165,3 +173,126 @@ async def change_role(request: Request, slug: str, organiser_id: int, who: Curre
             raise HTTPException(400, str(exc)) from exc
         audit.record(session, organiser=who.name, action="role_changed", campaign=slug, what=f"{member.name}: {role}")
     return RedirectResponse(f"/organiser?lang={pick_lang(request, form.get('lang'))}#c-{slug}", status_code=303)
+
+
+def _campaign(request: Request, who: organisers.Who, slug: str, need: str):
+    """A campaign this organiser's role allows the act in (404 outside their campaigns, 403 below the role)."""
+    campaign = services(request).campaigns.get(slug)
+    if campaign is None:
+        raise HTTPException(404, "No such campaign")
+    organisers.require(who, slug, need)
+    return campaign
+
+
+def _reply_campaign(request: Request, who: organisers.Who, reply_id: int) -> None:
+    """A reply is its campaign's: only that campaign's editors may show, hide or read it."""
+    with services(request).db.read() as session:
+        slug = replies.campaign_of(session, reply_id)
+    if slug is None:
+        raise HTTPException(404, "No such reply")
+    organisers.require(who, slug, "editor")
+
+
+def _refused(request: Request, who: organisers.Who, lang: str, slug: str, form: str, exc: ledger.LedgerError,
+             values: dict) -> HTMLResponse:
+    message = i18n.gettext(lang, exc.message) % exc.params if exc.params else i18n.gettext(lang, exc.message)
+    problem = {"slug": slug, "form": form, "field": exc.field, "message": message, "typed": values}
+    return _dashboard(request, who, lang, status=422, problem=problem)
+
+
+def _day(value: str, field: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError as exc:
+        raise ledger.LedgerError(field, i18n.N_("Give the date as YYYY-MM-DD.")) from exc
+
+
+@router.post("/organiser/c/{slug}/packs")
+async def record_pack(request: Request, slug: str, who: CurrentOrganiser) -> Response:
+    """Record the organisation's appeal pack delivered to one target."""
+    svc = services(request)
+    campaign = _campaign(request, who, slug, "editor")
+    form = await read_form(request)
+    lang = pick_lang(request, form.get("lang"))
+    values = {k: str(form.get(k, ""))[:300] for k in ("target", "delivered_on", "channel", "reference", "supporters")}
+    try:
+        delivered_on = _day(values["delivered_on"], "delivered_on")
+        supporters = None
+        if values["supporters"].strip():
+            if not values["supporters"].strip().isdigit():
+                raise ledger.LedgerError("supporters", i18n.N_("Supporters must be a whole number."))
+            supporters = int(values["supporters"])
+        def record(session) -> None:
+            ledger.record_pack(session, campaign=campaign, target=values["target"], delivered_on=delivered_on,
+                               channel=values["channel"], reference=values["reference"], supporters=supporters,
+                               recorded_by=who.name, now=utcnow())
+            audit.record(session, organiser=who.name, action="pack_delivered", campaign=slug,
+                         what=f"{values['target']}: {values['delivered_on']} {values['channel']} {values['reference']}")
+
+        await write(svc, record)
+    except ledger.LedgerError as exc:
+        return _refused(request, who, lang, slug, "pack", exc, values)
+    return RedirectResponse(f"/organiser?lang={lang}&done=pack#ledger-{slug}", status_code=303)
+
+
+# A reply's form: its fields and one scan of at most replies.SCAN_MAX (the body may not be much larger).
+REPLY_FORM_MAX = replies.SCAN_MAX + 64 * 1024
+
+
+@router.post("/organiser/c/{slug}/replies")
+async def record_reply(request: Request, slug: str, who: CurrentOrganiser) -> Response:
+    """Record a reply from an official, with an optional scan (PDF, PNG or JPEG, at most 5 MB)."""
+    svc = services(request)
+    campaign = _campaign(request, who, slug, "editor")
+    length = request.headers.get("content-length", "")
+    if not length.isdigit() or int(length) > REPLY_FORM_MAX:  # refused before a byte of the body is read
+        raise HTTPException(413, "The form is too large: a scan may be at most 5 MB.")
+    form = await request.form(max_files=1, max_fields=20, max_part_size=64 * 1024)
+    fields = {k: v for k, v in form.items() if isinstance(v, str)}
+    if not security.csrf_valid(svc.settings.secret_key, request.cookies.get(security.CSRF_COOKIE),
+                               fields.get(security.CSRF_FIELD)):
+        raise HTTPException(403, "This form has expired. Go back, reload the page and send it again.")
+    lang = pick_lang(request, fields.get("lang"))
+    values = {k: str(fields.get(k, ""))[:replies.SUMMARY_MAX + 100]
+              for k in ("target", "received_on", "summary", "public")}
+    upload = form.get("scan")
+    scan = await upload.read(replies.SCAN_MAX + 1) if isinstance(upload, UploadFile) else b""
+    await form.close()
+    try:
+        received_on = _day(values["received_on"], "received_on")
+        def record(session) -> None:
+            replies.record(session, campaign=campaign, target=values["target"], received_on=received_on,
+                           summary=values["summary"], scan=scan or None, public=values["public"] == "on",
+                           recorded_by=who.name, now=utcnow())
+            audit.record(session, organiser=who.name, action="reply_recorded", campaign=slug,
+                         what=f"{values['target']}: {values['received_on']}")
+
+        await write(svc, record)
+    except ledger.LedgerError as exc:
+        return _refused(request, who, lang, slug, "reply", exc, values)
+    return RedirectResponse(f"/organiser?lang={lang}&done=reply#replies-{slug}", status_code=303)
+
+
+@router.post("/organiser/replies/{reply_id}/public")
+async def reply_public(request: Request, reply_id: int, who: CurrentOrganiser) -> Response:
+    """Show a reply on the public page, or take it off (it leaves the page at the next publication)."""
+    svc = services(request)
+    form = await read_form(request)
+    lang = pick_lang(request, form.get("lang"))
+    _reply_campaign(request, who, reply_id)
+    if not await write(svc, lambda session: replies.set_public(session, reply_id, public=form.get("public") == "on")):
+        raise HTTPException(404, "No such reply")
+    return RedirectResponse(f"/organiser?lang={lang}&done=public#replies", status_code=303)
+
+
+@router.get("/organiser/replies/{reply_id}/scan")
+def reply_scan(request: Request, reply_id: int, who: CurrentOrganiser) -> Response:
+    """A reply's scan, for organisers: always a download, never shown in the page (its bytes are not ours)."""
+    svc = services(request)
+    _reply_campaign(request, who, reply_id)
+    with svc.db.read() as session:
+        found = replies.scan(session, reply_id)
+    if found is None:
+        raise HTTPException(404, "No scan for this reply")
+    data, media = found
+    return Response(data, media_type=media, headers=replies.download_headers(reply_id, media))

@@ -1,5 +1,6 @@
-"""Organiser JSON/CSV routes: exports of counts and signatures. Every route needs an organiser (Bearer token, or
-the browser's organiser session); every export is streamed and written to the export log."""
+"""Organiser JSON/CSV routes: exports of counts, signatures and the delivery ledger. Every route needs an
+organiser (Bearer token, or the browser's organiser session); every export is streamed and written to the export
+log."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import StreamingResponse
 
-from app import exports, i18n, organisers
+from app import exports, i18n, ledger, organisers
 from app.organisers import CurrentOrganiser
 from app.state import Services, ServicesDep
 
@@ -62,3 +63,18 @@ def export_counts(
     chunks = exports.counts(svc.db, campaign=_campaign(svc, who, slug, "viewer"), by=by, fmt=format,
                             organiser=who.name, lang=lang)
     return _download(chunks, fmt=format, name=exports.filename(slug, f"counts-by-{by}", format))
+
+
+@router.get("/campaigns/{slug}/ledger", response_class=StreamingResponse, responses={**STREAM, **ERRORS})
+def export_ledger(
+    slug: str,
+    who: CurrentOrganiser,
+    svc: ServicesDep,
+    format: Annotated[exports.Format, Query()] = "csv",  # noqa: A002
+    lang: i18n.Lang = "en",
+) -> StreamingResponse:
+    """The delivery ledger per target: letters by channel (sent, mailto, pdf, batch), bounces, appeal packs
+    delivered (the last one's date, channel and reference) and replies. Exact counts; no personal data."""
+    campaign = svc.campaigns[_campaign(svc, who, slug, "viewer")]
+    chunks = ledger.export(svc.db, campaign=campaign, fmt=format, organiser=who.name, lang=lang)
+    return _download(chunks, fmt=format, name=exports.filename(slug, "ledger", format))

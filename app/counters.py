@@ -1,16 +1,16 @@
 """Counts: the confirmed counter per campaign, country and day, and what of it may be shown.
 
 The counter moves only in the transaction that confirms a row (`add`), so a recount from the rows always agrees.
-Public figures are published once per period (a stored snapshot every process reads), their countries and days
-once per UTC day, and every cell of them is a multiple of the minimum cell size k: so no total, and no change
-between two publications, is a group under k.
+Public figures are published once per period (a stored snapshot every process reads), their countries, days and
+letters per target once per UTC day, and every cell of them is a multiple of the minimum cell size k: so no
+total, and no change between two publications, is a group under k.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
 from sqlalchemy import func, select
@@ -18,7 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from app.campaigns import Campaign
-from app.models import CONFIRMED, PublicFigures, Signature, SignatureCount
+from app.models import CONFIRMED, LetterRecord, PublicFigures, Signature, SignatureCount
 
 
 def add(session: Session, *, campaign: str, country: str, day: date, delta: int = 1) -> None:
@@ -43,6 +43,8 @@ class Stats:
     goal: int
     by_country: dict[str, int]  # ISO code -> count; "other" holds every folded cell
     by_day: dict[str, int]  # ISO date -> count
+    by_target: dict[str, int] = field(default_factory=dict)  # target key -> letters; 0: fewer than k
+    replies: tuple = ()  # the public replies from officials (replies.Listed), read by stats_cache.py
 
 
 def exact_counts(session: Session, campaign: str, *, before: date | None = None
@@ -103,15 +105,39 @@ def publish_days(counts: Mapping[str, int], k: int) -> dict[str, int]:
     return published
 
 
+def letters_by_target(session: Session, campaign: Campaign, *, before: datetime | None = None) -> dict[str, int]:
+    """Letters (every channel, bounced ones left out) to each target a signer can write to, exact; with `before`,
+    those recorded before that moment."""
+    query = select(LetterRecord.target, func.count()).where(LetterRecord.campaign == campaign.slug)
+    if before is not None:
+        query = query.where(LetterRecord.created_at < before,
+                            LetterRecord.bounced_at.is_(None) | (LetterRecord.bounced_at >= before))
+    else:
+        query = query.where(LetterRecord.bounced_at.is_(None))
+    found = dict(session.execute(query.group_by(LetterRecord.target)).all())
+    return {t.key: found.get(t.key, 0) for t in campaign.targets if t.offered_to_signers}
+
+
+def publish_targets(counts: Mapping[str, int], k: int) -> dict[str, int]:
+    """Public letters per target: rounded down to a multiple of k, so 0 means "fewer than k"."""
+    return {target: _down(n, k) for target, n in counts.items()}
+
+
 def publishable(session: Session, campaign: Campaign, *, k: int, today: date | None = None) -> Stats:
-    """What would be published from the counters as they stand; with `today`, countries and days as they stood
-    when that day began (only ever shown through a period's snapshot)."""
+    """What would be published from the counters as they stand; with `today`, countries, days and letters per
+    target as they stood when that day began (only ever shown through a period's snapshot).
+
+    Letters per target wait for the day like countries: an embassy's letters come from its own country only, so a
+    step in one period would place one signer of that country in a ten-minute window."""
     by_country, by_day = exact_counts(session, campaign.slug)
     total = sum(by_country.values())
+    midnight = None
     if today is not None:
         by_country, by_day = exact_counts(session, campaign.slug, before=today)
+        midnight = datetime(today.year, today.month, today.day, tzinfo=UTC)
     return Stats(confirmed=_down(total, k), goal=campaign.goal, by_country=publish_countries(by_country, k),
-                 by_day=publish_days(by_day, k))
+                 by_day=publish_days(by_day, k),
+                 by_target=publish_targets(letters_by_target(session, campaign, before=midnight), k))
 
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -132,7 +158,7 @@ def published(session: Session, campaign: Campaign, *, starts_at: datetime) -> S
     if row is None:
         return None
     return Stats(confirmed=row.confirmed, goal=campaign.goal, by_country=json.loads(row.by_country),
-                 by_day=json.loads(row.by_day))
+                 by_day=json.loads(row.by_day), by_target=json.loads(row.by_target or "{}"))
 
 
 def public_stats(session: Session, campaign: Campaign, *, k: int, now: datetime, every: timedelta) -> Stats:
@@ -148,7 +174,8 @@ def public_stats(session: Session, campaign: Campaign, *, k: int, now: datetime,
     # more confirmation; per period that would place one person's country in a ten-minute window.
     stats = publishable(session, campaign, k=k, today=starts_at.date())
     values = {"campaign": campaign.slug, "starts_at": starts_at, "confirmed": stats.confirmed,
-              "by_country": json.dumps(stats.by_country), "by_day": json.dumps(stats.by_day)}
+              "by_country": json.dumps(stats.by_country), "by_day": json.dumps(stats.by_day),
+              "by_target": json.dumps(stats.by_target)}
     dialect = session.get_bind().dialect.name
     insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(PublicFigures).values(**values)
     session.execute(insert.on_conflict_do_nothing(index_elements=["campaign", "starts_at"]))

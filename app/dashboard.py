@@ -1,4 +1,5 @@
-"""What the organiser dashboard shows: exact counts per campaign, the outbox's health, and a per-day chart drawn
+"""What the organiser dashboard shows: exact counts per campaign, the delivery ledger (targets × channels, packs,
+replies), the outbox's health (letters to officials apart from signers' own mail), and a per-day chart drawn
 here as SVG markup (no script, no chart library, nothing from another origin).
 
 Counts here are exact, never folded: the dashboard is behind organiser sign-in.
@@ -15,11 +16,12 @@ from markupsafe import Markup, escape
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app import counters, i18n, smtp
+from app import counters, i18n, ledger, replies, smtp
 from app.campaigns import Campaign
 from app.models import PENDING, OutboxMessage, Signature
 
 CHART_DAYS = 60
+LETTER = "letter"  # the outbox kind of a letter to an official (letters.send_for_me)
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,8 @@ class CampaignOverview:
     by_country: list[tuple[str, str, int]]  # code, name, count
     by_day: dict[str, int]
     chart: Markup
+    ledger: list[ledger.TargetRow]
+    replies: list[replies.Listed]
 
 
 @dataclass(frozen=True)
@@ -39,7 +43,8 @@ class OutboxHealth:
     queued: int
     sending: int
     failed: int
-    sent_last_hour: int
+    letters_last_hour: int  # letters to officials ("send it for me")
+    signer_mails_last_hour: int  # confirmations, reminders, copies, erase links
     last_error: str | None
     last_error_kind: str | None
 
@@ -61,14 +66,17 @@ def overview(session: Session, campaign: Campaign, *, lang: str, today: date, ch
         by_country=[(code, i18n.country_name(code, lang), n) for code, n in by_country.items()],
         by_day=by_day,
         chart=day_chart(by_day, today=today, label=chart_label),
+        ledger=ledger.table(session, campaign, lang=lang),
+        replies=replies.listed(session, campaign.slug),
     )
 
 
 def outbox_health(session: Session, *, now: datetime) -> OutboxHealth:
     states = dict(session.execute(select(OutboxMessage.state, func.count()).group_by(OutboxMessage.state)).all())
-    sent_last_hour = session.scalar(
-        select(func.count()).where(OutboxMessage.sent_at >= now - timedelta(hours=1))
-    ) or 0
+    sent = dict(session.execute(
+        select(OutboxMessage.kind, func.count()).where(OutboxMessage.sent_at >= now - timedelta(hours=1))
+        .group_by(OutboxMessage.kind)
+    ).all())
     last = session.execute(
         select(OutboxMessage.kind, OutboxMessage.last_error)
         .where(OutboxMessage.last_error.is_not(None))
@@ -79,7 +87,8 @@ def outbox_health(session: Session, *, now: datetime) -> OutboxHealth:
         queued=states.get("queued", 0),
         sending=states.get("sending", 0),
         failed=states.get("failed", 0),
-        sent_last_hour=sent_last_hour,
+        letters_last_hour=sent.get(LETTER, 0),
+        signer_mails_last_hour=sum(n for kind, n in sent.items() if kind != LETTER),
         # Redacted again: a row stored before errors were redacted may still quote an address.
         last_error=smtp.redacted(last.last_error) if last else None,
         last_error_kind=last.kind if last else None,

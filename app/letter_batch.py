@@ -3,7 +3,9 @@ and the delivery pack of one target.
 
 Signatures stream from the database in id order and are opened one at a time, so memory stays flat however many
 there are. The work is split into id ranges rendered by separate processes and joined in id order, and nothing
-in the output depends on the clock: the same data always gives the same bytes.
+in the output depends on the clock: the same data always gives the same bytes. A batch leaves out the letters
+the delivery ledger holds already (sent for the signer, opened in their mail program, downloaded, an earlier
+batch) unless asked, and records what it wrote there: one INSERT … SELECT per target over the same selection.
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app import counters, files, letters, mail
+from app import counters, files, ledger, letters, mail
 from app.campaigns import Campaign, Target
-from app.db import Database
+from app.db import Database, utcnow
 from app.encryption import Keyring, load_keyring
 from app.models import CONFIRMED, Signature, TargetOptIn
 from app.settings import Settings
@@ -46,6 +48,7 @@ class Batch:
     lang: str | None = None  # None: each signer's own language
     target: str | None = None  # None: every target of each signer
     since: datetime | None = None
+    include_delivered: bool = False  # also the letters the ledger holds already
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,9 @@ class Plan:
     ranges: tuple[tuple[int, int], ...]  # inclusive id ranges, in order
     public: frozenset[str]  # countries an anonymous letter may name
     dated: datetime | None  # latest confirmation in the selection: the one date the output carries
+    last: int | None = None  # the selection's last id: a signer confirmed later is in neither output nor ledger
+    ledger_upto: int = 0  # ledger rows up to this id count as delivered; later ones do not change this batch
+    left_out: int = 0  # letters left out as delivered already
 
 
 class Renderer:
@@ -82,6 +88,11 @@ class Renderer:
             raise BatchError(f"no target {batch.target!r} in {self.campaign.slug}; known: {known}")
         return [target]
 
+    def batch_targets(self, batch: Batch) -> list[Target]:
+        """The targets this batch writes to: for mail formats, those with an address."""
+        targets = self.targets(batch)
+        return [t for t in targets if t.email] if batch.fmt in ("mbox", "eml") else targets
+
     def selection(self, batch: Batch, *, own_country: bool = True, erased: bool = False, in_range: bool = False
                   ) -> list:
         """Confirmed signatures of the batch; `erased` ones (kept as anonymous units) only where counted.
@@ -109,17 +120,45 @@ class Renderer:
         last = session.scalar(select(func.max(Signature.id)).where(*where))
         ranges = tuple(zip(starts, [s - 1 for s in starts[1:]] + [last], strict=True)) if starts else ()
         by_country, _ = counters.exact_counts(session, batch.slug)
-        return Plan(total, ranges, letters.public_countries(by_country, self.settings.min_cell), dated)
+        upto = ledger.high_water(session)
+        left_out = 0
+        if not batch.include_delivered and last is not None:
+            for target in self.batch_targets(batch):
+                left_out += ledger.delivered_count(session, campaign=batch.slug, target=target.key, upto=upto,
+                                                   where=self.for_target(batch, target, last=last))
+        return Plan(total, ranges, letters.public_countries(by_country, self.settings.min_cell), dated, last, upto,
+                    left_out)
+
+    def for_target(self, batch: Batch, target: Target, *, last: int) -> list:
+        """The signatures whose letter to `target` this batch selects (delivered ones included)."""
+        where = [*self.selection(batch), Signature.id <= last]
+        if target.kind == "embassy":
+            where.append(Signature.country == target.country)
+        return where
+
+    def record(self, session: Session, batch: Batch, plan: Plan, *, now: datetime) -> int:
+        """Write a BATCH row for every letter the batch wrote: per target one INSERT … SELECT over the plan's
+        selection, less what the ledger held when it was planned (unless those were included). Returns new rows."""
+        if plan.last is None:
+            return 0
+        added = 0
+        for target in self.batch_targets(batch):
+            where = self.for_target(batch, target, last=plan.last)
+            if not batch.include_delivered:
+                where.append(~ledger.delivered(target.key, upto=plan.ledger_upto))
+            added += ledger.record_selected(session, select(Signature.id).where(*where), campaign=batch.slug,
+                                            target=target.key, now=now)
+        return added
 
     # --- one id range ---------------------------------------------------------------------------------
 
     def letters_in(self, batch: Batch, plan: Plan, lo: int, hi: int) -> Iterator[tuple[int, letters.Letter]]:
         """(signature id, letter) for every selected signer in [lo, hi] and each of their targets, in order."""
-        targets = self.targets(batch)
-        if batch.fmt in ("mbox", "eml"):
-            targets = [t for t in targets if t.email]
+        targets = self.batch_targets(batch)
         naming = [t.key for t in targets if t.allows_names()]
         with self.db.read() as session:
+            delivered = set() if batch.include_delivered else ledger.delivered_pairs(
+                session, lo, hi, targets=[t.key for t in targets], upto=plan.ledger_upto)
             named = set()
             if naming:
                 named = {(sig, key) for sig, key in session.execute(
@@ -139,7 +178,7 @@ class Renderer:
                 message = open_(message_enc, "message", key_id) or ""
                 lang = self.campaign.lang(batch.lang or language)
                 for target in targets:
-                    if target.kind == "embassy" and target.country != country:
+                    if target.kind == "embassy" and target.country != country or (sig_id, target.key) in delivered:
                         continue
                     opted = (sig_id, target.key) in named
                     # Names are opened only for a letter that will carry them.
@@ -256,8 +295,10 @@ def _check(renderer: Renderer, batch: Batch) -> None:
 def run(
     renderer: Renderer, batch: Batch, output: Path, *, workers: int = 0, chunk: int | None = None,
     on_plan: Callable[[int], None] | None = None, on_progress: Callable[[int], None] | None = None,
+    on_left_out: Callable[[int], None] | None = None, now: datetime | None = None,
 ) -> int:
-    """Write the batch to `output` and return how many letters (or, for a pack, named supporters) it holds.
+    """Write the batch to `output`, record its letters in the ledger, and return how many letters (or, for a pack,
+    named supporters) it holds. `on_left_out` hears how many letters were left out as delivered already.
 
     `chunk` signatures make one id range (and one PDF file); the output does not depend on `workers`."""
     _check(renderer, batch)
@@ -268,6 +309,8 @@ def run(
         plan = renderer.plan(session, batch, size=size)
     if on_plan:
         on_plan(plan.total)
+    if on_left_out:
+        on_left_out(plan.left_out)
     folder = batch.fmt in ("eml", "pdf")
     # Letters may carry names: what we write is readable by its owner only.
     if folder:
@@ -287,6 +330,8 @@ def run(
                 parts[i].unlink()
             if on_progress:
                 on_progress(sizes[i])
+    with renderer.db.write.begin() as session:  # written in full: now recorded, in one transaction
+        renderer.record(session, batch, plan, now=now or utcnow())
     return written
 
 

@@ -33,6 +33,7 @@ from app import (
     web_embed,
     web_erasure,
     web_letters,
+    web_replies,
 )
 from app.db import Database, utcnow
 from app.ratelimit import RateLimited
@@ -128,6 +129,7 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None, 
     app.include_router(web_erasure.router)
     app.include_router(web_embed.router)
     app.include_router(web_letters.router)
+    app.include_router(web_replies.router)
 
     for refused in (pages.Refused, RateLimited):  # one map from a refusal to its answer, page or JSON
         app.add_exception_handler(refused, pages.refusal)

@@ -98,6 +98,8 @@ class PublicFigures(Base):
     confirmed: Mapped[int] = mapped_column(Integer)
     by_country: Mapped[str] = mapped_column(Text)  # JSON object, in the order it is shown
     by_day: Mapped[str] = mapped_column(Text)  # JSON object
+    # Letters per target (JSON object): every cell a multiple of k, 0 meaning "fewer than k".
+    by_target: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")
 
 
 class TargetOptIn(Base):

@@ -3,7 +3,8 @@
 Each period's figures are read (or, by the first process to need them, written) once per process from the
 stored snapshot (counters.public_stats), so every process answers the same figures for a period and no request
 between two boundaries touches the database. At a boundary one request per campaign fetches the new snapshot;
-meanwhile the others still get the previous period's answer, which every process published too.
+meanwhile the others still get the previous period's answer, which every process published too. The public
+replies from officials are read with it, so the petition page reads nothing per request.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from app import counters
+from app import counters, replies
 from app.campaigns import Campaign
 from app.db import Database
 
@@ -74,9 +75,11 @@ class StatsCache:
         starts_at, ends_at = counters.period(now, self.every)
         with self.db.read() as session:  # the usual case: another process (or an earlier us) wrote it already
             stats = counters.published(session, campaign, starts_at=starts_at)
+            public_replies = tuple(replies.listed(session, campaign.slug, public_only=True))
         if stats is None:
             with self.db.write.begin() as session:
                 stats = counters.public_stats(session, campaign, k=self.min_cell, now=now, every=self.every)
+        stats = replace(stats, replies=public_replies)
         entry = _Entry(starts_at, ends_at, stats, None)
         with self._lock:
             self._entries[campaign.slug] = entry

@@ -3,7 +3,9 @@ target with the three ways to deliver it (own mailbox, sent for them, print and 
 being named in the organisation's appeal to an authority that only the organisation's pack reaches.
 
 Each page shows a letter exactly as its target would receive it: the same function renders the mail, the PDF and
-the batch. Everything works without JavaScript; forms carry the CSRF token.
+the batch. Everything works without JavaScript; forms carry the CSRF token. Every way out is recorded in the
+delivery ledger (ledger.py): "open in my mail program" is a small form whose answer records the letter and sends
+the browser on to the mailto: address (a POST, so no prefetcher or link scanner records a letter nobody opened).
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ from urllib.parse import quote
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from app import letters, naming, pdf
+from app import ledger, letters, naming, pdf, security
 from app.campaigns import Campaign
 from app.db import utcnow
-from app.models import Signature
+from app.models import MAILTO, PDF
 from app.pages import (
     campaign_or_404,
     negotiated,
@@ -56,10 +58,19 @@ def card(item: letters.TargetLetter) -> Card:
     email = item.target.email
     if not email:
         return Card(item, None, None)
-    full = mailto(email, item.letter.subject, item.letter.text)
-    if len(full) <= MAILTO_LIMIT:
-        return Card(item, full, None)
-    return Card(item, None, mailto(email, item.letter.subject))
+    url = mailto_url(email, item.letter)
+    return Card(item, url, None) if "&body=" in url else Card(item, None, url)
+
+
+def mailto_url(email: str, letter: letters.Letter) -> str:
+    """The whole letter pre-filled when short enough for mail programs; else the address and subject only."""
+    full = mailto(email, letter.subject, letter.text)
+    return full if len(full) <= MAILTO_LIMIT else mailto(email, letter.subject)
+
+
+# The signer's page may send its "open in my mail program" form on to a mailto: address (form-action is checked
+# on the redirect too); every other page keeps form-action 'self'.
+SIGNER_PAGE_CSP = security.content_security_policy().replace("form-action 'self'", "form-action 'self' mailto:")
 
 
 @router.get("/c/{slug}/letter", response_class=HTMLResponse)
@@ -99,9 +110,13 @@ def signer_page(request: Request, token: str, lang: str | None = None) -> HTMLRe
                                      targets=[item.target for item in items] + pack_only)
         except letters.LetterRefused:
             items, pack_only, choices = [], [], {}
-    return page(request, "signer.html", lang, campaign=campaign, stats=svc.stats_cache.stats(campaign), token=token,
-                cards=[card(item) for item in items], naming=choices, pack=[choices[t.key] for t in pack_only],
-                signer_country=row.country, done=done if done in DONE else None)
+    answer = page(request, "signer.html", lang, campaign=campaign, stats=svc.stats_cache.stats(campaign),
+                  token=token, cards=[card(item) for item in items], naming=choices,
+                  pack=[choices[t.key] for t in pack_only], signer_country=row.country,
+                  done=done if done in DONE else None)
+    answer.headers["Content-Security-Policy"] = SIGNER_PAGE_CSP
+    answer.headers["X-Frame-Options"] = "DENY"
+    return answer
 
 
 def _done_url(token: str, lang: str, done: str, target: str) -> str:
@@ -156,22 +171,49 @@ async def send(request: Request, token: str) -> Response:
     return RedirectResponse(_done_url(token, lang, "sent", target_key), status_code=303)
 
 
+@router.post("/s/{token}/mailto")
+async def open_in_mail_program(request: Request, token: str) -> Response:
+    """"Open it in my mail program": record the letter (once) and send the browser on to its mailto: address,
+    which opens the signer's mail program with the letter filled in; the page stays where it was."""
+    svc, campaign, form, lang = await _signer_form(request, token)
+    target_key = str(form.get("target", ""))[:64]
+
+    def work(session) -> str:
+        row = signer_or_404(session, token)
+        letter = _letter(svc, session, campaign, row, target_key, lang)
+        email = campaign.target(letter.target).email  # type: ignore[union-attr] - the letter's own target
+        if not email:
+            raise HTTPException(404, "No email address for this recipient")
+        ledger.record(session, signature_id=row.id, campaign=campaign.slug, target=letter.target, channel=MAILTO,
+                      now=utcnow())
+        return mailto_url(email, letter)
+
+    return RedirectResponse(await write(svc, work), status_code=303)
+
+
+def _letter(svc: Services, session, campaign: Campaign, row, target_key: str, lang: str) -> letters.Letter:
+    try:
+        return letters.signer_letter(
+            session, campaign=campaign, row=row, target_key=target_key, lang=campaign.lang(lang),
+            keyring=svc.keyring, secret=letters.variation_secret(svc.settings.secret_key), k=svc.settings.min_cell,
+        )
+    except letters.LetterRefused as exc:
+        raise HTTPException(404, "No such recipient for this signature") from exc
+
+
 @router.get("/s/{token}/letter.pdf")
 def letter_pdf(request: Request, token: str, target: str, lang: str | None = None) -> Response:
-    """Print and post: the signer's own letter to one target, with the address block, in their language."""
+    """Print and post: the signer's own letter to one target, with the address block, in their language; the
+    download is recorded in the ledger (once)."""
     svc = services(request)
     with svc.db.read() as session:
-        row: Signature = signer_or_404(session, token)
+        row = signer_or_404(session, token)
         campaign = campaign_or_404(svc, row.campaign)
-        try:
-            letter = letters.signer_letter(
-                session, campaign=campaign, row=row, target_key=target[:64], lang=campaign.lang(lang or row.language),
-                keyring=svc.keyring, secret=letters.variation_secret(svc.settings.secret_key),
-                k=svc.settings.min_cell,
-            )
-        except letters.LetterRefused as exc:
-            raise HTTPException(404, "No such recipient for this signature") from exc
+        letter = _letter(svc, session, campaign, row, target[:64], lang or row.language)
     content = pdf.letters_pdf([letter], lang=letter.lang, title=letter.subject)
+    with svc.db.write.begin() as session:  # made: now recorded, in a short write of its own
+        ledger.record(session, signature_id=row.id, campaign=campaign.slug, target=letter.target, channel=PDF,
+                      now=utcnow())
     return Response(content, media_type="application/pdf", headers={
         "Content-Disposition": f'attachment; filename="letter-{letter.target}-{letter.lang}.pdf"',
         "Cache-Control": "no-store",

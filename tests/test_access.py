@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 from pypdf import PdfReader
 from sqlalchemy import select, update
 
-from app import organisers, security, signing
+from app import organisers, replies, security, signing
 from app.db import Base, utcnow
 from app.main import create_app
 from app.models import AuditLog, Signature
@@ -55,6 +55,7 @@ def needs_organiser(route: APIRoute) -> bool:
 
 
 ORGANISER_ROUTES = [(m, r.path) for r in APP_ROUTES if needs_organiser(r) for m in sorted(r.methods)]
+ORGANISER_FORMS = {path for method, path in ORGANISER_ROUTES if method == "POST"}
 FORM_POSTS = [r.path for r in APP_ROUTES if "POST" in r.methods and not r.path.startswith("/api/")]
 PUBLIC_GETS = [r.path for r in APP_ROUTES if "GET" in r.methods and not needs_organiser(r)]
 
@@ -128,13 +129,7 @@ def test_every_form_post_without_a_valid_csrf_token_is_refused_and_changes_nothi
     victim.confirm, victim.code = pending.confirm, pending.code  # a pending signature: confirming would change it
     ask_erase_link(client, svc, smtp, victim)
     token = organiser(svc)
-    url = fill(path, tokens=victim).replace("{organiser_id}", "1")
-    session = {}
-    if path.startswith("/organiser/campaigns/"):  # the organiser is signed in: only the CSRF token stands in the way
-        login = csrf_token(client, "/organiser/login")
-        client.post("/organiser/login", data={"token": token, "csrf_token": login}, follow_redirects=False)
-        session = {organisers.SESSION_COOKIE: client.cookies.get(organisers.SESSION_COOKIE)}
-        client.cookies.delete(organisers.SESSION_COOKIE)
+    url = fill(path, tokens=victim).replace("{reply_id}", str(a_reply(svc))).replace("{organiser_id}", "1")
     # Everything a real form of any of our pages would carry, so only the CSRF token is missing or wrong.
     data = {**SIGNER, "email": "new@example.org", "code": pending.code, "token": token, "target": "president",
             "named": "on", "lang": "en"}
@@ -153,11 +148,13 @@ def test_every_form_post_without_a_valid_csrf_token_is_refused_and_changes_nothi
     # one only in Origin (the public sign form, which has no token, is refused on these alone).
     cross_site = [{"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"}, {"Origin": "https://evil.example"},
                   {"Origin": "null"}, {"Sec-Fetch-Site": "same-site", "Origin": "https://sub.testserver"}]
+    # An organiser's form: the forged request comes from a signed-in organiser's browser, with its session cookie.
+    signed_in = {organisers.SESSION_COOKIE: organiser_session(client, token)} if path in ORGANISER_FORMS else {}
     before = snapshot(svc)
     for what, (cookies, extra) in attempts.items():
         for headers in cross_site:
             attacker = TestClient(client.app, base_url="http://testserver",
-                                  cookies={**cookies, **session, "ticket": victim.ticket})
+                                  cookies={**cookies, **signed_in, "ticket": victim.ticket})
             answer = attacker.post(url, data={**data, **extra}, headers=headers, follow_redirects=False)
             assert answer.status_code == 403, f"{path}: {what}, {headers} -> {answer.status_code}"
             assert snapshot(svc) == before, f"{path}: {what}, {headers} changed the database"
@@ -181,14 +178,33 @@ def export_log_rows(svc) -> int:
         return len(s.scalars(select(AuditLog.id).where(AuditLog.action == "export")).all())
 
 
+def a_reply(svc) -> int:
+    """A reply from an official with a scan, for the routes that take one (its id)."""
+    with svc.db.write.begin() as s:
+        return replies.record(s, campaign=svc.campaigns["mamay"], target="president", received_on=utcnow().date(),
+                              summary="A reply.", scan=b"%PDF-1.4 a scan", public=False, recorded_by="test",
+                              now=utcnow()).id
+
+
+def organiser_session(client: TestClient, token: str) -> str:
+    login = csrf_token(client, "/organiser/login")
+    assert client.post("/organiser/login", data={"token": token, "csrf_token": login, "next": "/organiser"},
+                       follow_redirects=False).status_code == 303
+    cookie = client.cookies.get(organisers.SESSION_COOKIE)
+    client.cookies.delete(organisers.SESSION_COOKIE)
+    return cookie
+
+
 @pytest.mark.parametrize(("method", "path"), ORGANISER_ROUTES)
 def test_every_organiser_route_refuses_no_token_a_wrong_one_and_a_revoked_one(client, svc, method, path):
-    url = path.replace("{slug}", "mamay").replace("{organiser_id}", "1")
+    url = path.replace("{slug}", "mamay").replace("{reply_id}", str(a_reply(svc))).replace("{organiser_id}", "1")
     live = organiser(svc, "live")
     gone = organiser(svc, "gone")
-    worked = client.request(method, url, headers=bearer(gone), follow_redirects=False).status_code
-    # It did get through before: a GET answers, a form POST reaches its own checks (the CSRF token).
-    assert worked == 200 if method == "GET" else worked not in (401, 303), f"{method} {path}: {worked}"
+    # A form is sent with its right CSRF pair, so that only the organiser is in question; it then answers with
+    # the next page (303), its result (200) or the form's own errors (400, 422), never 401 or 403.
+    form = {"data": {"csrf_token": csrf_token(client, "/organiser/login")}} if method == "POST" else {}
+    works = (200,) if method == "GET" else (200, 303, 400, 422)
+    assert client.request(method, url, headers=bearer(gone), **form).status_code in works  # it did work before
     # A browser session of the organiser about to be revoked.
     login = csrf_token(client, "/organiser/login")
     assert client.post("/organiser/login", data={"token": gone, "csrf_token": login, "next": "/organiser"},
@@ -206,7 +222,7 @@ def test_every_organiser_route_refuses_no_token_a_wrong_one_and_a_revoked_one(cl
         "not a bearer": {"Authorization": f"Basic {base64.b64encode(live.encode()).decode()}"},
     }
     for what, headers in attempts.items():
-        answer = client.request(method, url, headers=headers, follow_redirects=False)
+        answer = client.request(method, url, headers=headers, follow_redirects=False, **form)
         assert answer.status_code in (401, 303), f"{method} {path}: {what} -> {answer.status_code}"
         if answer.status_code == 303:
             assert answer.headers["location"].startswith("/organiser/login")
@@ -215,8 +231,7 @@ def test_every_organiser_route_refuses_no_token_a_wrong_one_and_a_revoked_one(cl
         answer = stranger.request(method, url, follow_redirects=False)
         assert answer.status_code in (401, 303), f"{method} {path}: session cookie {cookie[:10]}…"
     assert export_log_rows(svc) == logged, "a refused export was logged as done"
-    still = client.request(method, url, headers=bearer(live), follow_redirects=False).status_code
-    assert still == 200 if method == "GET" else still not in (401, 303)
+    assert client.request(method, url, headers=bearer(live), **form).status_code in works
 
 
 # --- confirmation, manage and erase tokens -----------------------------------------------------------------

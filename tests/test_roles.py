@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from app import organisers
+from app import organisers, replies
 from app.db import utcnow
 from app.main import create_app
 from app.models import AuditLog
@@ -28,6 +28,12 @@ NEEDS = {
     ("GET", "/organiser/preview/{slug}"): "viewer",
     ("POST", "/organiser/campaigns/{slug}/organisers"): "owner",
     ("POST", "/organiser/campaigns/{slug}/organisers/{organiser_id}/role"): "owner",
+    ("GET", "/api/v1/campaigns/{slug}/ledger"): "viewer",
+    ("POST", "/organiser/c/{slug}/packs"): "editor",
+    ("POST", "/organiser/c/{slug}/replies"): "editor",
+    # A reply is its campaign's: {reply_id} is one of mamay's.
+    ("POST", "/organiser/replies/{reply_id}/public"): "editor",
+    ("GET", "/organiser/replies/{reply_id}/scan"): "editor",
 }
 BELOW = {"editor": "viewer", "owner": "editor"}
 
@@ -57,8 +63,8 @@ def member(client, name: str, roles: dict[str, str]) -> tuple[TestClient, int]:
     return browser, row.id
 
 
-def act(browser: TestClient, method: str, path: str, slug: str, target_id: int):
-    url = path.replace("{slug}", slug).replace("{organiser_id}", str(target_id))
+def act(browser: TestClient, method: str, path: str, slug: str, target_id: int, reply_id: int = 0):
+    url = path.replace("{slug}", slug).replace("{organiser_id}", str(target_id)).replace("{reply_id}", str(reply_id))
     if method == "GET":
         return browser.get(url, follow_redirects=False)
     token = csrf_token(browser, "/organiser")
@@ -67,20 +73,26 @@ def act(browser: TestClient, method: str, path: str, slug: str, target_id: int):
 
 
 def test_every_organiser_route_of_a_campaign_declares_its_role_and_enforces_it(app):
-    campaign_routes = {(m, p) for m, p in ORGANISER_ROUTES if "{slug}" in p}
+    campaign_routes = {(m, p) for m, p in ORGANISER_ROUTES if "{slug}" in p or "{reply_id}" in p}
     assert campaign_routes == set(NEEDS), "a campaign's organiser route without a declared role"
     _, target = member(app, "target", {"mamay": "viewer"})
+    svc = app.app.state.services
+    with svc.db.write.begin() as session:
+        reply = replies.record(session, campaign=svc.campaigns["mamay"], target="president",
+                               received_on=utcnow().date(), summary="A reply.", scan=b"%PDF-1.4 a scan",
+                               public=False, recorded_by="test", now=utcnow()).id
     for (method, path), need in NEEDS.items():
         stranger, _ = member(app, f"stranger {path} {method}", {"second": "owner"})
-        answer = act(stranger, method, path, "mamay", target)
+        answer = act(stranger, method, path, "mamay", target, reply)
         assert answer.status_code == 404, f"{method} {path}: an organiser of another campaign got {answer.status_code}"
         if need in BELOW:
             weaker, _ = member(app, f"weaker {path} {method}", {"mamay": BELOW[need]})
-            answer = act(weaker, method, path, "mamay", target)
+            answer = act(weaker, method, path, "mamay", target, reply)
             assert answer.status_code == 403, f"{method} {path}: a {BELOW[need]} got {answer.status_code}"
         enough, _ = member(app, f"enough {path} {method}", {"mamay": need})
-        answer = act(enough, method, path, "mamay", target)
-        assert answer.status_code in (200, 303), f"{method} {path}: a {need} got {answer.status_code}"
+        answer = act(enough, method, path, "mamay", target, reply)
+        # Through: the act's own answer (its result, the next page, or its form's errors), never 403 or 404.
+        assert answer.status_code in (200, 303, 400, 422), f"{method} {path}: a {need} got {answer.status_code}"
 
 
 def test_the_dashboard_shows_an_organiser_their_campaigns_and_what_their_role_allows(app):

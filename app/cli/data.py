@@ -160,8 +160,13 @@ def letters_(
     target: str | None = typer.Option(None, "--target", help="Only letters to this target (its key)."),
     since: str | None = typer.Option(None, "--since", help="Confirmed on or after this day (YYYY-MM-DD)."),
     workers: int = typer.Option(0, "--workers", min=0, help="Processes to render with (0: one per CPU)."),
+    include_delivered: bool = typer.Option(
+        False, "--include-delivered",
+        help="Also the letters already delivered another way (sent for the signer, opened in their mail program, "
+             "downloaded as PDF, or in an earlier batch)."),
 ) -> None:
-    """Every confirmed signer's letters, exactly as each target will see them; or one target's delivery pack."""
+    """Every confirmed signer's letters, exactly as each target will see them; or one target's delivery pack.
+    Letters already delivered are left out unless --include-delivered; the ones written are recorded as delivered."""
     import getpass
     from datetime import UTC, datetime
 
@@ -187,10 +192,12 @@ def letters_(
     campaign, keyring = campaign_and_keys(s, slug)
     db = Database(s.sqlalchemy_url)
     renderer = letter_batch.Renderer(s, db=db, keyring=keyring, campaign=campaign)
-    batch = letter_batch.Batch(slug=slug, fmt=format, lang=lang, target=target, since=since_at)
+    batch = letter_batch.Batch(slug=slug, fmt=format, lang=lang, target=target, since=since_at,
+                               include_delivered=include_delivered)
     log_id = exports.start_log(db, organiser=f"cli:{getpass.getuser()}", campaign=slug,
-                               what=f"letters {format} target={target or 'all'} lang={lang or 'own'} since={since}")
-    written, complete = 0, False
+                               what=f"letters {format} target={target or 'all'} lang={lang or 'own'} since={since}"
+                                    + (" with delivered" if include_delivered else ""))
+    written, complete, left_out = 0, False, [0]
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Rate(), TimeRemainingColumn())
     try:
         # Refreshed by hand, not by rich's thread: the batch forks its workers while the bar is shown.
@@ -204,6 +211,7 @@ def letters_(
             written = letter_batch.run(
                 renderer, batch, output, workers=workers,
                 on_plan=lambda total: progress.update(task, total=total, refresh=True), on_progress=advance,
+                on_left_out=lambda n: left_out.__setitem__(0, n),
             )
         complete = True
     except letter_batch.BatchError as exc:
@@ -214,6 +222,10 @@ def letters_(
         db.dispose()
     what = "supporters named in the pack" if format == "pack" else "letters"
     console.print(f"{written} {what} written to {output}")
+    if format != "pack":
+        console.print(f"{left_out[0]} letters left out: delivered already (sent for the signer, opened in their "
+                      "mail program, downloaded, or in an earlier batch); --include-delivered includes them"
+                      if left_out[0] else "no letter left out as delivered already")
 
 
 @app.command("demo-data")
