@@ -90,7 +90,7 @@ class _Pack(pdf.Document):
 
     def header(self) -> None:
         if self.sample:
-            marks = [self.words(SAMPLE)] + ([] if self.lang == "en" else [i18n.gettext("en", SAMPLE)])
+            marks = [self.words(SAMPLE)] + ([] if self.lang == "en" else [SAMPLE])  # the msgid is the English
             self.set_draw_color(*RED)
             self.set_text_color(*RED)
             self.set_font(FONT, "B", 8)
