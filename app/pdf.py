@@ -74,7 +74,8 @@ class Document(FPDF):
         if found is None:
             if len(self._widths) > 200_000:  # free text has endless words: bound the cache
                 self._widths.clear()
-            found = self._widths[key] = self.get_string_width(word)
+            # The font's own glyph widths: get_string_width also runs the bidi and markdown machinery we never use.
+            found = self._widths[key] = self.current_font.get_text_width(word, self.font_size_pt, None)[1] / self.k
         return found
 
     def wrap(self, text: str, width: float) -> list[str]:

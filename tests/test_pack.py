@@ -170,6 +170,10 @@ def test_pack_is_dated_and_counts_up_to_its_date_with_the_same_bytes_every_time(
     later = tmp_path / "c.pdf"
     run_cli(settings, "--format", "pack", "-o", str(later), "--target", "president", "--date", "2026-12-04")
     assert "на 4 декабря 2026 г.: 2." in flat(pdftotext(later.read_bytes()))
+    run_cli(settings, "--format", "pack", "-o", str(later), "--target", "president", "--date", "2026-12-04",
+            "--since", "2026-12-02")
+    cover = flat(pdftotext(later.read_bytes()))
+    assert "на 4 декабря 2026 г.: 1." in cover and "Учтены только подписи, подтверждённые не ранее 2 декабря" in cover
 
 
 def test_pack_of_a_real_organisation_carries_its_registration_and_no_sample_mark(tmp_path, sqlite_url):
