@@ -1,5 +1,5 @@
-"""Batch letters for organisers: each confirmed signer's letter to each of their targets as txt, mbox, eml or PDF,
-and the delivery pack of one target.
+"""Batch letters for organisers: each confirmed signer's letter to each of their targets as txt, mbox, eml or PDF
+(one file per target and language), and the appeal pack of one target (app/pack.py).
 
 Signatures stream from the database in id order and are opened one at a time, so memory stays flat however many
 there are. The work is split into id ranges rendered by separate processes and joined in id order, and nothing

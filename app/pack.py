@@ -147,10 +147,10 @@ def draw(appeal: Appeal, words: Iterator[tuple[str, str]], named: Iterator[tuple
     enclosure = 0
     if appeal.paragraphs:
         enclosure += 1
-        _words(doc, appeal, enclosure, words)
+        _draw_words(doc, appeal, enclosure, words)
     if appeal.named:
         enclosure += 1
-        _names(doc, appeal, enclosure, named, with_city=with_city)
+        _draw_names(doc, appeal, enclosure, named, with_city=with_city)
     out.write(doc.output())
 
 
@@ -230,7 +230,7 @@ def _signature(doc: _Pack, appeal: Appeal) -> None:
     doc.y = max(end, doc.y)
 
 
-def _words(doc: _Pack, appeal: Appeal, enclosure: int, words: Iterator[tuple[str, str]]) -> None:
+def _draw_words(doc: _Pack, appeal: Appeal, enclosure: int, words: Iterator[tuple[str, str]]) -> None:
     doc.add_page()
     doc.lines(doc.words(ENCLOSURE, n=enclosure), size=9, line=4.3, after=0.5)
     doc.lines(doc.words(WORDS_TITLE), size=12, line=6, bold=True, after=1.5)
@@ -254,7 +254,7 @@ def _words(doc: _Pack, appeal: Appeal, enclosure: int, words: Iterator[tuple[str
         doc.set_text_color(0, 0, 0)
 
 
-def _names(doc: _Pack, appeal: Appeal, enclosure: int, named: Iterator[tuple[str, ...]], *, with_city: bool
+def _draw_names(doc: _Pack, appeal: Appeal, enclosure: int, named: Iterator[tuple[str, ...]], *, with_city: bool
            ) -> None:
     doc.add_page()
     doc.lines(doc.words(ENCLOSURE, n=enclosure), size=9, line=4.3, after=0.5)
@@ -318,8 +318,7 @@ def write(session: Session, keyring: Keyring, campaign: Campaign, target: Target
     wrote = [*kept, Signature.message_enc.is_not(None)]
     if letters.reaches_the_state(target):
         wrote.append(Signature.paragraph_to_authorities.is_(True))
-    paragraphs = _paragraphs(session, keyring, target, wrote, lang=lang, public=public, named=names_allowed)
-    left_out = {sig_id for sig_id, text, _ in paragraphs if not text}  # empty, or the check finds its writer in it
+    left_out = _unfit(session, keyring, wrote)
     writers = session.scalar(select(func.count()).where(*wrote)) or 0
     named_count = session.scalar(select(func.count()).select_from(Signature).join(
         TargetOptIn, and_(TargetOptIn.signature_id == Signature.id, opted)).where(*kept)) if names_allowed else None
@@ -331,9 +330,7 @@ def write(session: Session, keyring: Keyring, campaign: Campaign, target: Target
         tallies=None if target.disclosure_level == "count" else counters.fold_countries(by_country, k), k=k,
         paragraphs=writers - len(left_out), named=named_count,
     )
-    words = ((text, attribution) for sig_id, text, attribution in _paragraphs(
-        session, keyring, target, wrote, lang=lang, public=public, named=names_allowed, skip=left_out, check=False)
-        if sig_id not in left_out)
+    words = _words(session, keyring, target, wrote, lang=lang, public=public, left_out=left_out)
     named = _named(session, keyring, kept, target, lang, on_progress)
     draw(facts, words, named, out, sample=organisation.is_sample, with_city=target.disclosure_level == "name_city")
     if on_progress:  # the names reported themselves by the thousand: the rest of the count is done too
@@ -341,40 +338,50 @@ def write(session: Session, keyring: Keyring, campaign: Campaign, target: Target
     return named_count or 0
 
 
-def _paragraphs(session: Session, keyring: Keyring, target: Target, where: list, *, lang: str,
-                public: frozenset[str], named: bool, skip: set[int] | None = None, check: bool = True
-                ) -> Iterator[tuple[int, str, str]]:
-    """(signature id, paragraph, attribution) in id order; the paragraph is "" where it is empty or the safety
-    check (`paragraph.findings`, as at signing) finds something that identifies its writer. Names are opened
-    only for those who chose to be named to this target."""
+def _said(keyring: Keyring, message_enc: bytes | None, key_id: str) -> str:
+    return " ".join((keyring.open(message_enc, "message", key_id) or "").split())
+
+
+def _unfit(session: Session, keyring: Keyring, where: list) -> set[int]:
+    """The writers whose paragraph is empty, or in which the safety check (`paragraph.findings`, as at signing)
+    finds something that identifies them: rows stored before a check existed or was sharpened stay out too. A
+    first pass, so the cover letter can count the paragraphs; it keeps only these ids (few)."""
+    unfit = set()
+    for sig_id, key_id, name_enc, message_enc in session.execute(
+        select(Signature.id, Signature.key_id, Signature.name_enc, Signature.message_enc).where(*where)
+        .execution_options(yield_per=1000)
+    ):
+        text = _said(keyring, message_enc, key_id)
+        if not text or paragraph.findings(text, name=keyring.open(name_enc, "name", key_id) or ""):
+            unfit.add(sig_id)
+    return unfit
+
+
+def _words(session: Session, keyring: Keyring, target: Target, where: list, *, lang: str, public: frozenset[str],
+           left_out: set[int]) -> Iterator[tuple[str, str]]:
+    """(paragraph, attribution) in id order, attributed as the writer's letter to `target` signs (`view_for`):
+    named only if they chose to be named to it, else by country only where its cell holds k or more."""
     rows = session.execute(
         select(Signature.id, Signature.key_id, Signature.name_enc, Signature.city_enc, Signature.message_enc,
                Signature.country, TargetOptIn.signature_id.is_not(None))
         .outerjoin(TargetOptIn, and_(TargetOptIn.signature_id == Signature.id, TargetOptIn.target == target.key))
         .where(*where).order_by(Signature.id).execution_options(yield_per=1000)
     )
-    open_ = keyring.open
     for sig_id, key_id, name_enc, city_enc, message_enc, country, opted in rows:
-        if skip and sig_id in skip:
+        if sig_id in left_out:
             continue
-        text = " ".join((open_(message_enc, "message", key_id) or "").split())
-        if check:
-            if text and paragraph.findings(text, name=open_(name_enc, "name", key_id) or ""):
-                text = ""
-            yield sig_id, text, ""
-            continue
-        named_here = opted and named
+        named = bool(opted) and target.allows_names()  # names are opened only for a line that will carry them
         view = letters.view_for(
-            target, variant_key="", name=open_(name_enc, "name", key_id) if named_here else None,
-            city=open_(city_enc, "city", key_id) if named_here else None, country=country, message=text,
-            opted_in=bool(named_here), public_countries=public)
+            target, variant_key="", name=keyring.open(name_enc, "name", key_id) if named else None,
+            city=keyring.open(city_enc, "city", key_id) if named else None, country=country,
+            message=_said(keyring, message_enc, key_id), opted_in=named, public_countries=public)
         if view.named:
             attribution = ", ".join(letters.signature_lines(view, lang))
         elif view.country:
             attribution = i18n.gettext(lang, FROM_COUNTRY) % {"country": i18n.country_name(view.country, lang)}
         else:
             attribution = i18n.gettext(lang, ANONYMOUS)
-        yield sig_id, text, attribution
+        yield view.message, attribution
 
 
 def _named(session: Session, keyring: Keyring, where: list, target: Target, lang: str,

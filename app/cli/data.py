@@ -146,7 +146,7 @@ def retention() -> None:
 @app.command("letters")
 def letters_(
     slug: str,
-    format: str = typer.Option(..., "--format", "-f", help="txt, mbox, eml, pdf, or pack (delivery pack of --target)"),  # noqa: A002
+    format: str = typer.Option(..., "--format", "-f", help="txt, mbox, eml, pdf, or pack (appeal pack to --target)"),  # noqa: A002
     output: Path = typer.Option(..., "--output", "-o", help="File (txt, mbox, pack) or folder (eml, pdf) to write."),
     lang: str | None = typer.Option(None, "--lang", help="Every letter in this language (default: each signer's)."),
     target: str | None = typer.Option(None, "--target", help="Only letters to this target (its key)."),
