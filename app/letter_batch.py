@@ -1,5 +1,5 @@
-"""Batch letters for organisers: each confirmed signer's letter to each of their targets as txt, mbox, eml or PDF,
-and the delivery pack of one target.
+"""Batch letters for organisers: each confirmed signer's letter to each of their targets as txt, mbox, eml or PDF
+(one file per target and language), and the appeal pack of one target (app/pack.py).
 
 Signatures stream from the database in id order and are opened one at a time, so memory stays flat however many
 there are. The work is split into id ranges rendered by separate processes and joined in id order, and nothing
@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -33,7 +33,9 @@ from app.models import CONFIRMED, Signature, TargetOptIn
 from app.settings import Settings
 
 FORMATS = ("txt", "mbox", "eml", "pdf", "pack")
-CHUNK = {"txt": 5000, "mbox": 5000, "eml": 5000, "pdf": 200}  # signatures per range (a PDF file per range)
+# Signatures per range. PDFs: one file per target and language, split into numbered parts (a range each) only
+# when the batch has more signers than one range.
+CHUNK = {"txt": 5000, "mbox": 5000, "eml": 5000, "pdf": 500}
 MBOX_FROM_LINE = re.compile(rb"^(>*From )", re.MULTILINE)
 
 
@@ -49,6 +51,8 @@ class Batch:
     target: str | None = None  # None: every target of each signer
     since: datetime | None = None
     include_delivered: bool = False  # also the letters the ledger holds already
+
+    day: date | None = None  # the date PDFs carry (None: today, UTC); a pack counts confirmations up to its end
 
 
 @dataclass(frozen=True)
@@ -201,19 +205,36 @@ class Renderer:
                 (out / f"{sig_id:09d}-{letter.target}.eml").write_bytes(self.message(plan, sig_id, letter))
                 count += 1
         elif batch.fmt == "pdf":
-            from app import pdf  # only this format needs the PDF library in the workers
-
-            chunk = [letter for _, letter in found]
-            if chunk:
-                title = self.campaign.title[self.campaign.lang(batch.lang or self.campaign.languages[0])]
-                (out / f"letters-{index + 1:05d}.pdf").write_bytes(
-                    pdf.letters_pdf(chunk, lang=chunk[0].lang, title=title))
-            count = len(chunk)
+            count = self.pdf_files(batch, plan, index, found, out)
         else:
             with out.open("wb") as fh:
                 for sig_id, letter in found:
                     fh.write(self.mbox_entry(plan, sig_id, letter) if batch.fmt == "mbox" else txt_entry(letter))
                     count += 1
+        return count
+
+    def pdf_files(self, batch: Batch, plan: Plan, index: int, found: Iterator[tuple[int, letters.Letter]],
+                  out: Path) -> int:
+        """One PDF per target and language (`mamay-president-ru.pdf`; `...-part002.pdf` when the batch has several
+        ranges), its letters numbered in id order under the file's name, all dated the batch's day."""
+        from app import pdf  # only this format needs the PDF library in the workers
+
+        day = batch.day or pdf.today()
+        open_files: dict[tuple[str, str], pdf.LetterFile] = {}
+        count = 0
+        for _, letter in found:
+            file = open_files.get((letter.target, letter.lang))
+            if file is None:
+                label = f"{self.campaign.slug}-{letter.target}-{letter.lang}"
+                if len(plan.ranges) > 1:
+                    label += f"-part{index + 1:03d}"
+                file = open_files[(letter.target, letter.lang)] = pdf.LetterFile(
+                    lang=letter.lang, title=letter.subject, day=day, label=label)
+            file.add(letter)
+            count += 1
+        for file in open_files.values():
+            with files.open_private(out / f"{file.label}.pdf") as fh:
+                fh.write(file.output())
         return count
 
     # --- formats --------------------------------------------------------------------------------------
@@ -359,62 +380,20 @@ def write_pack(
     renderer: Renderer, batch: Batch, output: Path, *, on_plan: Callable[[int], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> int:
-    """The delivery pack of one target: the appeal, the total, per-country tallies folded below k (none at all
-    for a `count` target) and the supporters who agreed to be named to it, never an email. Returns how many."""
-    from app import pdf
+    """The appeal pack of one target (app/pack.py), in its appeal language unless `batch.lang` says otherwise,
+    dated `batch.day` (today if None). Returns how many supporters it names."""
+    from app import pack, pdf
 
     if batch.target is None:
         raise BatchError("--format pack needs --target: a pack is made for one recipient")
     [target] = renderer.targets(batch)
     campaign = renderer.campaign
-    lang = campaign.lang(batch.lang or campaign.languages[0])
-    # The total is the whole campaign's, also for an embassy (whose letters come from its own country only), and
-    # like the public count it keeps those who erased their data as anonymous units.
-    where = renderer.selection(batch, own_country=False, erased=True)
+    if campaign.organisation is None or campaign.appeal is None:
+        raise BatchError(f"campaign {campaign.slug} names no [organisation] and [appeal] in campaign.toml: an appeal "
+                         "without its applicant is not considered")
+    lang = campaign.lang(batch.lang) if batch.lang else campaign.appeal_lang(target)
     output.parent.mkdir(parents=True, exist_ok=True)
-    with renderer.db.read() as session:
-        by_country: dict[str, int] = {}
-        as_of = None
-        for country, n, last in session.execute(
-            select(Signature.country, func.count(), func.max(Signature.confirmed_at)).where(*where)
-            .group_by(Signature.country)
-        ):
-            by_country[country] = n
-            as_of = last if as_of is None or last > as_of else as_of
-        total = sum(by_country.values())
-        if on_plan:
-            on_plan(total)
-        pack = pdf.Pack(
-            lang=lang, title=campaign.title[lang], summary=campaign.summary[lang], asks=tuple(campaign.asks[lang]),
-            recipient=letters.recipient_block(target, lang), level=target.disclosure_level, total=total,
-            tallies=counters.fold_countries(by_country, renderer.settings.min_cell), k=renderer.settings.min_cell,
-            as_of=as_of.date() if as_of else None, since=batch.since.date() if batch.since else None,
-        )
-        named = _named_rows(renderer, session, where, target, lang, on_progress) if target.allows_names() else ()
-        with files.open_private(output) as out:
-            count = pdf.pack_pdf(pack, named, out)
-    if on_progress:
-        on_progress(total - (count // 1000) * 1000)
+    with renderer.db.read() as session, files.open_private(output) as out:
+        count = pack.write(session, renderer.keyring, campaign, target, out, lang=lang, day=batch.day or pdf.today(),
+                           since=batch.since, k=renderer.settings.min_cell, on_plan=on_plan, on_progress=on_progress)
     return count
-
-
-def _named_rows(renderer: Renderer, session: Session, where: list, target: Target, lang: str,
-                on_progress: Callable[[int], None] | None) -> Iterator[tuple[str, ...]]:
-    """(name, [city,] country) of each supporter who said yes to this target, opened one at a time, in id order."""
-    from app import i18n
-
-    rows = session.execute(
-        select(Signature.key_id, Signature.name_enc, Signature.city_enc, Signature.country)
-        .join(TargetOptIn, (TargetOptIn.signature_id == Signature.id) & (TargetOptIn.target == target.key))
-        .where(*where, Signature.email_key.is_not(None))
-        .order_by(Signature.id)
-        .execution_options(yield_per=1000)
-    )
-    open_ = renderer.keyring.open
-    with_city = target.disclosure_level == "name_city"
-    for i, (key_id, name_enc, city_enc, country) in enumerate(rows, 1):
-        name = open_(name_enc, "name", key_id) or ""
-        place = i18n.country_name(country, lang)
-        yield (name, open_(city_enc, "city", key_id) or "", place) if with_city else (name, place)
-        if on_progress and i % 1000 == 0:
-            on_progress(1000)

@@ -68,6 +68,10 @@ class Letter:
     recipient: tuple[str, ...]  # the address block: name, title, postal address lines
     lang: str
     target: str
+    # The text ends with the sign-off and these lines (`signature_lines`): a printed letter keeps them together
+    # with room to sign, and prints them as its sender block.
+    signoff: str = ""
+    signature: tuple[str, ...] = ()
 
 
 def view_for(
@@ -211,7 +215,7 @@ def render_letter(
                      if has_template(campaign.folder, campaign.revision, html_name) else text_to_html(text))
     return Letter(
         subject=campaign.subject[lang], text=text, html=html_text, recipient=recipient_block(target, lang),
-        lang=lang, target=target.key,
+        lang=lang, target=target.key, signoff=campaign.signoff[lang], signature=tuple(lines),
     )
 
 

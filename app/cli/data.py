@@ -154,11 +154,13 @@ def retention() -> None:
 @app.command("letters")
 def letters_(
     slug: str,
-    format: str = typer.Option(..., "--format", "-f", help="txt, mbox, eml, pdf, or pack (delivery pack of --target)"),  # noqa: A002
+    format: str = typer.Option(..., "--format", "-f", help="txt, mbox, eml, pdf, or pack (appeal pack to --target)"),  # noqa: A002
     output: Path = typer.Option(..., "--output", "-o", help="File (txt, mbox, pack) or folder (eml, pdf) to write."),
     lang: str | None = typer.Option(None, "--lang", help="Every letter in this language (default: each signer's)."),
     target: str | None = typer.Option(None, "--target", help="Only letters to this target (its key)."),
     since: str | None = typer.Option(None, "--since", help="Confirmed on or after this day (YYYY-MM-DD)."),
+    day: str | None = typer.Option(None, "--date", help="The date the PDFs carry (YYYY-MM-DD; default today, "
+                                   "UTC); a pack counts the confirmations up to its end."),
     workers: int = typer.Option(0, "--workers", min=0, help="Processes to render with (0: one per CPU)."),
     include_delivered: bool = typer.Option(
         False, "--include-delivered",
@@ -168,7 +170,7 @@ def letters_(
     """Every confirmed signer's letters, exactly as each target will see them; or one target's delivery pack.
     Letters already delivered are left out unless --include-delivered; the ones written are recorded as delivered."""
     import getpass
-    from datetime import UTC, datetime
+    from datetime import UTC, date, datetime
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
     from rich.text import Text
@@ -186,13 +188,18 @@ def letters_(
     except ValueError as exc:
         console.print("[red]--since must be a date, YYYY-MM-DD[/red]")
         raise typer.Exit(2) from exc
+    try:
+        dated = date.fromisoformat(day) if day else None
+    except ValueError as exc:
+        console.print("[red]--date must be a date, YYYY-MM-DD[/red]")
+        raise typer.Exit(2) from exc
     from app.db import Database
 
     s = settings()
     campaign, keyring = campaign_and_keys(s, slug)
     db = Database(s.sqlalchemy_url)
     renderer = letter_batch.Renderer(s, db=db, keyring=keyring, campaign=campaign)
-    batch = letter_batch.Batch(slug=slug, fmt=format, lang=lang, target=target, since=since_at,
+    batch = letter_batch.Batch(slug=slug, fmt=format, lang=lang, target=target, since=since_at, day=dated,
                                include_delivered=include_delivered)
     log_id = exports.start_log(db, organiser=f"cli:{getpass.getuser()}", campaign=slug,
                                what=f"letters {format} target={target or 'all'} lang={lang or 'own'} since={since}"
