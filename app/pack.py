@@ -32,7 +32,8 @@ WEBSITE = N_("Website: %(address)s")
 WE_ASK = N_("We ask you to:")
 COUNT = N_("Supporters of this appeal who confirmed their signature by e-mail, as of %(date)s: %(n)s.")
 SINCE = N_("Only signatures confirmed on or after %(date)s are counted.")
-BY_COUNTRY = N_("By country: %(list)s.")
+COUNTRIES_TITLE = N_("Supporters by country")
+COUNTRIES_ENCLOSURE = N_("the supporters by country")
 OTHER = N_("Other countries")
 FOLDED = N_("Countries with fewer than %(k)s supporters are counted together under “Other countries”.")
 ENCLOSURES = N_("Enclosures:")
@@ -145,6 +146,9 @@ def draw(appeal: Appeal, words: Iterator[tuple[str, str]], named: Iterator[tuple
     doc = _Pack(lang=appeal.lang, title=f"{appeal.subject}: {appeal.title}", sample=sample)
     _cover(doc, appeal)
     enclosure = 0
+    if appeal.tallies:  # an enclosure, not a paragraph: the cover letter stays on one page
+        enclosure += 1
+        _draw_countries(doc, appeal, enclosure)
     if appeal.paragraphs:
         enclosure += 1
         _draw_words(doc, appeal, enclosure, words)
@@ -189,19 +193,19 @@ def _cover(doc: _Pack, appeal: Appeal) -> None:
         doc.text(doc.l_margin, doc.y + LINE * 0.78, f"{i}.")
         doc.lines(ask, x=6, after=1)
     doc.y += 1.5
-    doc.lines(doc.words(COUNT, date=pdf.day_text(appeal.day, lang), n=number(appeal.total)), bold=True, after=1)
-    if appeal.since:
-        doc.lines(doc.words(SINCE, date=pdf.day_text(appeal.since, lang)), size=9, line=4.3, after=1)
-    if appeal.tallies:
-        cells = [f"{doc.words(OTHER) if code == 'other' else i18n.country_name(code, lang)} {number(n)}"
-                 for code, n in appeal.tallies.items()]
-        doc.lines(doc.words(BY_COUNTRY, list="; ".join(cells)), size=9, line=4.3, after=0.5)
-        doc.lines(doc.words(FOLDED, k=appeal.k), size=8, line=3.8, after=1)
-    enclosures = []
+    count = doc.words(COUNT, date=pdf.day_text(appeal.day, lang), n=number(appeal.total))
+    enclosures = [doc.words(COUNTRIES_ENCLOSURE)] if appeal.tallies else []
     if appeal.paragraphs:
         enclosures.append(doc.words(WORDS_ENCLOSURE, n=number(appeal.paragraphs)))
     if appeal.named:
         enclosures.append(doc.words(NAMES_ENCLOSURE, n=number(appeal.named)))
+    # The count, the enclosures and the signature go to the next page together when they do not fit: a page that
+    # holds only "Yours faithfully" and a signature looks like a page of its own.
+    doc.set_font(FONT, "B", TEXT_SIZE)
+    doc.keep(len(doc.wrap(count, doc.epw)) * LINE + 4.3 * (len(enclosures) + 2) + 4 + _signature_height(doc, appeal))
+    doc.lines(count, bold=True, after=1)
+    if appeal.since:
+        doc.lines(doc.words(SINCE, date=pdf.day_text(appeal.since, lang)), size=9, line=4.3, after=1)
     if enclosures:
         doc.y += 1.5
         doc.lines(doc.words(ENCLOSURES), size=9, line=4.3, after=0)
@@ -210,13 +214,22 @@ def _cover(doc: _Pack, appeal: Appeal) -> None:
     _signature(doc, appeal)
 
 
+def _signature_lines(doc: _Pack, appeal: Appeal) -> list[str]:
+    org, lang = appeal.organisation, appeal.lang
+    doc.set_font(FONT, "", TEXT_SIZE)
+    return [org.representative.title[lang], *doc.wrap(doc.words(ON_BEHALF, org=org.name[lang]), 72)]
+
+
+def _signature_height(doc: _Pack, appeal: Appeal) -> float:
+    return 4 + 2 * LINE + 14 + len(_signature_lines(doc, appeal)) * LINE
+
+
 def _signature(doc: _Pack, appeal: Appeal) -> None:
     """The closing and the representative's signature block, kept together: position and on whose behalf on the
     left, the line to sign in the middle, the name on the right, as official letters set it."""
-    org, lang = appeal.organisation, appeal.lang
-    doc.set_font(FONT, "", TEXT_SIZE)
-    left = [org.representative.title[lang], *doc.wrap(doc.words(ON_BEHALF, org=org.name[lang]), 72)]
-    doc.keep(4 + 2 * LINE + 14 + len(left) * LINE)
+    org = appeal.organisation
+    left = _signature_lines(doc, appeal)
+    doc.keep(_signature_height(doc, appeal))
     doc.y += 4
     doc.lines(appeal.closing, after=14)
     top = doc.y
@@ -226,8 +239,20 @@ def _signature(doc: _Pack, appeal: Appeal) -> None:
     doc.lines("_" * 24, x=78, after=0)  # the line to sign on, as text: it is there however the page is read
     doc.lines(doc.words(SIGNATURE), size=7, line=3.5, x=94, after=0)
     doc.y = top
-    doc.lines(org.representative.name[lang], x=134, after=0)
+    doc.lines(org.representative.name[appeal.lang], x=134, after=0)
     doc.y = max(end, doc.y)
+
+
+def _draw_countries(doc: _Pack, appeal: Appeal, enclosure: int) -> None:
+    doc.add_page()
+    doc.lines(doc.words(ENCLOSURE, n=enclosure), size=9, line=4.3, after=0.5)
+    doc.lines(doc.words(COUNTRIES_TITLE), size=12, line=6, bold=True, after=3)
+    for code, n in (appeal.tallies or {}).items():
+        top = doc.y
+        doc.lines(doc.words(OTHER) if code == "other" else i18n.country_name(code, appeal.lang), width=110, after=0)
+        doc.y = top
+        doc.lines(number(n), x=115, after=0.6)
+    doc.lines(doc.words(FOLDED, k=appeal.k), size=8, line=3.8, after=1)
 
 
 def _draw_words(doc: _Pack, appeal: Appeal, enclosure: int, words: Iterator[tuple[str, str]]) -> None:

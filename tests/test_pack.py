@@ -70,20 +70,20 @@ def test_pack_is_a_formal_appeal_from_the_organisation_in_the_targets_language(c
     org, appeal = campaign.organisation, campaign.appeal
     data, _ = make_pack(settings, tmp_path, "prosecutor-general")  # its appeal language: Russian
     text = pages(data)
-    cover = flat(pdftotext(data, "-f", "1", "-l", "2"))  # the cover letter; reading order: each column whole
+    cover = flat(pdftotext(data, "-f", "1", "-l", "2"))  # the cover letter; each column read whole
     for part in (org.name["ru"], *org.address.splitlines(), "Электронная почта: appeals@example.org",
                  "Сайт: https://example.org", "Заявитель", *letters.recipient_block(target, "ru"),
                  "5 декабря 2026 г.", appeal.subject["ru"], target.salutation["ru"],
                  *[flat(p) for p in appeal.body["ru"].split("\n\n")], "Просим:",
                  *[f"{i}. {ask}" for i, ask in enumerate(campaign.asks_for(target, "ru"), 1)],
                  "подтвердивших свою подпись по электронной почте, на 5 декабря 2026 г.: 18.",
-                 "Приложения: 1. собственные слова сторонников (абзацев: 4)",
+                 "Приложения: 1. сторонники по странам 2. собственные слова сторонников (абзацев: 4)",
                  appeal.closing["ru"], "(подпись)", org.representative.name["ru"], org.representative.title["ru"],
                  "от имени и по поручению организации"):
         assert flat(part) in cover, part
     assert cover.index(appeal.closing["ru"]) < cover.index("(подпись)")  # the signature block ends the letter
     # Authorities may now be named to (by choice), so the pack gives per-country totals too, small ones folded.
-    assert "Казахстан" not in cover.split("По странам", 1)[-1].split("Приложения", 1)[0]
+    assert "Сторонники по странам" in flat(" ".join(text[1:3]))
     for i, page in enumerate(text, 1):  # every page numbered, and marked while the organisation is the sample
         assert f"Страница {i} из {len(text)}" in page
         assert "ОБРАЗЕЦ, не для отправки: замените данные организации в campaign.toml." in page
@@ -117,10 +117,12 @@ def test_pack_to_an_embassy_asks_what_an_embassy_can_do_and_names_only_those_who
         assert f"{i}. {flat(ask)}" in cover
     assert "Quash the conviction handed down" not in cover  # the authorities' asks are not the embassy's
     assert "as of 5 December 2026: 18." in cover
-    assert "By country: Germany 7; United Kingdom 6; Other countries 5." in cover  # FR 4 and KZ 1: under k
-    assert "France" not in cover and "Kazakhstan" not in flat(cover.split("By country")[1])
-    assert "Enclosures: 1. the supporters' own words (paragraphs: 4) 2. the supporters who asked to be named to you " \
-           "(names: 3)" in cover
+    assert len(pages(data)[0].strip()) and "for and on behalf of" in pages(data)[0]  # the cover is one page
+    countries = flat(pdftotext(data, "-f", "2", "-l", "2"))  # enclosure 1: the countries, small ones folded
+    assert "Enclosure 1 Supporters by country Germany 7 United Kingdom 6 Other countries 5" in countries
+    assert "France" not in countries and "Kazakhstan" not in countries  # FR 4 and KZ 1: under k
+    assert "Enclosures: 1. the supporters by country 2. the supporters' own words (paragraphs: 4) 3. the supporters " \
+           "who asked to be named to you (names: 3)" in cover
     assert "for and on behalf of Sample Human Rights Organisation" in cover
 
     whole = flat(pdftotext(data))
@@ -144,7 +146,7 @@ def test_pack_for_a_name_city_target_lists_the_city_too(client, settings, svc, t
     whole = flat(pdftotext(data, "-layout"))
     assert "Canadian 0 Ville 0 Канада" in whole and "Canadian 1" not in whole and "Ville 1" not in whole
     assert "Других сторонников, не пожелавших назвать своё имя: 4" in whole
-    assert "Приложение 1 Сторонники, пожелавшие сообщить Вам своё имя" in whole  # the only enclosure here
+    assert "Приложение 2 Сторонники, пожелавшие сообщить Вам своё имя" in whole  # after the countries (CA: 5)
     assert "Страница 1 из" in whole
 
 
