@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app import ledger
 from app.campaigns import Campaign, Target
-from app.models import PackDelivery, Signature, TargetOptIn
+from app.models import Signature, TargetOptIn
 
 
 @dataclass(frozen=True)
@@ -36,13 +36,8 @@ def pack_targets(campaign: Campaign, country: str) -> list[Target]:
 
 
 def packs_delivered(session: Session, campaign: str, target: str) -> list[date]:
-    """When the organisation's pack reached `target`, oldest first. (The delivery ledger's own look-up, once it
-    exists, answers the same question.)"""
-    return list(session.scalars(
-        select(PackDelivery.delivered_on)
-        .where(PackDelivery.campaign == campaign, PackDelivery.target == target)
-        .order_by(PackDelivery.delivered_on)
-    ))
+    """When the organisation's pack reached `target`, oldest first (the delivery ledger's record)."""
+    return [pack.delivered_on for pack in ledger.packs_delivered(session, campaign, target)]
 
 
 def carried_on(delivered: list[date], opted_in_at: datetime | None) -> date | None:
