@@ -428,7 +428,8 @@ def site(tmp_path):
     with svc.db.write.begin() as s:
         for i, (sig, _) in enumerate(signers[1:], 1):
             country_embassy = ("embassy-gb", "embassy-de", None, "embassy-ca")[i % 4]
-            for channel, target in ((BATCH, "president"), (SENT if i % 3 else PDF, country_embassy),
+            sent = SENT if i % 3 and country_embassy != "embassy-de" else PDF  # Berlin has no e-mail address
+            for channel, target in ((BATCH, "president"), (sent, country_embassy),
                                     (MAILTO if i % 5 == 0 else None, "president")):
                 if channel and target:
                     ledger.record(s, signature_id=sig, campaign="mamay", target=target, channel=channel, now=now)
