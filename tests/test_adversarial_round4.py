@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import create_engine, func, select
 
 from app import bounces, counters, ledger, letters, outbox, security, smtp
-from app.campaigns import Registry
+from app.campaigns import FILE_MAX, Registry
 from app.letter_check import check_campaign
 from app.models import MAILTO, PDF, SENT, Signature
 from tests.servers import AppProcess, server_env, upgrade
@@ -133,7 +133,7 @@ def test_a_huge_letter_template_is_refused_not_read_into_memory(tmp_path):
     shutil.copytree(MAMAY, letters_dir / "mamay")
     template = letters_dir / "mamay" / "letter.ru.txt.j2"
     with template.open("a", encoding="utf-8") as f:
-        f.write("{# " + "x" * (letters.TEMPLATE_MAX + 1) + " #}\n")
+        f.write("{# " + "x" * (FILE_MAX + 1) + " #}\n")
     registry = Registry(letters_dir, check=check_campaign)
     assert "mamay" not in registry and "letter.ru.txt.j2" in registry.problems["mamay"]
 
