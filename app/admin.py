@@ -104,8 +104,9 @@ def _dashboard(request: Request, who: organisers.Who, lang: str, *, status: int 
             for slug in mine
         ]
         health = dashboard.outbox_health(session, now=now) if owned is None else None  # the operator's
-        log = audit.recent(session, campaigns=owned) if owned is None or owned else []
         team = {slug: organisers.members(session, slug) for slug in mine if who.may(slug, "owner")}
+        names = {m.name for members in team.values() for m in members}
+        log = audit.recent(session, campaigns=owned, team=names) if owned is None or owned else []
     base = svc.settings.base_url.rstrip("/")
     snippets = {
         o.campaign.slug: (

@@ -8,13 +8,12 @@ letter sent for a signer gets `bounced_at` in the ledger. A report is recorded o
 
 from __future__ import annotations
 
-import mailbox
+import logging
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email import message_from_bytes, policy
-from email.message import EmailMessage
+from email.message import Message
 from pathlib import Path
 
 from sqlalchemy import func, select, update
@@ -25,11 +24,13 @@ from app.db import Database
 from app.encryption import Keyring
 from app.models import LetterRecord, OutboxMessage
 
+log = logging.getLogger(__name__)
 BOUNCED = outbox.BOUNCED
 _MESSAGE_ID = re.compile(rb"<([0-9a-f]{32})@[^>\s]+>")
 _SMTP_REPLY = re.compile(r"\b[45]\d\d[ -][^\n]{0,300}")
 # Delivery reports that are not failures: a delay warning, a relay's note, an out-of-office reply.
 _NOT_FAILED = {"delayed", "delivered", "relayed", "expanded"}
+REPORT_MAX = 1024 * 1024  # a delivery report, even with our mail returned in it, is far smaller
 MATCH_DAYS = 60  # how far back a Message-ID is looked for (bodies are kept 28 days; reports come within days)
 
 
@@ -49,9 +50,12 @@ class Found:
 
 
 def read(raw: bytes, *, keys: list[bytes], local: str, by_message_id: dict[str, int] | None = None) -> Found:
-    """What one message in the bounce mailbox says: which outbox row, whether delivery failed, and why."""
-    msg = message_from_bytes(raw, policy=policy.default)
-    assert isinstance(msg, EmailMessage)
+    """What one message in the bounce mailbox says: which outbox row, whether delivery failed, and why.
+
+    Anyone can mail the bounce address, so the message is read as compat32 (headers kept as sent: the modern
+    header parser takes minutes over a header of many encoded words); a caller must expect any exception, such
+    as the parser's RecursionError on a report nested thousands of parts deep."""
+    msg = message_from_bytes(raw, policy=policy.compat32)
     failed, reason = _verdict(msg)
     row_id = None
     # The bounce address, wherever the reporting server put it (To, Delivered-To, the returned original).
@@ -67,7 +71,7 @@ def read(raw: bytes, *, keys: list[bytes], local: str, by_message_id: dict[str, 
     return Found(row_id, failed, reason)
 
 
-def _verdict(msg: EmailMessage) -> tuple[bool, str]:
+def _verdict(msg: Message) -> tuple[bool, str]:
     """(failed, reason): a DSN (RFC 3464) says per recipient; anything else that reached the bounce address is a
     failure unless it is an automatic reply (RFC 3834)."""
     for part in msg.walk():
@@ -88,10 +92,20 @@ def _verdict(msg: EmailMessage) -> tuple[bool, str]:
             return action not in _NOT_FAILED, " ".join(x for x in (status, detail) if x) or f"action {action}"
     if str(msg.get("Auto-Submitted", "no")).lower().startswith("auto-replied"):
         return False, "automatic reply"
-    body = msg.get_body(preferencelist=("plain",))
-    text = body.get_content() if body is not None else ""
-    found = _SMTP_REPLY.search(text)
+    found = _SMTP_REPLY.search(_plain_text(msg))
     return True, found.group(0).strip() if found else "returned (no reason given)"
+
+
+def _plain_text(msg: Message) -> str:
+    """The first text/plain part, decoded (an unknown charset read as UTF-8, bad bytes replaced)."""
+    part = next((p for p in msg.walk() if p.get_content_type() == "text/plain"), None)
+    payload = part.get_payload(decode=True) if part is not None else None
+    if not isinstance(payload, bytes):
+        return ""
+    try:
+        return payload.decode(part.get_content_charset() or "utf-8", errors="replace")  # type: ignore[union-attr]
+    except LookupError:
+        return payload.decode("utf-8", errors="replace")
 
 
 def message_ids(session: Session, keyring: Keyring, *, now: datetime) -> dict[str, int]:
@@ -116,21 +130,28 @@ def record(session: Session, row_id: int, reason: str, *, now: datetime) -> bool
 
 def read_maildir(path: Path, db: Database, *, keyring: Keyring, local: str, now: datetime) -> Report:
     """Read every report not yet handled (no Seen flag) in the Maildir at `path`: record each bounce, move what
-    was handled to cur/ flagged Seen, and leave what matches no mail of ours where it is (listed in the report)."""
+    was handled to cur/ flagged Seen, and leave what matches no mail of ours, or cannot be read, where it is
+    (listed in the report): one hostile message must stop neither this run nor every later one."""
     if not (path / "new").is_dir() or not (path / "cur").is_dir():
         raise ValueError(f"{path} is not a Maildir (it needs new/ and cur/)")
-    box = mailbox.Maildir(path, factory=None, create=False)
     keys = outbox.bounce_keys(keyring)
     report = Report()
     by_id: dict[str, int] | None = None
-    for key, message in _unseen(box):
-        raw = message.as_bytes()
-        found = read(raw, keys=keys, local=local)
-        if found.row_id is None:
-            if by_id is None:
-                with db.read() as session:
-                    by_id = message_ids(session, keyring, now=now)
-            found = read(raw, keys=keys, local=local, by_message_id=by_id)
+    for key, file, flags in _unseen(path):
+        try:
+            if file.stat().st_size > REPORT_MAX:  # reports are small; a huge one is someone's, not a server's
+                raise ValueError(f"larger than {REPORT_MAX} bytes")
+            raw = file.read_bytes()
+            found = read(raw, keys=keys, local=local)
+            if found.row_id is None:
+                if by_id is None:
+                    with db.read() as session:
+                        by_id = message_ids(session, keyring, now=now)
+                found = read(raw, keys=keys, local=local, by_message_id=by_id)
+        except (Exception, RecursionError) as exc:
+            log.warning("bounce mailbox: message %s left unread: %s", key, type(exc).__name__)
+            report.unmatched.append(key)
+            continue
         if found.row_id is None:
             report.unmatched.append(key)
             continue
@@ -146,17 +167,21 @@ def read_maildir(path: Path, db: Database, *, keyring: Keyring, local: str, now:
                     report.bounced += 1
                 else:
                     report.already += 1
-        message.set_subdir("cur")
-        message.add_flag("S")
-        box[key] = message
+        file.replace(path / "cur" / f"{key}:2,{''.join(sorted(set(flags) | {'S'}))}")
     return report
 
 
-def _unseen(box: mailbox.Maildir) -> Iterator[tuple[str, mailbox.MaildirMessage]]:
-    for key in sorted(box.keys()):
-        message = box.get_message(key)
-        if "S" not in message.get_flags():
-            yield key, message
+def _unseen(path: Path) -> list[tuple[str, Path, str]]:
+    """(key, file, flags) of each message without the Seen flag, from the Maildir's file names alone (opening a
+    message through `mailbox` parses it, where a hostile one raises), in key order."""
+    found = []
+    for sub in ("new", "cur"):
+        for file in (path / sub).iterdir():
+            key, _, info = file.name.partition(":")
+            flags = info[2:] if info.startswith("2,") else ""
+            if not file.name.startswith(".") and file.is_file() and "S" not in flags:
+                found.append((key, file, flags))
+    return sorted(found)
 
 
 def bounces_by_target(session: Session, campaign: str) -> dict[str, int]:

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Literal
 
 import pycountry
+from jinja2 import BaseLoader, Environment, TemplateError, TemplateNotFound
+from jinja2.loaders import split_template_path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from app import i18n
@@ -28,6 +30,7 @@ DISCLOSURE_ORDER = ("count", "country", "name", "name_city")
 # that we could confirm) is reached only by the organisation's appeal pack, delivered by the organisation.
 Channel = Literal["email", "post", "pack"]
 Phase = Literal["draft", "upcoming", "open", "closed"]
+FILE_MAX = 1024 * 1024  # a campaign.toml or letter template larger than this is refused, never read whole
 # Domains that can never be a real organisation's (RFC 2606, RFC 6761): a campaign with such an organisation is a
 # sample, whose packs and letters say so and which `campaign check` refuses in production.
 SAMPLE_DOMAINS = ("example.org", "example.com", "example.net", "localhost")
@@ -36,6 +39,10 @@ SAMPLE_SUFFIXES = (".example", ".invalid", ".test", ".localhost")
 
 class CampaignError(Exception):
     """A campaign file is missing or wrong; the message names the file and the field."""
+
+
+class CampaignFileTooLarge(TemplateError):
+    """A campaign file over FILE_MAX (a template error too, so `campaign check` names it)."""
 
 
 class _Strict(BaseModel):
@@ -264,10 +271,35 @@ class Campaign(_Strict):
         return wanted if wanted in self.languages else self.languages[0]
 
 
+class FolderLoader(BaseLoader):
+    """Letter templates from one campaign folder and nothing outside it: a folder is edited live, and a symlink in
+    it that a template includes (to /proc/self/environ, holding the keys, or any file the server may read) would
+    otherwise be rendered into the public letter preview. Files over FILE_MAX are refused unread."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def get_source(self, environment: Environment, template: str) -> tuple[str, str, Callable[[], bool]]:
+        root = self.folder.resolve()
+        path = root.joinpath(*split_template_path(template)).resolve()  # the file itself, symlinks followed
+        if not path.is_relative_to(root) or not path.is_file():
+            raise TemplateNotFound(template, f"{template}: no such file in the campaign folder {root} (a link "
+                                             "to a file outside it is not followed)")
+        return _read_bounded(path).decode("utf-8"), str(path), lambda: True
+
+
+def _read_bounded(path: Path) -> bytes:
+    with path.open("rb") as f:
+        data = f.read(FILE_MAX + 1)
+    if len(data) > FILE_MAX:
+        raise CampaignFileTooLarge(f"{path.name} is larger than {FILE_MAX // 1024 // 1024} MB")
+    return data
+
+
 def load_campaign(path: Path) -> Campaign:
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        data = tomllib.loads(_read_bounded(path).decode("utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, CampaignFileTooLarge) as exc:
         raise CampaignError(f"{path}: {exc}") from exc
     try:
         campaign = Campaign(**data, folder=path.parent, revision=fingerprint(path.parent))

@@ -106,16 +106,27 @@ def publish_days(counts: Mapping[str, int], k: int) -> dict[str, int]:
 
 
 def letters_by_target(session: Session, campaign: Campaign, *, before: datetime | None = None) -> dict[str, int]:
-    """Letters (every channel, bounced ones left out) to each target a signer can write to, exact; with `before`,
-    those recorded before that moment."""
-    query = select(LetterRecord.target, func.count()).where(LetterRecord.campaign == campaign.slug)
+    """Letters to each target a signer can write to (bounced ones left out); with `before`, those recorded before
+    that moment. A signer's letter to a target counts once however many ways they delivered it: counted per
+    channel, two signers (sent for them, mail program, PDF) made a public cell of five, a group under k shown as
+    k. An erased signer's rows no longer name their signature, so those count as their most used channel's rows:
+    never more than the people who wrote."""
+    where = [LetterRecord.campaign == campaign.slug]
     if before is not None:
-        query = query.where(LetterRecord.created_at < before,
-                            LetterRecord.bounced_at.is_(None) | (LetterRecord.bounced_at >= before))
+        where += [LetterRecord.created_at < before,
+                  LetterRecord.bounced_at.is_(None) | (LetterRecord.bounced_at >= before)]
     else:
-        query = query.where(LetterRecord.bounced_at.is_(None))
-    found = dict(session.execute(query.group_by(LetterRecord.target)).all())
-    return {t.key: found.get(t.key, 0) for t in campaign.targets if t.offered_to_signers}
+        where.append(LetterRecord.bounced_at.is_(None))
+    people = dict(session.execute(
+        select(LetterRecord.target, func.count(func.distinct(LetterRecord.signature_id)))
+        .where(*where, LetterRecord.signature_id.is_not(None)).group_by(LetterRecord.target)).all())
+    erased: dict[str, int] = {}
+    for target, n in session.execute(
+        select(LetterRecord.target, func.count()).where(*where, LetterRecord.signature_id.is_(None))
+        .group_by(LetterRecord.target, LetterRecord.channel)
+    ):
+        erased[target] = max(erased.get(target, 0), n)
+    return {t.key: people.get(t.key, 0) + erased.get(t.key, 0) for t in campaign.targets if t.offered_to_signers}
 
 
 def publish_targets(counts: Mapping[str, int], k: int) -> dict[str, int]:

@@ -17,7 +17,7 @@ from email.headerregistry import Address
 from functools import lru_cache
 from pathlib import Path
 
-from jinja2 import FileSystemLoader, StrictUndefined, select_autoescape
+from jinja2 import StrictUndefined, select_autoescape
 from jinja2.sandbox import SandboxedEnvironment
 from markupsafe import escape
 from sqlalchemy import select
@@ -25,7 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app import counters, i18n, mail, naming, outbox
-from app.campaigns import Campaign, Target
+from app.campaigns import Campaign, FolderLoader, Target
 from app.encryption import Keyring
 from app.i18n import N_
 from app.models import CONFIRMED, SENT, LetterRecord, Signature, TargetOptIn
@@ -148,7 +148,7 @@ def environment(folder: Path, revision: str = "") -> SandboxedEnvironment:
     check compiles them all when a revision is loaded), so a batch compiles each once and a broken edit on disk
     does not reach a campaign still serving its last good revision."""
     return SandboxedEnvironment(
-        loader=FileSystemLoader(folder),
+        loader=FolderLoader(folder),
         undefined=StrictUndefined,
         autoescape=select_autoescape(enabled_extensions=("html.j2",), default_for_string=False, default=False),
         auto_reload=False,

@@ -129,8 +129,10 @@ def open_handle(secret: str, purpose: str, value: str | None, *, max_age: float,
 def same_origin(headers: Mapping[str, str], *, base_url: str) -> bool:
     """Whether a form post may be taken without a CSRF token: the check of Go 1.25's http.CrossOriginProtection.
     A browser that sends Sec-Fetch-Site says where the request came from (only same-origin, or none: typed or
-    bookmarked, passes); an older one sends Origin, which must be this site (the Host asked for, or base_url);
-    a request with neither is not from a browser, so no other site's page can have made it."""
+    bookmarked, passes); an older one sends Origin, which must be this site: base_url, or the Host asked for
+    with base_url's scheme (over TLS the certificate vouches for that Host; over plain HTTP a name the attacker
+    points at our address, DNS rebinding, would send its own Host and Origin alike). A request with neither is
+    not from a browser, so no other site's page can have made it."""
     site = headers.get("sec-fetch-site")
     if site:
         return site in ("same-origin", "none")
@@ -146,7 +148,7 @@ def same_origin(headers: Mapping[str, str], *, base_url: str) -> bool:
         return False
     host = headers.get("host", "").lower()
     own = urlsplit(base_url)
-    return netloc == host or (parts.scheme.lower(), netloc) == (own.scheme.lower(), own.netloc.lower())
+    return parts.scheme.lower() == own.scheme.lower() and netloc in (host, own.netloc.lower())
 
 
 def csrf_form_token(secret: str, cookie: str) -> str:
