@@ -176,6 +176,9 @@ class Campaign(_Strict):
     sender: Sender | None = None
     organisation: Organisation | None = None
     appeal: Appeal | None = None
+    # Where this campaign's pages are served when it has a domain of its own (mailed links, og:url); None:
+    # CAMPAIGN_BASE_URL.
+    base_url: str | None = Field(default=None, pattern=r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?$")
     folder: Path = Path()
     revision: str = ""  # fingerprint of the folder when loaded: letter templates are compiled per revision
 
@@ -266,6 +269,10 @@ class Campaign(_Strict):
 
     def target(self, key: str) -> Target | None:
         return next((t for t in self.targets if t.key == key), None)
+
+    def links_base(self, default: str) -> str:
+        """The start of every link to this campaign's pages: its own base URL, else the service's."""
+        return (self.base_url or default).rstrip("/")
 
     def lang(self, wanted: str) -> str:
         return wanted if wanted in self.languages else self.languages[0]

@@ -138,9 +138,15 @@ class Composer:
         raw = b"".join((head, b"\nTo: ", to.encode(), b"\nDate: ", _date_now(), b"\n\n", base64_lines(body.encode())))
         return Prepared(raw, (to,))
 
-    def _render(self, template: str, lang: str, **context: object) -> str:
+    def links_base(self, campaign: Campaign | None, *, discreet: bool = False) -> str:
+        """Where a mail's links point: the campaign's own base URL if it has one, except in discreet mail and
+        mail about no campaign, whose links must not name a campaign (its own domain would)."""
+        neutral = campaign is None or discreet
+        return self.settings.base_url.rstrip("/") if neutral else campaign.links_base(self.settings.base_url)
+
+    def _render(self, template: str, lang: str, campaign: Campaign | None = None, **context: object) -> str:
         return i18n.page_env(lang).get_template(f"mail/{template}").render(
-            base_url=self.settings.base_url, **context
+            base_url=self.links_base(campaign), campaign=campaign, **context
         )
 
     def _signer_mail(
@@ -160,7 +166,7 @@ class Composer:
         key = (template, lang, campaign.slug if campaign else None, link is None, code is None, *context.items())
         parts = self._bodies.get(key)
         if parts is None:
-            rendered = self._render(template, lang, campaign=campaign, lang_code=lang,
+            rendered = self._render(template, lang, campaign, lang_code=lang,
                                     link=None if link is None else _SLOTS[0], code=None if code is None else _SLOTS[1],
                                     **context)
             parts = self._bodies[key] = _SLOT_SPLIT.split(rendered)
@@ -174,7 +180,7 @@ class Composer:
         return self._signer_mail(
             "confirm.txt", campaign=campaign, lang=lang, to=to, discreet=discreet,
             subject=_("Please confirm your signature: %(title)s") % {"title": campaign.title[campaign.lang(lang)]},
-            link=f"{self.settings.base_url}/confirm/{token}?lang={lang}", code=code,
+            link=f"{self.links_base(campaign, discreet=discreet)}/confirm/{token}?lang={lang}", code=code,
             days=self.settings.confirm_token_days, kept_days=self.settings.unconfirmed_days,
         )
 
@@ -185,8 +191,8 @@ class Composer:
         return self._signer_mail(
             "already.txt", campaign=campaign, lang=lang, to=to, discreet=discreet,
             subject=_("You have already signed: %(title)s") % {"title": campaign.title[campaign.lang(lang)]},
-            link=f"{self.settings.base_url}/confirm/{token}?lang={lang}", code=code, confirmed=confirmed,
-            days=self.settings.confirm_token_days,
+            link=f"{self.links_base(campaign, discreet=discreet)}/confirm/{token}?lang={lang}", code=code,
+            confirmed=confirmed, days=self.settings.confirm_token_days,
         )
 
     def confirmed(
@@ -196,7 +202,7 @@ class Composer:
         return self._signer_mail(
             "confirmed.txt", campaign=campaign, lang=lang, to=to, discreet=discreet,
             subject=_("Thank you for signing: %(title)s") % {"title": campaign.title[campaign.lang(lang)]},
-            link=f"{self.settings.base_url}/s/{manage_token}?lang={lang}",
+            link=f"{self.links_base(campaign, discreet=discreet)}/s/{manage_token}?lang={lang}",
         )
 
     def erase_link(self, *, lang: str, to: str, token: str, hours: int) -> Prepared | EmailMessage:
@@ -204,7 +210,7 @@ class Composer:
         campaign: whoever asks to be removed may have become at risk, and the link covers every campaign."""
         _ = i18n.translations(lang).gettext
         body = self._render("erase.txt", lang, lang_code=lang, hours=hours,
-                            link=f"{self.settings.base_url}/erase/{token}?lang={lang}")
+                            link=f"{self.links_base(None)}/erase/{token}?lang={lang}")
         return self.prepare(to=to, subject=_("The link you asked for"), body=body, lang=lang,
                             sender=self.sender(None, lang, discreet=True))
 

@@ -159,7 +159,7 @@ def petition_context(svc: Services, campaign: Campaign, lang: str, *, form: Mapp
                      errors: Mapping[str, str] | None = None) -> dict[str, Any]:
     return {"campaign": campaign, "stats": svc.stats_cache.stats(campaign), "countries": i18n.countries(lang),
             "form": form or {}, "errors": errors or {}, "is_open": campaign.is_open(utcnow().date()),
-            "phase": campaign.phase(utcnow().date())}
+            "phase": campaign.phase(utcnow().date()), "public_url": campaign.links_base(svc.settings.base_url)}
 
 
 def petition_page(request: Request, campaign: Campaign, lang: str, *, status: int = 200,

@@ -7,12 +7,15 @@ are removed from every error kept.
 from __future__ import annotations
 
 import base64
+import email
 import functools
 import hmac
 import re
 import smtplib
 import ssl
 from dataclasses import dataclass
+from email import policy
+from email.message import EmailMessage
 from email.utils import getaddresses
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,6 +43,7 @@ class Envelope:
     sender: str
     recipients: list[str]
     message_id: str
+    row_id: int = 0  # its outbox row (names the file in file mode)
 
 
 @dataclass(frozen=True)
@@ -135,7 +139,7 @@ def envelope(raw: bytes, *, recipients: list[str], row_id: int, stamp: Stamp) ->
     wire = (b"\n".join(lines) + sep + body).replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
     if stamp.dkim is not None:
         wire = stamp.dkim.sign(wire, domain) + wire
-    return Envelope(wire, sender, recipients, mid)
+    return Envelope(wire, sender, recipients, mid, row_id)
 
 # An address as it goes into RCPT TO: ASCII, nothing smtplib's parseaddr could read as another address.
 _WIRE_ADDRESS = re.compile(r"[!-~]+@[!-~]+", re.ASCII)
@@ -248,18 +252,81 @@ def _classify(exc: smtplib.SMTPResponseException) -> Exception:
         return PermanentFailure(f"{exc.smtp_code} {text}")
     return TemporaryFailure(f"{exc.smtp_code} {text}")
 
+# Parsed and written again without refolding any header line we wrote (see mail.STORED).
+_FILED = policy.default.clone(max_line_length=998, linesep="\r\n")
+
+
+def flowed(text: str, width: int = 76) -> str:
+    """Plain text as format=flowed (RFC 3676): lines longer than `width` broken after a space (a trailing space
+    marks a soft break, which readers join again), lines that could be misread space-stuffed."""
+    out: list[str] = []
+    for line in text.replace("\r\n", "\n").split("\n"):
+        line = line.rstrip(" ")  # a fixed line ends without a space (RFC 3676 4.2)
+        while True:
+            if line.startswith((" ", ">", "From ")):
+                line = " " + line
+            cut = line.rfind(" ", 1, width) if len(line) > width else -1
+            if cut <= 0 and len(line) > width:
+                cut = line.find(" ", width)
+            if cut <= 0:
+                break
+            out.append(line[:cut + 1])
+            line = line[cut + 1:]
+        out.append(line)
+    return "\n".join(out)
+
+
+def _too_long(text: str) -> bool:
+    """A line too long for 8-bit transfer (RFC 5322: 998 bytes and CRLF)."""
+    return any(len(line.encode()) > 990 for line in text.splitlines())
+
+
+def readable(raw: bytes) -> bytes:
+    """A message with its text parts as 8-bit UTF-8 (not base64 or quoted-printable), to be read in any editor:
+    plain text with long lines as format=flowed (only HTML with such lines stays quoted-printable); the rest as it
+    was. Its DKIM signature, no longer true of the body, is dropped."""
+    msg = email.message_from_bytes(raw, _class=EmailMessage, policy=_FILED)
+    changed = False
+    for part in msg.walk():
+        if part.get_content_maintype() != "text" or part.get("Content-Transfer-Encoding", "").lower() not in (
+                "base64", "quoted-printable"):
+            continue
+        text, language, subtype = part.get_content(), part.get("Content-Language"), part.get_content_subtype()
+        had_version = "MIME-Version" in part
+        params = {}
+        if subtype == "plain" and _too_long(text):
+            text, params = flowed(text), {"format": "flowed"}
+        part.set_content(text, subtype=subtype, charset="utf-8", params=params,
+                         cte="quoted-printable" if _too_long(text) else "8bit")  # a word of 990 bytes: QP
+        if language and part.get("Content-Language") is None:  # set_content drops every Content-* header
+            part["Content-Language"] = language
+        if not had_version:  # set_content adds one to a part of a multipart too
+            del part["MIME-Version"]
+        changed = True
+    if not changed:
+        return raw
+    del msg["DKIM-Signature"]
+    return msg.as_bytes(policy=_FILED)
+
+
 class FileTransport:
-    """With no SMTP server configured, each mail lands as an .eml file in var/mail/ for a developer to open."""
+    """With no SMTP server configured, each mail lands as an .eml file in var/mail/ for a developer to open: named
+    by its outbox row, zero-padded so that names sort in the order the mails were made (outbox-000000010.eml),
+    its text readable (8-bit rather than base64). Only the file is changed: SMTP gets the stored bytes."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
 
+    @staticmethod
+    def name(row_id: int) -> str:
+        return f"outbox-{row_id:09d}.eml"
+
     def send(self, env: Envelope) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.folder / f"{env.message_id.strip('<>').replace('/', '_')}.eml"
+        path = self.folder / self.name(env.row_id)
         tmp = path.with_suffix(".tmp")
         # What a receiving server would add: where a bounce of this mail would go.
-        tmp.write_bytes(b"Return-Path: <%s>\r\n%s" % (env.sender.encode(), env.raw))
+        tmp.write_bytes(b"Return-Path: <%s>\r\n%s" % (env.sender.encode(), readable(env.raw)))
         tmp.replace(path)
 
     def close(self) -> None:

@@ -12,9 +12,10 @@ from __future__ import annotations
 from collections.abc import Awaitable
 
 from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from app import addresses, i18n, security, signing
+from app import addresses, counters, i18n, security, share_image, signing
 from app.campaigns import Campaign
 from app.db import utcnow
 from app.pages import (
@@ -24,6 +25,7 @@ from app.pages import (
     csrf_page,
     negotiated,
     page,
+    page_cache,
     petition_context,
     pick_lang,
     public_page,
@@ -77,6 +79,20 @@ async def petition(request: Request, slug: str, lang: str | None = None) -> Resp
     is_open = campaign.is_open(utcnow().date())
     return await public_page(request, "petition.html", chosen, (is_open,),
                              lambda: petition_context(svc, campaign, chosen), negotiated=negotiated(lang))
+
+
+@router.get("/c/{slug}/share.png")
+async def share_png(request: Request, slug: str, lang: str | None = None) -> Response:
+    """The picture a link preview shows (og:image): title and published count, drawn by us, the same for everyone
+    (its language is the `?lang=` or the campaign's first, never negotiated)."""
+    svc = services(request)
+    campaign = campaign_or_404(svc, slug)
+    cache = page_cache(request)
+    now = cache.clock()
+    stats = await run_in_threadpool(svc.stats_cache.stats, campaign)
+    body = await run_in_threadpool(share_image.png, campaign, campaign.lang(lang or ""), stats)
+    return share_image.response(body, if_none_match=request.headers.get("if-none-match"), now=now,
+                                ends_at=counters.period(now, cache.every)[1])
 
 
 @router.post("/c/{slug}/sign")

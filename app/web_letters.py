@@ -95,7 +95,7 @@ async def preview(request: Request, slug: str, lang: str | None = None, target: 
 def signer_page(request: Request, token: str, lang: str | None = None) -> HTMLResponse:
     """The signer's own page: their letter to each target, the ways to deliver it, and the opt-ins."""
     svc = services(request)
-    done = request.query_params.get("done")
+    done, acted_on = request.query_params.get("done"), request.query_params.get("target")
     with svc.db.read() as session:
         row = signer_or_404(session, token)
         campaign = campaign_or_404(svc, row.campaign)
@@ -113,14 +113,22 @@ def signer_page(request: Request, token: str, lang: str | None = None) -> HTMLRe
     answer = page(request, "signer.html", lang, campaign=campaign, stats=svc.stats_cache.stats(campaign),
                   token=token, cards=[card(item) for item in items], naming=choices,
                   pack=[choices[t.key] for t in pack_only], signer_country=row.country,
-                  done=done if done in DONE else None)
+                  done=done if done in DONE else None, done_target=_shown(acted_on, items, pack_only))
     answer.headers["Content-Security-Policy"] = SIGNER_PAGE_CSP
     answer.headers["X-Frame-Options"] = "DENY"
     return answer
 
 
-def _done_url(token: str, lang: str, done: str, target: str) -> str:
-    return f"/s/{token}?lang={lang}&done={done}#t-{target}"
+def _shown(target: str | None, items: list[letters.TargetLetter], pack_only: list) -> str | None:
+    """The recipient whose card shows what was just done (None: the notice stays at the top)."""
+    return target if target in {i.target.key for i in items} | {t.key for t in pack_only} else None
+
+
+def _done_url(token: str, lang: str, done: str, target: str, campaign: Campaign) -> str:
+    """Back to the signer's page, at the card of the recipient acted on, which then says what was done."""
+    found = campaign.target(target)
+    card_id = f"t-{target}" if found is None or found.offered_to_signers else f"pack-{target}"
+    return f"/s/{token}?lang={lang}&done={done}&target={quote(target, safe='')}#{card_id}"
 
 
 def _refused(request: Request, token: str, lang: str, campaign: Campaign, exc: letters.LetterRefused) -> HTMLResponse:
@@ -151,7 +159,8 @@ async def named(request: Request, token: str) -> Response:
         ))
     except letters.LetterRefused as exc:
         return _refused(request, token, lang, campaign, exc)
-    return RedirectResponse(_done_url(token, lang, "named" if yes else "unnamed", target_key), status_code=303)
+    return RedirectResponse(_done_url(token, lang, "named" if yes else "unnamed", target_key, campaign),
+                            status_code=303)
 
 
 @router.post("/s/{token}/send")
@@ -168,7 +177,7 @@ async def send(request: Request, token: str) -> Response:
         ))
     except letters.LetterRefused as exc:
         return _refused(request, token, lang, campaign, exc)
-    return RedirectResponse(_done_url(token, lang, "sent", target_key), status_code=303)
+    return RedirectResponse(_done_url(token, lang, "sent", target_key, campaign), status_code=303)
 
 
 @router.post("/s/{token}/mailto")

@@ -185,7 +185,7 @@ def test_an_unexpected_error_sending_one_message_fails_it_alone(svc, tmp_path):
                            keyring=svc.keyring, now=t0)
         ids = s.scalars(select(OutboxMessage.id).order_by(OutboxMessage.id)).all()
     folder = tmp_path / "mail"
-    name = [outbox.message_id(svc.keyring, i, mail.mail_domain(svc.settings)).strip("<>") + ".eml" for i in ids]
+    name = [smtp.FileTransport.name(i) for i in ids]
     (folder / name[1]).mkdir(parents=True)  # a folder where that file must go
     report = outbox.deliver_due(svc.db, keyring=svc.keyring, transport=smtp.FileTransport(folder), domain="test",
                                 now=t0)
