@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 from fastapi import APIRouter, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from app import ledger, letters, naming, pdf, security
@@ -210,20 +211,33 @@ def _letter(svc: Services, session, campaign: Campaign, row, target_key: str, la
         raise HTTPException(404, "No such recipient for this signature") from exc
 
 
-@router.get("/s/{token}/letter.pdf")
-def letter_pdf(request: Request, token: str, target: str, lang: str | None = None) -> Response:
-    """Print and post: the signer's own letter to one target, with the address block, in their language; the
-    download is recorded in the ledger (once)."""
-    svc = services(request)
+def _pdf(svc: Services, token: str, target: str, lang: str | None, *, record: bool) -> Response:
     with svc.db.read() as session:
         row = signer_or_404(session, token)
         campaign = campaign_or_404(svc, row.campaign)
         letter = _letter(svc, session, campaign, row, target[:64], lang or row.language)
     content = pdf.letters_pdf([letter], lang=letter.lang, title=letter.subject)
-    with svc.db.write.begin() as session:  # made: now recorded, in a short write of its own
-        ledger.record(session, signature_id=row.id, campaign=campaign.slug, target=letter.target, channel=PDF,
-                      now=utcnow())
+    if record:
+        with svc.db.write.begin() as session:  # made: now recorded, in a short write of its own
+            ledger.record(session, signature_id=row.id, campaign=campaign.slug, target=letter.target, channel=PDF,
+                          now=utcnow())
     return Response(content, media_type="application/pdf", headers={
         "Content-Disposition": f'attachment; filename="letter-{letter.target}-{letter.lang}.pdf"',
         "Cache-Control": "no-store",
     })
+
+
+@router.get("/s/{token}/letter.pdf")
+def letter_pdf(request: Request, token: str, target: str, lang: str | None = None) -> Response:
+    """The signer's own letter to one target as PDF, recorded nowhere: a mail scanner that follows the links of
+    the signer's page must not make a letter count as posted (a batch would then leave it out)."""
+    return _pdf(services(request), token, target, lang, record=False)
+
+
+@router.post("/s/{token}/letter.pdf")
+async def letter_pdf_recorded(request: Request, token: str) -> Response:
+    """Print and post, as the signer's page asks it (a form, CSRF-checked): the PDF, and the download recorded in
+    the ledger (once)."""
+    form = await read_form(request)
+    return await run_in_threadpool(_pdf, services(request), token, str(form.get("target", "")),
+                                   form.get("lang") or None, record=True)

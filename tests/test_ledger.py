@@ -90,10 +90,16 @@ def test_opening_the_letter_in_the_mail_program_records_it_once_and_answers_with
 
 def test_downloading_the_pdf_records_it_once(client, svc):
     sig, token = add_signer(svc, country="GB")
+    assert f'action="/s/{token}/letter.pdf"' in client.get(f"/s/{token}").text  # the page's button is a form
+    # A link scanner following the signer's page fetches the PDF: recorded nowhere (a batch would leave it out).
+    assert client.get(f"/s/{token}/letter.pdf?target=embassy-gb&lang=ru").content.startswith(b"%PDF")
+    assert ledger_rows(svc) == []
     for _ in range(2):
-        answer = client.get(f"/s/{token}/letter.pdf?target=embassy-gb&lang=ru")
+        answer = client.post(f"/s/{token}/letter.pdf", data={"csrf_token": csrf_token(client, "/erase"),
+                                                             "target": "embassy-gb", "lang": "ru"})
         assert answer.status_code == 200 and answer.content.startswith(b"%PDF")
-    assert client.get(f"/s/{token}/letter.pdf?target=embassy-de").status_code == 404
+    assert client.post(f"/s/{token}/letter.pdf", data={"csrf_token": csrf_token(client, "/erase"),
+                                                       "target": "embassy-de"}).status_code == 404
     assert ledger_rows(svc) == [(sig, "embassy-gb", PDF)]
 
 
@@ -107,7 +113,8 @@ def test_a_letter_sent_for_the_signer_is_not_in_the_next_batch_and_the_batch_rec
     other = [add_signer(svc, name=f"Other {i}", country="DE", message=f"other {i}")[0] for i in range(3)]
     assert post(client, sent_token, "send", target="president").status_code == 303
     deliver(svc, smtp.url)
-    assert client.get(f"/s/{pdf_token}/letter.pdf?target=president").status_code == 200
+    assert client.post(f"/s/{pdf_token}/letter.pdf", data={"csrf_token": csrf_token(client, "/erase"),
+                                                           "target": "president"}).status_code == 200
 
     result = letters_cli(settings, "--format", "txt", "-o", str(tmp_path / "p.txt"), "--target", "president")
     assert result.exit_code == 0, result.output
@@ -317,7 +324,7 @@ def test_dashboard_shows_targets_by_channel_and_letters_apart_from_signer_mail(c
     for _, manage in sigs:
         assert post(client, manage, "send", target="embassy-gb").status_code == 303
     open_in_mail_program(client, sigs[0][1], "president")
-    client.get(f"/s/{sigs[1][1]}/letter.pdf?target=president")
+    client.post(f"/s/{sigs[1][1]}/letter.pdf", data={"csrf_token": csrf_token(client, "/erase"), "target": "president"})
     with svc.db.write.begin() as s:
         ledger.record_pack(s, campaign=svc.campaigns["mamay"], target="president", delivered_on=date_(2026, 12, 4),
                            channel="registered-post", reference="RR123456789KZ", recorded_by="olga", now=utcnow())
@@ -384,7 +391,7 @@ def test_ledger_export_counts_per_target_and_channel_as_csv_and_json_and_is_logg
     token = organiser(svc, "olga")
     sig, manage = add_signer(svc, country="GB")
     open_in_mail_program(client, manage, "embassy-gb")
-    client.get(f"/s/{manage}/letter.pdf?target=embassy-gb")
+    client.post(f"/s/{manage}/letter.pdf", data={"csrf_token": csrf_token(client, "/erase"), "target": "embassy-gb"})
     with svc.db.write.begin() as s:
         ledger.record_pack(s, campaign=svc.campaigns["mamay"], target="embassy-gb", delivered_on=date_(2026, 12, 4),
                            channel="hand", reference="=HYPERLINK(\"x\")", recorded_by="olga", now=utcnow())

@@ -158,7 +158,7 @@ def test_the_signers_page_is_short_with_a_table_of_contents_and_notices_where_th
             card = page.locator(f"#t-{key}")
             assert not card.locator("pre.letter").is_visible()
             assert card.locator("form.send button").is_visible()
-            assert card.locator("a[href*='letter.pdf']").is_visible()
+            assert card.locator("form[action*='letter.pdf'] button").is_visible()
         short = height(page)
         page.evaluate("document.querySelectorAll('details.letter-text').forEach(d => d.open = true)")
         unfolded = height(page)  # every letter's full text shown, as the whole page was before
