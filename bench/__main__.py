@@ -1,7 +1,8 @@
 """`make bench` / `python -m bench [NAME ...]`: every bench script in turn, each in its own process (so one's
 memory and threads never colour the next), then one table of every figure with its ratio and goal.
 
-Sizes come from the environment (see each script's docstring), e.g. BENCH_SECONDS=8, BENCH_STATS_ROWS=1000000.
+Sizes come from the environment (see each script's docstring), e.g. BENCH_SECONDS=8, BENCH_STATS_ROWS=1000000;
+BENCH_FULL=1 adds the 10 M-signature step of bench/growth.py (and its export and letters at 10 M).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 
 from bench.harness import RESULTS_DIR, ROOT
 
-SCRIPTS = ("sign", "stats", "mail", "demo", "exports", "letters")
+SCRIPTS = ("sign", "spike", "stats", "mail", "demo", "exports", "letters", "growth")
 
 
 def main(names: list[str]) -> int:

@@ -143,6 +143,13 @@ def process_tree(pid: int) -> list[int]:
     return found
 
 
+def process_cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def rss_mb(pid: int, field_name: str = "VmRSS") -> float:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -269,6 +276,17 @@ def open_loop(url: str, *, rate: float, seconds: float, body: str | None = None,
         ok=s["ok"], bad=s["bad"], errors=s["errors"], duration_s=s["duration_s"],
         extra={"max_ms": s["max_ms"], "late_starts": s["late_starts"]},
     )
+
+
+def open_loop_mix(base: str, *, rate: float, seconds: float, tag: str, public_url: str | None = None,
+                  connections: int = 256) -> dict:
+    """The spike's mix (bench/mix.py) at `rate` requests/s from the open-loop generator in its own process: its
+    JSON summary, with figures in all and under "kinds"."""
+    cmd = [str(BIN / "python"), "-m", "bench.openloop", "--url", base, "--mix", "--rate", str(rate),
+           "--seconds", str(seconds), "--tag", tag, "--connections", str(connections),
+           "--public-url", public_url or base]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 90, cwd=ROOT, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def percentiles(values_ms: list[float]) -> dict[str, float]:
