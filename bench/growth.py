@@ -175,7 +175,8 @@ def backend(report: Report, label: str, database_url: str, var_dir: Path) -> dic
                                  "ping_ratio": round(ping_ratio, 3), "p99_ms": step["p99_ms"][kind]})
             print(f"    normalised by ping's own ratio ({ping_ratio:.2f}x): {fig.notes['normalised_by_ping']:.2f}x",
                   flush=True)
-        grown = (step["size_mb"] - base["size_mb"]) / max(step["rows"] - base["rows"], 1) * 1e6
+        # Both sizes are taken after their step's load, so with the rows counted then.
+        grown = (step["size_mb"] - base["size_mb"]) / max(step["rows_after_load"] - base["rows_after_load"], 1) * 1e6
         step["mb_per_million"] = round(grown, 1)
         report.check(f"{label}: database size per million signatures (0 -> {n})", f"{grown:,.0f} MB", "reported",
                      True)
