@@ -66,8 +66,10 @@ def judge(report: Report, label: str, result: dict, rows: int | None = None) -> 
         p99 = max(f["p99_ms"] for f in figs)
         p50 = max(f["p50_ms"] for f in figs)
         errors = sum(f["bad"] + f["errors"] for f in figs)
+        # Reported, not a goal: the time to the last answer includes the last requests' latency, which the p99
+        # check judges.
         report.figure(f"{label}: {name} answered as expected /s", answered, "/s", offered, "offered in the mix",
-                      goal=0.99, notes={"p50_ms": p50, "p99_ms": p99, "kinds": members})
+                      notes={"p50_ms": p50, "p99_ms": p99, "kinds": members})
         report.check(f"{label}: {name} p99 (worst kind)", f"p50 {p50:.1f} ms, p99 {p99:.1f} ms",
                      f"p99 < {P99_GOAL_MS:.0f} ms", p99 < P99_GOAL_MS)
         summary[name] = {"offered_per_s": round(offered, 1), "answered_per_s": round(answered, 1),
