@@ -85,13 +85,7 @@ def fill(env: dict[str, str], count: int) -> dict:
 
 def roles(srv: harness.Server) -> dict[str, float]:
     """RSS (MB) of each process of the server, by role."""
-    found: dict[str, float] = {}
-    for pid in srv.pids():
-        cmd = harness.process_cmdline(pid)
-        role = ("server" if pid == srv.process.pid else "resource tracker" if "resource_tracker" in cmd
-                else "sign writer" if "multiprocessing" in cmd else f"process {pid}")
-        found[role] = round(found.get(role, 0.0) + harness.rss_mb(pid), 1)
-    return found
+    return {role: round(harness.rss_mb(pid), 1) for role, pid in harness.server_roles(srv).items()}
 
 
 def measure(env: dict[str, str], var_dir: Path, label: str, rows: int) -> dict:

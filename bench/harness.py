@@ -131,6 +131,33 @@ class Server:
         return sum(rss_mb(pid, "VmHWM") for pid in self.pids())
 
 
+def children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        with suppress(OSError):
+            found.extend(int(c) for c in task.read_text().split())
+    return found
+
+
+def server_roles(srv: Server) -> dict[str, int]:
+    """The processes that do the work, by role: the serving process (uvicorn's master with one worker, else each
+    worker it started) and the sign-writer process each one starts; resource trackers and a multi-worker master,
+    which serve nothing, are left out."""
+    def useful(pid: int) -> list[int]:
+        return [c for c in children(pid) if "resource_tracker" not in process_cmdline(c)]
+
+    master = srv.process.pid
+    below = useful(master)
+    servers = [master] if all(not useful(c) for c in below) else below  # with one worker, its writer is below
+    roles: dict[str, int] = {}
+    for n, pid in enumerate(servers):
+        suffix = f" {n + 1}" if len(servers) > 1 else ""
+        roles[f"server{suffix}"] = pid
+        for m, writer in enumerate(useful(pid)):
+            roles[f"sign writer{suffix}{'.' + str(m + 1) if m else ''}"] = writer
+    return roles
+
+
 def process_tree(pid: int) -> list[int]:
     """A process and all its descendants, from /proc."""
     found, todo = [], [pid]

@@ -148,11 +148,7 @@ def measure(report: Report, *, label: str, database_url: str, var_dir, workers: 
 
 def profile_run(srv: harness.Server, sign_url: str, rate: float, label: str, run: str) -> dict:
     """One more open-loop run at 80 % with py-spy on the server process and on its sign writer."""
-    pids = {"server": srv.process.pid}
-    for pid in srv.pids():
-        cmd = harness.process_cmdline(pid)
-        if pid != srv.process.pid and "multiprocessing" in cmd and "resource_tracker" not in cmd:
-            pids[f"sign writer {pid}" if "sign writer" in pids else "sign writer"] = pid
+    pids = harness.server_roles(srv)
     seconds = max(SECONDS, 10)
     with profile.attached(pids, seconds, f"sign-profile-{label.lower()}") as found:
         load = harness.open_loop(sign_url, rate=rate, seconds=seconds, body=OPEN_LOOP_BODY, tag=f"{run}-prof")
