@@ -25,6 +25,7 @@ from collections import deque
 from urllib.parse import urlsplit
 
 LANGS = ("en", "ru", "kk")  # {lang} in a body cycles through these, as bench/sign.lua does
+STALE_S = 4.0  # a keep-alive connection idle this long is not reused (uvicorn closes them after 5 s)
 
 
 class Results:
@@ -52,6 +53,7 @@ class Client(asyncio.Protocol):
         self.due = 0.0
         self.busy = False
         self.request: Request | None = None
+        self.idle_since = 0.0
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -113,9 +115,14 @@ class Generator:
         self.outstanding += 1
         request = self.payload_for(i)
         self.sent[request.kind] = self.sent.get(request.kind, 0) + 1
-        if self.idle:
-            self.idle.pop().send(request, due)
-            return
+        while self.idle:
+            client = self.idle.pop()  # the most recently used first, so the others age out
+            if time.perf_counter() - client.idle_since < STALE_S:
+                client.send(request, due)
+                return
+            # The server may be closing it this very moment (uvicorn: after 5 s idle); a request sent then is lost
+            # to a race that a browser would retry, so it is retired unused.
+            client.transport.close()  # type: ignore[union-attr]
         self.backlog.append((request, due))
         if self.opened + self.opening < self.limit:
             self.opening += 1
@@ -142,6 +149,7 @@ class Generator:
         if self.backlog:
             client.send(*self.backlog.popleft())
         else:
+            client.idle_since = time.perf_counter()
             self.idle.append(client)
 
     def lost(self, client: Client) -> None:
