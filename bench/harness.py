@@ -13,7 +13,6 @@ import os
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -303,36 +302,6 @@ def open_loop(url: str, *, rate: float, seconds: float, body: str | None = None,
         ok=s["ok"], bad=s["bad"], errors=s["errors"], duration_s=s["duration_s"],
         extra={"max_ms": s["max_ms"], "late_starts": s["late_starts"]},
     )
-
-
-def open_loop_mix(base: str, *, rate: float, seconds: float, tag: str, public_url: str | None = None,
-                  connections: int = 256) -> dict:
-    """The spike's mix (bench/mix.py) at `rate` requests/s from the open-loop generator in its own process: its
-    JSON summary, with figures in all and under "kinds"."""
-    cmd = [str(BIN / "python"), "-m", "bench.openloop", "--url", base, "--mix", "--rate", str(rate),
-           "--seconds", str(seconds), "--tag", tag, "--connections", str(connections),
-           "--public-url", public_url or base]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 90, cwd=ROOT, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def percentiles(values_ms: list[float]) -> dict[str, float]:
-    if not values_ms:
-        return {"p50_ms": 0.0, "p90_ms": 0.0, "p99_ms": 0.0, "max_ms": 0.0}
-    values = sorted(values_ms)
-
-    def at(q: float) -> float:
-        return values[min(len(values) - 1, int(q * len(values)))]
-
-    return {"p50_ms": at(0.50), "p90_ms": at(0.90), "p99_ms": at(0.99), "max_ms": values[-1]}
-
-
-def best_of(runs: list[float]) -> float:
-    return max(runs) if runs else 0.0
-
-
-def median(values: list[float]) -> float:
-    return statistics.median(values) if values else 0.0
 
 
 # --- results -------------------------------------------------------------------------------------------------

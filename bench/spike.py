@@ -15,7 +15,9 @@ the same server.
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import tempfile
 import uuid
 from pathlib import Path
@@ -32,6 +34,17 @@ SECONDS = float(os.environ.get("BENCH_SPIKE_SECONDS", "20"))
 P99_GOAL_MS = 100.0
 # nginx as the test helper runs it has 128 connections per worker, client and upstream sides together.
 NGINX_CONNECTIONS = 48
+
+
+def open_loop_mix(base: str, *, rate: float, seconds: float, tag: str, public_url: str | None = None,
+                  connections: int = 256) -> dict:
+    """The spike's mix (bench/mix.py) at `rate` requests/s from the open-loop generator in its own process: its
+    JSON summary, with figures in all and under "kinds"."""
+    cmd = [str(harness.BIN / "python"), "-m", "bench.openloop", "--url", base, "--mix", "--rate", str(rate),
+           "--seconds", str(seconds), "--tag", tag, "--connections", str(connections),
+           "--public-url", public_url or base]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 90, cwd=harness.ROOT, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def signatures(url: str) -> int:
@@ -98,9 +111,9 @@ def on_sqlite(report: Report) -> None:
                           goal=0.5, notes={"p99_ms": page.p99_ms})
             run = uuid.uuid4().hex[:6]
             rss_before = srv.rss_mb()
-            harness.open_loop_mix(srv.base, rate=RATE / 2, seconds=3, tag=f"{run}-warm")  # connections, caches
+            open_loop_mix(srv.base, rate=RATE / 2, seconds=3, tag=f"{run}-warm")  # connections, caches
             before = signatures(url)
-            result = harness.open_loop_mix(srv.base, rate=RATE, seconds=SECONDS, tag=f"{run}-spike")
+            result = open_loop_mix(srv.base, rate=RATE, seconds=SECONDS, tag=f"{run}-spike")
             rows = signatures(url) - before
             rss_after, peak = srv.rss_mb(), srv.peak_rss_mb()
         show(f"SQLite, 1 process, {RATE:,.0f} req/s offered", result)
@@ -128,10 +141,10 @@ def through_nginx(report: Report) -> None:
         for n in range(2):  # in turns: a neighbour's burst on this shared machine falls on both sides alike
             for side, (label, base) in enumerate((("straight to the server", app.url), ("through nginx", proxy))):
                 tag = f"{run}-{n}-{side}"  # every signer new: a repeat gets the same answer but adds no row
-                harness.open_loop_mix(base, rate=RATE / 2, seconds=3, tag=f"{tag}-warm", public_url=proxy,
+                open_loop_mix(base, rate=RATE / 2, seconds=3, tag=f"{tag}-warm", public_url=proxy,
                                       connections=NGINX_CONNECTIONS)
                 before = signatures(url)
-                result = harness.open_loop_mix(base, rate=RATE, seconds=SECONDS, tag=tag, public_url=proxy,
+                result = open_loop_mix(base, rate=RATE, seconds=SECONDS, tag=tag, public_url=proxy,
                                                connections=NGINX_CONNECTIONS)
                 rounds[label].append((result, signatures(url) - before))
                 show(f"{label}, round {n + 1}, {RATE:,.0f} req/s offered, up to {NGINX_CONNECTIONS} connections",
