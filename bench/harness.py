@@ -13,7 +13,6 @@ import os
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -131,6 +130,33 @@ class Server:
         return sum(rss_mb(pid, "VmHWM") for pid in self.pids())
 
 
+def children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        with suppress(OSError):
+            found.extend(int(c) for c in task.read_text().split())
+    return found
+
+
+def server_roles(srv: Server) -> dict[str, int]:
+    """The processes that do the work, by role: the serving process (uvicorn's master with one worker, else each
+    worker it started) and the sign-writer process each one starts; resource trackers and a multi-worker master,
+    which serve nothing, are left out."""
+    def useful(pid: int) -> list[int]:
+        return [c for c in children(pid) if "resource_tracker" not in process_cmdline(c)]
+
+    master = srv.process.pid
+    below = useful(master)
+    servers = [master] if all(not useful(c) for c in below) else below  # with one worker, its writer is below
+    roles: dict[str, int] = {}
+    for n, pid in enumerate(servers):
+        suffix = f" {n + 1}" if len(servers) > 1 else ""
+        roles[f"server{suffix}"] = pid
+        for m, writer in enumerate(useful(pid)):
+            roles[f"sign writer{suffix}{'.' + str(m + 1) if m else ''}"] = writer
+    return roles
+
+
 def process_tree(pid: int) -> list[int]:
     """A process and all its descendants, from /proc."""
     found, todo = [], [pid]
@@ -141,6 +167,13 @@ def process_tree(pid: int) -> list[int]:
             with suppress(OSError):
                 todo.extend(int(c) for c in task.read_text().split())
     return found
+
+
+def process_cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def rss_mb(pid: int, field_name: str = "VmRSS") -> float:
@@ -269,25 +302,6 @@ def open_loop(url: str, *, rate: float, seconds: float, body: str | None = None,
         ok=s["ok"], bad=s["bad"], errors=s["errors"], duration_s=s["duration_s"],
         extra={"max_ms": s["max_ms"], "late_starts": s["late_starts"]},
     )
-
-
-def percentiles(values_ms: list[float]) -> dict[str, float]:
-    if not values_ms:
-        return {"p50_ms": 0.0, "p90_ms": 0.0, "p99_ms": 0.0, "max_ms": 0.0}
-    values = sorted(values_ms)
-
-    def at(q: float) -> float:
-        return values[min(len(values) - 1, int(q * len(values)))]
-
-    return {"p50_ms": at(0.50), "p90_ms": at(0.90), "p99_ms": at(0.99), "max_ms": values[-1]}
-
-
-def best_of(runs: list[float]) -> float:
-    return max(runs) if runs else 0.0
-
-
-def median(values: list[float]) -> float:
-    return statistics.median(values) if values else 0.0
 
 
 # --- results -------------------------------------------------------------------------------------------------

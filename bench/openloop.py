@@ -10,7 +10,9 @@ object per connection parses answers as bytes arrive (no task or stream per requ
 per request of an asyncio-streams client.
 
     python -m bench.openloop --url http://127.0.0.1:8000/api/v1/ping --rate 1000 --seconds 10
-Prints one JSON line: rps, p50/p90/p99/max ms, ok (2xx), bad (other status), errors (socket).
+    python -m bench.openloop --url http://127.0.0.1:8000 --mix --rate 1889 --seconds 20   (bench/mix.py)
+Prints one JSON line: rps, p50/p90/p99/max ms, ok (the expected status: 2xx, or the kind's own), bad (another
+status), errors (socket, or never answered); and the same under "kinds" for each kind of request.
 """
 
 from __future__ import annotations
@@ -23,12 +25,22 @@ from collections import deque
 from urllib.parse import urlsplit
 
 LANGS = ("en", "ru", "kk")  # {lang} in a body cycles through these, as bench/sign.lua does
+STALE_S = 4.0  # a keep-alive connection idle this long is not reused (uvicorn closes them after 5 s)
 
 
 class Results:
     def __init__(self) -> None:
         self.latencies: list[float] = []
         self.ok = self.bad = self.errors = 0
+
+
+class Request:
+    """One planned request: its bytes, its kind (what the figures are kept by) and the status it must get."""
+
+    __slots__ = ("kind", "payload", "expect")
+
+    def __init__(self, kind: str, payload: bytes, expect: bytes = b"2") -> None:
+        self.kind, self.payload, self.expect = kind, payload, expect  # expect: a prefix of the status code
 
 
 class Client(asyncio.Protocol):
@@ -40,14 +52,16 @@ class Client(asyncio.Protocol):
         self.buffer = b""
         self.due = 0.0
         self.busy = False
+        self.request: Request | None = None
+        self.idle_since = 0.0
 
     def connection_made(self, transport) -> None:
         self.transport = transport
         self.generator.ready(self)
 
-    def send(self, payload: bytes, due: float) -> None:
-        self.busy, self.due, self.buffer = True, due, b""
-        self.transport.write(payload)  # type: ignore[union-attr]
+    def send(self, request: Request, due: float) -> None:
+        self.busy, self.due, self.buffer, self.request = True, due, b"", request
+        self.transport.write(request.payload)  # type: ignore[union-attr]
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -55,15 +69,22 @@ class Client(asyncio.Protocol):
         if end < 0:
             return
         head = self.buffer[:end]
-        length = 0
+        length, chunked = 0, False
         for line in head.split(b"\r\n")[1:]:
-            if line[:15].lower() == b"content-length:":
+            name = line[:18].lower()
+            if name.startswith(b"content-length:"):
                 length = int(line[15:].strip())
-        if len(self.buffer) < end + 4 + length:
+            elif name.startswith(b"transfer-encoding:"):
+                chunked = b"chunked" in line.lower()
+        if chunked:  # a proxy may stream an answer: it ends with the empty last chunk
+            if not self.buffer.endswith(b"0\r\n\r\n"):
+                return
+        elif len(self.buffer) < end + 4 + length:
             return
-        results = self.generator.results
+        request = self.request
+        results = self.generator.results_for(request.kind)  # type: ignore[union-attr]
         results.latencies.append((time.perf_counter() - self.due) * 1000)
-        if head[8:10] == b" 2":  # "HTTP/1.1 2xx"
+        if head[9:9 + len(request.expect)] == request.expect:  # type: ignore[union-attr]  "HTTP/1.1 202"
             results.ok += 1
         else:
             results.bad += 1
@@ -77,19 +98,32 @@ class Client(asyncio.Protocol):
 class Generator:
     def __init__(self, loop, host: str, port: int, limit: int, payload_for) -> None:
         self.loop, self.host, self.port, self.limit, self.payload_for = loop, host, port, limit, payload_for
-        self.results = Results()
+        self.results: dict[str, Results] = {}
+        self.sent: dict[str, int] = {}  # requests due, by kind
         self.idle: list[Client] = []
-        self.backlog: deque[tuple[bytes, float]] = deque()  # due but no free connection yet
+        self.backlog: deque[tuple[Request, float]] = deque()  # due but no free connection yet
         self.opened = self.opening = 0
         self.outstanding = 0
 
+    def results_for(self, kind: str) -> Results:
+        found = self.results.get(kind)
+        if found is None:
+            found = self.results[kind] = Results()
+        return found
+
     def dispatch(self, i: int, due: float) -> None:
         self.outstanding += 1
-        payload = self.payload_for(i)
-        if self.idle:
-            self.idle.pop().send(payload, due)
-            return
-        self.backlog.append((payload, due))
+        request = self.payload_for(i)
+        self.sent[request.kind] = self.sent.get(request.kind, 0) + 1
+        while self.idle:
+            client = self.idle.pop()  # the most recently used first, so the others age out
+            if time.perf_counter() - client.idle_since < STALE_S:
+                client.send(request, due)
+                return
+            # The server may be closing it this very moment (uvicorn: after 5 s idle); a request sent then is lost
+            # to a race that a browser would retry, so it is retired unused.
+            client.transport.close()  # type: ignore[union-attr]
+        self.backlog.append((request, due))
         if self.opened + self.opening < self.limit:
             self.opening += 1
             self.loop.create_task(self._open())
@@ -100,9 +134,9 @@ class Generator:
         except OSError:
             self.opening -= 1
             if self.backlog:  # nothing else may come to take it
-                self.backlog.popleft()
+                request, _ = self.backlog.popleft()
                 self.outstanding -= 1
-                self.results.errors += 1
+                self.results_for(request.kind).errors += 1
             return
         self.opening -= 1
         self.opened += 1
@@ -115,6 +149,7 @@ class Generator:
         if self.backlog:
             client.send(*self.backlog.popleft())
         else:
+            client.idle_since = time.perf_counter()
             self.idle.append(client)
 
     def lost(self, client: Client) -> None:
@@ -123,27 +158,60 @@ class Generator:
             self.idle.remove(client)
         if client.busy:
             self.outstanding -= 1
-            self.results.errors += 1
+            self.results_for(client.request.kind).errors += 1  # type: ignore[union-attr]
 
 
-def request_bytes(method: str, host: str, path: str, body: bytes | None) -> bytes:
-    lines = [f"{method} {path} HTTP/1.1", f"Host: {host}"]
+def request_bytes(method: str, host: str, path: str, body: bytes | None, *,
+                  content_type: str = "application/json", headers: dict[str, str] | None = None) -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {host}", *(f"{k}: {v}" for k, v in (headers or {}).items())]
     if body is not None:
-        lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
+        lines += [f"Content-Type: {content_type}", f"Content-Length: {len(body)}"]
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + (body or b"")
 
 
-async def run(url: str, rate: float, seconds: float, body: str | None, tag: str, connections: int) -> dict:
+def summary(results: Results, total: int, elapsed: float) -> dict:
+    """One kind's figures: answered per second, latency percentiles from the due times, answers by kind."""
+    lat = sorted(results.latencies)
+
+    def at(q: float) -> float:
+        return round(lat[min(len(lat) - 1, int(q * len(lat)))], 2) if lat else 0.0
+
+    unanswered = total - results.ok - results.bad - results.errors
+    return {
+        "requests": total, "rps": round((results.ok + results.bad) / elapsed, 1), "duration_s": round(elapsed, 2),
+        "p50_ms": at(0.5), "p90_ms": at(0.9), "p99_ms": at(0.99), "max_ms": round(lat[-1], 2) if lat else 0.0,
+        "ok": results.ok, "bad": results.bad, "errors": results.errors + unanswered,
+    }
+
+
+def merged(parts: list[Results]) -> Results:
+    out = Results()
+    for part in parts:
+        out.latencies += part.latencies
+        out.ok, out.bad, out.errors = out.ok + part.ok, out.bad + part.bad, out.errors + part.errors
+    return out
+
+
+def single(url: str, body: str | None, tag: str):
+    """The plan of a one-URL run: GETs, or POSTs of `body` with {n}, {tag}, {lang} filled in."""
+    parts = urlsplit(url)
+    host = f"{parts.hostname}:{parts.port}" if parts.port else parts.hostname or "127.0.0.1"
+    path = parts.path + (f"?{parts.query}" if parts.query else "")
+    get = Request("request", request_bytes("GET", host, path, None))
+
+    def payload_for(i: int) -> Request:
+        if body is None:
+            return get
+        text = body.replace("{n}", str(i)).replace("{tag}", tag).replace("{lang}", LANGS[i % 3])
+        return Request("request", request_bytes("POST", host, path, text.encode()))
+
+    return payload_for
+
+
+async def run(url: str, rate: float, seconds: float, connections: int, payload_for) -> dict:
+    """Send request i of `payload_for(i)` at start + i/rate; figures in all and by kind."""
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    path = parts.path + (f"?{parts.query}" if parts.query else "")
-
-    def payload_for(i: int) -> bytes:
-        if body is None:
-            return request_bytes("GET", host, path, None)
-        text = body.replace("{n}", str(i)).replace("{tag}", tag).replace("{lang}", LANGS[i % 3])
-        return request_bytes("POST", host, path, text.encode())
-
     loop = asyncio.get_running_loop()
     gen = Generator(loop, host, port, connections, payload_for)
     total = int(rate * seconds)
@@ -166,18 +234,10 @@ async def run(url: str, rate: float, seconds: float, body: str | None, tag: str,
     while gen.outstanding > 0 and time.perf_counter() < deadline:
         await asyncio.sleep(0.01)
     elapsed = time.perf_counter() - start
-    res = gen.results
-    lat = sorted(res.latencies)
-
-    def at(q: float) -> float:
-        return round(lat[min(len(lat) - 1, int(q * len(lat)))], 2) if lat else 0.0
-
-    unanswered = total - res.ok - res.bad - res.errors
+    kinds = {kind: summary(gen.results_for(kind), n, elapsed) for kind, n in gen.sent.items()}
     return {
-        "requests": total, "rps": round((res.ok + res.bad) / elapsed, 1), "duration_s": round(elapsed, 2),
-        "p50_ms": at(0.5), "p90_ms": at(0.9), "p99_ms": at(0.99), "max_ms": round(lat[-1], 2) if lat else 0.0,
-        "ok": res.ok, "bad": res.bad, "errors": res.errors + unanswered, "late_starts": late,
-        "connections_opened": gen.opened,
+        **summary(merged(list(gen.results.values())), total, elapsed), "late_starts": late,
+        "connections_opened": gen.opened, "kinds": kinds,
     }
 
 
@@ -190,6 +250,10 @@ def main() -> None:
                         "{lang} en/ru/kk in turn")
     parser.add_argument("--tag", default="ol")
     parser.add_argument("--connections", type=int, default=256)
+    parser.add_argument("--mix", action="store_true", help="the spike's mix of page views, signs and stats "
+                        "(bench/mix.py) instead of one URL")
+    parser.add_argument("--public-url", help="with --mix: the site's public URL, which a form sign names as its "
+                        "Origin (the proxy's when one is in front)")
     args = parser.parse_args()
     if urlsplit(args.url).hostname not in {"127.0.0.1", "localhost", "::1"}:
         raise SystemExit("open-loop load goes to loopback only")
@@ -199,7 +263,13 @@ def main() -> None:
         uvloop.install()
     except ImportError:
         pass
-    result = asyncio.run(run(args.url, args.rate, args.seconds, args.body, args.tag, args.connections))
+    if args.mix:
+        from bench.mix import plan
+
+        payload_for = plan(args.url, tag=args.tag, public_url=args.public_url or args.url)
+    else:
+        payload_for = single(args.url, args.body, args.tag)
+    result = asyncio.run(run(args.url, args.rate, args.seconds, args.connections, payload_for))
     print(json.dumps(result))
 
 

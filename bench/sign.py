@@ -3,10 +3,13 @@
 same app on the same server as the baseline. On SQLite, then on PostgreSQL when one runs on 127.0.0.1:5432.
 
 Goals (issue 6): sign >= 0.5x baseline req/s; p99 < 50 ms at 80 % of the achieved sign rate (open loop, see
-bench/openloop.py); 0 errors; rows stored == 202s answered.
+bench/openloop.py); 0 errors; rows stored == 202s answered. Issue 16 item 5: that p99 in five runs out of five
+(BENCH_SIGN_P99_RUNS), and when it misses (or BENCH_PROFILE=1), one more run at 80 % with py-spy sampling the
+server and its sign-writer process (bench/profile.py), whose top functions say what limits it.
 
     python -m bench.sign            BENCH_SECONDS=8 (per run)  BENCH_WORKERS=1 (SQLite)  BENCH_PG_WORKERS=2
-                                    BENCH_SIGN_SQLITE_ONLY=1 (skip the PostgreSQL run)
+                                    BENCH_SIGN_SQLITE_ONLY=1 (skip the PostgreSQL run)  BENCH_SIGN_P99_RUNS=5
+                                    BENCH_PROFILE=1 (always profile) / 0 (never)
 """
 
 from __future__ import annotations
@@ -19,11 +22,13 @@ import uuid
 from sqlalchemy import create_engine, func, select
 
 from app.models import Notice, Signature
-from bench import harness
+from bench import harness, profile
 from bench.harness import Load, Report
 
 SLUG = "mamay"
 SECONDS = int(os.environ.get("BENCH_SECONDS", "8"))
+P99_RUNS = int(os.environ.get("BENCH_SIGN_P99_RUNS", "5"))
+PROFILE = os.environ.get("BENCH_PROFILE", "")
 OPEN_LOOP_BODY = json.dumps({
     "name": "Open Loop {n}", "email": "{tag}-{n}@example.org", "country": "KZ", "city": "Almaty",
     "message": "Free him now.", "consent": True, "lang": "{lang}",
@@ -86,6 +91,16 @@ def measure(report: Report, *, label: str, database_url: str, var_dir, workers: 
         print(f"  [{label}] sign at 80 %: {latency.line()}", flush=True)
         ping_latency = harness.open_loop(ping_url, rate=rate, seconds=5)
         print(f"  [{label}] ping at the same rate: {ping_latency.line()}", flush=True)
+        # Issue 16 item 5: the same run at 80 % again, until there are P99_RUNS of them.
+        repeats = [latency]
+        for n in range(1, P99_RUNS):
+            repeats.append(harness.open_loop(sign_url, rate=rate, seconds=max(SECONDS, 10), body=OPEN_LOOP_BODY,
+                                             tag=f"{run}-ol{n}"))
+            print(f"  [{label}] sign at 80 %, run {n + 1}: {repeats[-1].line()}", flush=True)
+        missed = sum(r.p99_ms >= 50 for r in repeats)
+        profiles: dict = {}
+        if PROFILE == "1" or (missed and PROFILE != "0"):
+            profiles = profile_run(srv, sign_url, rate, label, run)
         rss = srv.rss_mb()
         peak = srv.peak_rss_mb()
     # The server has shut down cleanly (SIGTERM): count what is durable and compare with what was accepted.
@@ -100,6 +115,10 @@ def measure(report: Report, *, label: str, database_url: str, var_dir, workers: 
     report.check(f"{label}: sign p99 at 80 % of achieved rate ({rate:.0f} req/s, open loop)",
                  f"p50 {latency.p50_ms:.1f} ms, p90 {latency.p90_ms:.1f} ms, p99 {latency.p99_ms:.1f} ms",
                  "p99 < 50 ms", latency.p99_ms < 50)
+    report.check(f"{label}: sign p99 < 50 ms at 80 % ({rate:.0f} req/s) in {len(repeats)} runs",
+                 f"{len(repeats) - missed} of {len(repeats)} (p99 {', '.join(f'{r.p99_ms:.1f}' for r in repeats)} ms)",
+                 f"{len(repeats)} of {len(repeats)}", missed == 0)
+    errors += sum(r.errors + r.bad for r in repeats[1:])
     report.check(f"{label}: errors (socket errors and non-202 answers)", errors, "0", errors == 0)
     ol_rows, ol_mails = rows_after - rows_before, mails_after - mails_before
     report.check(f"{label}: rows stored vs 202s answered (open-loop run, every answer awaited)",
@@ -120,10 +139,22 @@ def measure(report: Report, *, label: str, database_url: str, var_dir, workers: 
         "sign_latency_at_80pct": vars(latency),
         "sign_latency_at_60pct": vars(latency_60),
         "ping_latency_same_rate": vars(ping_latency),
+        "sign_latency_at_80pct_runs": [vars(r) for r in repeats], "profiles": profiles,
         "rows": rows, "mails": mails, "wrk_counted_202": accepted, "wrk_in_flight_at_cutoff": in_flight,
         "open_loop_rows": ol_rows, "open_loop_202": latency.ok,
         "server_rss_mb": round(rss, 1), "server_peak_rss_mb": round(peak, 1),
     }
+
+
+def profile_run(srv: harness.Server, sign_url: str, rate: float, label: str, run: str) -> dict:
+    """One more open-loop run at 80 % with py-spy on the server process and on its sign writer."""
+    pids = harness.server_roles(srv)
+    seconds = max(SECONDS, 10)
+    with profile.attached(pids, seconds, f"sign-profile-{label.lower()}") as found:
+        load = harness.open_loop(sign_url, rate=rate, seconds=seconds, body=OPEN_LOOP_BODY, tag=f"{run}-prof")
+    print(f"  [{label}] sign at 80 % under py-spy: {load.line()}", flush=True)
+    profile.show(found)
+    return {"load": vars(load), **found}
 
 
 def main() -> Report:
