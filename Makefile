@@ -28,12 +28,14 @@ run: $(VENV)/.run
 	  "else with the token in $(CAMPAIGN_VAR_DIR)/organiser.token (created on first start)"
 	$(BIN)/campaign serve --host 127.0.0.1 --port 8000
 
-# Debian packages the tests drive: Chromium (browser tests), poppler (pdftotext), wrk (benchmarks).
+# Debian packages the tests drive: Chromium (browser tests), poppler (pdftotext), wrk (benchmarks), nginx (the
+# micro-cache test), SpamAssassin (the mail score test).
 system-deps:
 	@missing=""; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v pdftotext >/dev/null || missing="$$missing poppler-utils"; \
 	command -v wrk >/dev/null || missing="$$missing wrk"; \
+	command -v nginx >/dev/null || missing="$$missing nginx-light"; \
 	command -v spamassassin >/dev/null || missing="$$missing spamassassin"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
