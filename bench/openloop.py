@@ -69,13 +69,15 @@ class Client(asyncio.Protocol):
         if end < 0:
             return
         head = self.buffer[:end]
-        length, chunked = 0, False
+        length, chunked, closing = 0, False, False
         for line in head.split(b"\r\n")[1:]:
             name = line[:18].lower()
             if name.startswith(b"content-length:"):
                 length = int(line[15:].strip())
             elif name.startswith(b"transfer-encoding:"):
                 chunked = b"chunked" in line.lower()
+            elif name.startswith(b"connection:"):
+                closing = b"close" in line.lower()
         if chunked:  # a proxy may stream an answer: it ends with the empty last chunk
             if not self.buffer.endswith(b"0\r\n\r\n"):
                 return
@@ -89,6 +91,11 @@ class Client(asyncio.Protocol):
         else:
             results.bad += 1
         self.busy = False
+        if closing:  # the server ends this connection (nginx after keepalive_requests): never send on it again
+            self.generator.outstanding -= 1
+            self.transport.close()  # type: ignore[union-attr]
+            self.generator.replace()
+            return
         self.generator.answered(self)
 
     def connection_lost(self, exc) -> None:
@@ -140,6 +147,12 @@ class Generator:
             return
         self.opening -= 1
         self.opened += 1
+
+    def replace(self) -> None:
+        """A connection the server closed after its answer: open another if requests are waiting."""
+        if self.backlog and self.opened + self.opening - 1 < self.limit:
+            self.opening += 1
+            self.loop.create_task(self._open())
 
     def answered(self, client: Client) -> None:
         self.outstanding -= 1

@@ -5,7 +5,9 @@ version serving."""
 from __future__ import annotations
 
 import shutil
+import subprocess
 import time
+from email import message_from_bytes, policy
 from pathlib import Path
 
 import httpx
@@ -14,20 +16,24 @@ import pytest
 from app.campaigns import Registry
 from app.letter_check import check_campaign
 from app.settings import ROOT
-from tests.servers import AppProcess, server_env, upgrade
+from tests.servers import CAMPAIGN_BIN, AppProcess, server_env, upgrade
 
 MAMAY = ROOT / "templates" / "letters" / "mamay"
 SIGNER = {"name": "Ada Second", "email": "ada.second@example.org", "country": "DE", "city": "Bonn", "consent": True}
 
 
+SENDER = "Letters for a second prisoner"
+
+
 def add_campaign(letters: Path, slug: str, *, title: str = "A second campaign") -> Path:
-    """A copy of the shipped campaign under another slug and title: a new folder, no code."""
+    """A copy of the shipped campaign under another slug, title and sender name: a new folder, no code."""
     folder = letters / slug
     shutil.copytree(MAMAY, folder)
     toml = folder / "campaign.toml"
     text = toml.read_text(encoding="utf-8").replace('slug = "mamay"', f'slug = "{slug}"')
     text = text.replace("en = \"Kazakhstan: quash journalist Zhanbolat Mamay's conviction and lift his bans\"",
                         f'en = "{title}"')
+    text = text.replace('name = { en = "Letters for Zhanbolat Mamay"', f'name = {{ en = "{SENDER}"', 1)
     toml.write_text(text, encoding="utf-8")
     return folder
 
@@ -115,6 +121,14 @@ def test_a_running_server_serves_a_new_campaign_without_a_restart_and_survives_b
         assert page.status_code == 200 and "A second campaign" in page.text
         signed = httpx.post(f"{server.url}/api/v1/campaigns/second/signatures", json=SIGNER, timeout=30)
         assert signed.status_code == 202, signed.text
+        # Its confirmation goes out in its own sender's name, never as the first campaign.
+        sent = subprocess.run([str(CAMPAIGN_BIN), "outbox", "--once"], env=server.env, capture_output=True,
+                              text=True, timeout=120)
+        assert sent.returncode == 0, sent.stderr
+        [saved] = (tmp_path / "var" / "mail").glob("*.eml")
+        mail = message_from_bytes(saved.read_bytes(), policy=policy.default)
+        assert mail["From"].addresses[0].display_name == SENDER and "Mamay" not in str(mail["From"])
+        assert "ada.second@example.org" in mail["To"]
 
         # A broken new folder is left out; both campaigns keep serving.
         broken = letters / "broken"
