@@ -144,3 +144,47 @@ def test_a_running_server_serves_a_new_campaign_without_a_restart_and_survives_b
         assert "campaign broken is not served" in log and "campaign mamay is not served as it is now" in log
     finally:
         server.stop()
+
+
+SECOND_PAGE_SHOT = ROOT / "docs" / "img" / "second-campaign.png"
+SECOND_DASHBOARD_SHOT = ROOT / "docs" / "img" / "second-dashboard.png"
+
+
+def test_a_second_campaign_added_live_has_its_page_and_its_own_dashboard_in_a_browser(tmp_path, letters):
+    """The second campaign as a new organiser sees it: its petition page, and the dashboard of its owner, who sees
+    it alone (screenshots for the docs, kept in docs/img/)."""
+    from app import organisers
+    from app.db import Database, utcnow
+    from tests import browser
+
+    url = f"sqlite:///{tmp_path / 'shots.db'}"
+    env = server_env(var_dir=tmp_path / "var", database_url=url, letters_dir=letters, campaign_reload_seconds=0.2)
+    upgrade(env)
+    db = Database(url)
+    with db.write.begin() as session:
+        _, token = organisers.add(session, name="second-owner", now=utcnow(), roles={"second": "owner"})
+    db.dispose()
+    server = AppProcess(env).start()
+    try:
+        add_campaign(letters, "second", title="Free A. Prisoner: a second campaign")
+        assert _wait_for(f"{server.url}/c/second?lang=en", 200).status_code == 200
+        for i in range(3):
+            answer = httpx.post(f"{server.url}/api/v1/campaigns/second/signatures",
+                                json={**SIGNER, "email": f"second{i}@example.org"}, timeout=30)
+            assert answer.status_code == 202
+        with browser.chromium() as chromium:
+            page = chromium.new_page()
+            page.set_viewport_size({"width": 1100, "height": 900})
+            page.goto(f"{server.url}/c/second?lang=en")
+            assert page.locator("h1").inner_text() == "Free A. Prisoner: a second campaign"
+            page.screenshot(path=str(SECOND_PAGE_SHOT))
+            page.goto(f"{server.url}/organiser/login?lang=en")
+            page.fill("input[name=token]", token)
+            page.click("button[type=submit]")
+            page.wait_for_url("**/organiser**")
+            dash = page.content()
+            assert 'id="c-second"' in dash and 'id="c-mamay"' not in dash  # its owner sees it alone
+            assert "Organisers of this campaign" in dash and "second-owner" in dash
+            page.screenshot(path=str(SECOND_DASHBOARD_SHOT), full_page=False)
+    finally:
+        server.stop()
