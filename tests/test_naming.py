@@ -113,7 +113,7 @@ def test_the_privacy_notice_names_the_controller_and_its_privacy_contact(client,
     said = i18n.gettext(lang, "For “%(campaign)s”: the controller of your data, and the applicant named in the "
                               "appeal to the authorities, is %(organisation)s, %(address)s.") % {
         "campaign": campaign.title[lang], "organisation": org.name[lang],
-        "address": "Sample Human Rights Organisation, 1 Example Street, London EC1A 1AA, United Kingdom"}
+        "address": "1 Example Street, London EC1A 1AA, United Kingdom"}
     assert said in page
     contact = i18n.gettext(lang, "Questions and requests about your data:")
     assert f'{contact} <strong class="contact">{org.privacy_contact}</strong>' in page
