@@ -107,10 +107,10 @@ def _dashboard(request: Request, who: organisers.Who, lang: str, *, status: int 
         team = {slug: organisers.members(session, slug) for slug in mine if who.may(slug, "owner")}
         names = {m.name for members in team.values() for m in members}
         log = audit.recent(session, campaigns=owned, team=names) if owned is None or owned else []
-    base = svc.settings.base_url.rstrip("/")
     snippets = {
-        o.campaign.slug: (
-            f'<iframe src="{base}/c/{o.campaign.slug}/embed?lang={o.campaign.lang(lang)}" '
+        o.campaign.slug: (  # from the campaign's own address where it has one
+            f'<iframe src="{o.campaign.links_base(svc.settings.base_url)}/c/{o.campaign.slug}/embed'
+            f'?lang={o.campaign.lang(lang)}" '
             f'title="{html.escape(o.campaign.title[o.campaign.lang(lang)])}" width="360" height="560" '
             'loading="lazy"></iframe>'
         )
