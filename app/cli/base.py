@@ -3,6 +3,9 @@ builds from the CAMPAIGN_* environment, and the console. The commands are in ope
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import typer
 from rich.console import Console
 
@@ -70,3 +73,16 @@ def campaign_and_keys(s: Settings, slug: str):
         console.print(f"[red]no campaign {slug!r}[/red]; known: {', '.join(campaigns)}")
         raise typer.Exit(2)
     return campaigns[slug], keyring
+
+
+def write_chunks(chunks, output: Path | None) -> None:
+    """An export's text to stdout, or to a file readable by its owner only (it may hold personal data)."""
+    from app import files
+
+    if output is None:
+        for chunk in chunks:
+            sys.stdout.write(chunk)
+        return
+    with files.open_private(output, "w", encoding="utf-8", newline="") as fh:
+        for chunk in chunks:
+            fh.write(chunk)

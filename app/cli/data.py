@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from app import files
-from app.cli.base import app, campaign_and_keys, console, organiser_app, services, settings
+from app.cli.base import app, campaign_and_keys, console, organiser_app, services, settings, write_chunks
 
 
 @organiser_app.command("add")
@@ -103,13 +103,9 @@ def export(
     try:
         if counts:
             chunks = exports.counts(db, campaign=slug, by=counts, fmt=format, organiser=who)  # type: ignore[arg-type]
+            write_chunks(chunks, output)
             if output is None:
-                for chunk in chunks:
-                    sys.stdout.write(chunk)
                 return
-            with files.open_private(output, "w", encoding="utf-8", newline="") as fh:
-                for chunk in chunks:
-                    fh.write(chunk)
         else:
             query = exports.SignatureQuery(campaign=slug, status=status, since=since_day)  # type: ignore[arg-type]
             if output is None:

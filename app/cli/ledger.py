@@ -4,14 +4,12 @@ counts per target and channel (`campaign ledger`). Each owns its transaction; an
 from __future__ import annotations
 
 import getpass
-import sys
 from datetime import date
 from pathlib import Path
 
 import typer
 
-from app import files
-from app.cli.base import app, campaign_and_keys, console, settings
+from app.cli.base import app, campaign_and_keys, console, settings, write_chunks
 
 
 def _who() -> str:
@@ -76,13 +74,9 @@ def ledger_export(
     db = Database(s.sqlalchemy_url)
     try:
         chunks = ledger.export(db, campaign=campaign, fmt=format, organiser=_who())  # type: ignore[arg-type]
+        write_chunks(chunks, output)
         if output is None:
-            for chunk in chunks:
-                sys.stdout.write(chunk)
             return
-        with files.open_private(output, "w", encoding="utf-8", newline="") as fh:
-            for chunk in chunks:
-                fh.write(chunk)
     finally:
         db.dispose()
     console.print(f"written to {output}")
