@@ -18,7 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from app import counters, exports
-from app.campaigns import Campaign
+from app.campaigns import Campaign, Target
 from app.db import Database, UTCDateTime
 from app.i18n import N_
 from app.models import BATCH, CHANNELS, CONFIRMED, LetterRecord, PackDelivery, Signature, TargetOptIn
@@ -151,16 +151,9 @@ def record_pack(
     now (erased signatures count, as in the pack), `named` to those who asked to be named to it. Raises
     LedgerError, with nothing written, on an unknown target, a date in the future or before the campaign, an
     unknown channel or a negative count."""
-    found = campaign.target(target)
-    if found is None:
-        raise LedgerError("target", N_("No recipient %(target)s in this campaign; known: %(known)s."),
-                          target=target, known=", ".join(t.key for t in campaign.targets))
-    if delivered_on > (now + LATEST_ZONE).date():
-        raise LedgerError("delivered_on", N_("The delivery date %(date)s is in the future."),
-                          date=delivered_on.isoformat())
-    if delivered_on < campaign.opens_on:
-        raise LedgerError("delivered_on", N_("The delivery date %(date)s is before the campaign opened (%(opens)s)."),
-                          date=delivered_on.isoformat(), opens=campaign.opens_on.isoformat())
+    found = check_dated(campaign, target, delivered_on, field="delivered_on", now=now,
+                        future=N_("The delivery date %(date)s is in the future."),
+                        before=N_("The delivery date %(date)s is before the campaign opened (%(opens)s)."))
     if channel not in PACK_CHANNELS:
         raise LedgerError("channel", N_("The channel must be one of: %(channels)s."), channels=", ".join(PACK_CHANNELS))
     reference = clean_text(reference or "", REFERENCE_MAX) or None
@@ -186,6 +179,21 @@ def named_to(session: Session, campaign: str, target: str) -> int:
         .where(TargetOptIn.target == target, Signature.campaign == campaign, Signature.status == CONFIRMED,
                Signature.email_key.is_not(None))
     ) or 0
+
+
+def check_dated(campaign: Campaign, target: str, day: date, *, field: str, now: datetime, future: str,
+                before: str) -> Target:
+    """The campaign's target `target`, for a record dated `day` (a pack delivered, a reply received); LedgerError
+    on an unknown target, a day in the future anywhere on Earth, or one before the campaign opened."""
+    found = campaign.target(target)
+    if found is None:
+        raise LedgerError("target", N_("No recipient %(target)s in this campaign; known: %(known)s."),
+                          target=target, known=", ".join(t.key for t in campaign.targets))
+    if day > (now + LATEST_ZONE).date():
+        raise LedgerError(field, future, date=day.isoformat())
+    if day < campaign.opens_on:
+        raise LedgerError(field, before, date=day.isoformat(), opens=campaign.opens_on.isoformat())
+    return found
 
 
 def packs_delivered(session: Session, campaign: str, target: str) -> list[PackDelivery]:

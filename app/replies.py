@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from app.campaigns import Campaign
 from app.i18n import N_
-from app.ledger import LATEST_ZONE, LedgerError
+from app.ledger import LedgerError, check_dated
 from app.models import Reply
 
 SCAN_MAX = 5 * 1024 * 1024
@@ -64,15 +64,9 @@ def record(session: Session, *, campaign: Campaign, target: str, received_on: da
            scan: bytes | None, public: bool, recorded_by: str, now: datetime) -> Reply:
     """Record a reply. Raises LedgerError, with nothing written, on an unknown target, a date in the future or
     before the campaign, an empty or too long summary, or a scan that is too big or of another type."""
-    if campaign.target(target) is None:
-        raise LedgerError("target", N_("No recipient %(target)s in this campaign; known: %(known)s."),
-                          target=target, known=", ".join(t.key for t in campaign.targets))
-    if received_on > (now + LATEST_ZONE).date():
-        raise LedgerError("received_on", N_("The date received %(date)s is in the future."),
-                          date=received_on.isoformat())
-    if received_on < campaign.opens_on:
-        raise LedgerError("received_on", N_("The date received %(date)s is before the campaign opened (%(opens)s)."),
-                          date=received_on.isoformat(), opens=campaign.opens_on.isoformat())
+    check_dated(campaign, target, received_on, field="received_on", now=now,
+                future=N_("The date received %(date)s is in the future."),
+                before=N_("The date received %(date)s is before the campaign opened (%(opens)s)."))
     summary = summary_text(summary)
     if not summary:
         raise LedgerError("summary", N_("Write a short summary of the reply."))
