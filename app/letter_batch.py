@@ -130,7 +130,7 @@ class Renderer:
             for target in self.batch_targets(batch):
                 left_out += ledger.delivered_count(session, campaign=batch.slug, target=target.key, upto=upto,
                                                    where=self.for_target(batch, target, last=last))
-        return Plan(total, ranges, letters.public_countries(by_country, self.settings.min_cell), dated, last, upto,
+        return Plan(total, ranges, counters.letter_countries(by_country, self.settings.min_cell), dated, last, upto,
                     left_out)
 
     def for_target(self, batch: Batch, target: Target, *, last: int) -> list:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hmac
 import itertools
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from email.headerregistry import Address
@@ -24,7 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app import counters, i18n, mail, naming, outbox
+from app import i18n, mail, naming, outbox
 from app.campaigns import Campaign, FolderLoader, Target
 from app.encryption import Keyring
 from app.i18n import N_
@@ -225,11 +224,6 @@ def targets_for(campaign: Campaign, country: str) -> list[Target]:
     return [t for t in campaign.targets if t.offered_to_signers and t.writes_from(country)]
 
 
-def public_countries(by_country: Mapping[str, int], k: int) -> frozenset[str]:
-    """Countries whose folded public cell holds at least k supporters: only these may sign a letter."""
-    return frozenset(counters.fold_countries(by_country, k)) - {"other"}
-
-
 # --- a signer's choices: opt-ins and "send it for me" -----------------------------------------------------
 
 
@@ -270,11 +264,6 @@ def supporter_view(target: Target, supporter: Supporter, *, opted_in: bool, publ
         country=supporter.country, message=supporter.message, opted_in=opted_in, public_countries=public,
         message_to_authorities=supporter.message_to_authorities,
     )
-
-
-def current_public_countries(session: Session, campaign: str, *, k: int) -> frozenset[str]:
-    by_country, _ = counters.exact_counts(session, campaign)
-    return public_countries(by_country, k)
 
 
 def opt_ins(session: Session, signature_id: int) -> set[str]:
@@ -337,7 +326,7 @@ def header_name(name: str) -> str:
 
 def send_for_me(
     session: Session, *, campaign: Campaign, row: Signature, target_key: str, lang: str, keyring: Keyring,
-    composer: mail.Composer, secret: bytes, k: int, now: datetime,
+    composer: mail.Composer, secret: bytes, public: frozenset[str], now: datetime,
 ) -> Letter:
     """Queue the signer's letter to one target, once, and the signer's own copy of it as a separate mail.
 
@@ -357,7 +346,7 @@ def send_for_me(
     supporter = open_supporter(row, keyring)
     opted_in = session.get(TargetOptIn, (row.id, target.key)) is not None
     view = supporter_view(target, supporter, opted_in=opted_in,
-                          public=current_public_countries(session, campaign.slug, k=k))
+                          public=public)
     letter = render_letter(campaign, target, lang, view, secret=secret)
     to = Address(display_name=header_name(target.name[letter.lang]), addr_spec=target.email)
     msg = composer.build(to=to, subject=letter.subject, body=letter.text, html=letter.html, campaign=campaign,
@@ -398,13 +387,15 @@ class TargetLetter:
 
 
 def signer_letters(
-    session: Session, *, campaign: Campaign, row: Signature, lang: str, keyring: Keyring, secret: bytes, k: int
+    session: Session, *, campaign: Campaign, row: Signature, lang: str, keyring: Keyring, secret: bytes,
+    public: frozenset[str],
 ) -> list[TargetLetter]:
+    """The signer's letter to each target they write to. `public`: the countries a letter may name
+    (counters.letter_countries; the pages take them from stats_cache once per period)."""
     if row.status != CONFIRMED or row.email_key is None:
         raise LetterRefused("not_confirmed")
     supporter = open_supporter(row, keyring)
     named, sent = opt_ins(session, row.id), deliveries(session, row.id)
-    public = current_public_countries(session, campaign.slug, k=k)
     found = []
     for target in targets_for(campaign, row.country):
         view = supporter_view(target, supporter, opted_in=target.key in named, public=public)
@@ -418,12 +409,12 @@ def signer_letters(
 
 def signer_letter(
     session: Session, *, campaign: Campaign, row: Signature, target_key: str, lang: str, keyring: Keyring,
-    secret: bytes, k: int,
+    secret: bytes, public: frozenset[str],
 ) -> Letter:
     """The signer's letter to one target, as that target would see it (for the PDF to print and post)."""
     target = _signers_target(campaign, row, target_key)
     view = supporter_view(target, open_supporter(row, keyring),
                           opted_in=session.get(TargetOptIn, (row.id, target.key)) is not None,
-                          public=current_public_countries(session, campaign.slug, k=k))
+                          public=public)
     return render_letter(campaign, target, lang, view, secret=secret)
 

@@ -11,11 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app import ledger
 from app.campaigns import Campaign, Target
-from app.models import Signature, TargetOptIn
+from app.models import PackDelivery, Signature, TargetOptIn
 
 
 @dataclass(frozen=True)
@@ -49,13 +50,23 @@ def carried_on(delivered: list[date], opted_in_at: datetime | None) -> date | No
     return next((day for day in delivered if day >= opted_in_at.date()), None)
 
 
-def choice(session: Session, *, campaign: Campaign, row: Signature, target: Target) -> Choice:
-    opt_in = session.get(TargetOptIn, (row.id, target.key))
-    delivered = packs_delivered(session, campaign.slug, target.key)
-    carried = carried_on(delivered, opt_in.created_at if opt_in else None)
-    return Choice(target, opt_in is not None, carried or (delivered[-1] if delivered else None), carried is not None)
-
-
 def choices(session: Session, *, campaign: Campaign, row: Signature, targets: list[Target]) -> dict[str, Choice]:
-    """The naming choice of one signer for each of `targets` that may carry names, by target key."""
-    return {t.key: choice(session, campaign=campaign, row=row, target=t) for t in targets if t.allows_names()}
+    """The naming choice of one signer for each of `targets` that may carry names, by target key: two reads
+    (the signer's yeses, the campaign's pack deliveries), however many targets the page shows."""
+    targets = [t for t in targets if t.allows_names()]
+    if not targets:
+        return {}
+    said = dict(session.execute(select(TargetOptIn.target, TargetOptIn.created_at)
+                                .where(TargetOptIn.signature_id == row.id)).all())
+    delivered: dict[str, list[date]] = {}
+    for target, day in session.execute(
+        select(PackDelivery.target, PackDelivery.delivered_on).where(PackDelivery.campaign == campaign.slug)
+        .order_by(PackDelivery.delivered_on, PackDelivery.id)
+    ):
+        delivered.setdefault(target, []).append(day)
+    found = {}
+    for t in targets:
+        days = delivered.get(t.key, [])
+        carried = carried_on(days, said.get(t.key))
+        found[t.key] = Choice(t, t.key in said, carried or (days[-1] if days else None), carried is not None)
+    return found

@@ -335,7 +335,7 @@ def write(session: Session, keyring: Keyring, campaign: Campaign, target: Target
     total = sum(by_country.values())
     if on_plan:
         on_plan(total)
-    public = letters.public_countries(by_country, k)
+    public = counters.letter_countries(by_country, k)
     names_allowed = target.allows_names()
     opted = TargetOptIn.target == target.key
     kept = [*where, Signature.email_key.is_not(None)]  # an erased signer is a number, never a name or words

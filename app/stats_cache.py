@@ -24,6 +24,7 @@ class _Entry:
     starts_at: datetime
     ends_at: datetime
     stats: counters.Stats
+    letter_countries: frozenset[str]  # the countries a letter may name this period (counters.letter_countries)
     body: bytes | None  # the stats API's answer, rendered on first use
 
 
@@ -67,6 +68,11 @@ class StatsCache:
         """The public figures for the pages (petition, home, embed, signer): the same snapshot as the API's."""
         return self._current(campaign).stats
 
+    def letter_countries(self, campaign: Campaign) -> frozenset[str]:
+        """The countries a letter may name, from the exact counts taken once per period: the signer's page, the
+        letter sent for them and its PDF agree within a period, and no page view reads the counts table."""
+        return self._current(campaign).letter_countries
+
     def _current(self, campaign: Campaign) -> _Entry:
         now = self.clock()
         entry = self._entries.get(campaign.slug)
@@ -76,11 +82,12 @@ class StatsCache:
         with self.db.read() as session:  # the usual case: another process (or an earlier us) wrote it already
             stats = counters.published(session, campaign, starts_at=starts_at)
             public_replies = tuple(replies.listed(session, campaign.slug, public_only=True))
+            countries = counters.current_letter_countries(session, campaign.slug, k=self.min_cell)
         if stats is None:
             with self.db.write.begin() as session:
                 stats = counters.public_stats(session, campaign, k=self.min_cell, now=now, every=self.every)
         stats = replace(stats, replies=public_replies)
-        entry = _Entry(starts_at, ends_at, stats, None)
+        entry = _Entry(starts_at, ends_at, stats, countries, None)
         with self._lock:
             self._entries[campaign.slug] = entry
         return entry

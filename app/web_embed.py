@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import re
 import secrets
+from functools import lru_cache
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Request
@@ -37,12 +38,14 @@ FORM_SECONDS = 24 * 3600
 SOURCE = re.compile(r"^(?:'self'|https?://(?:\*\.)?[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*(?::\d{1,5})?)$")
 
 
-def frame_ancestors(settings: Settings) -> str:
-    """The CSP frame-ancestors value from settings; 'none' when nothing (valid) is configured."""
-    valid = [s.strip().rstrip("/") for s in settings.frame_ancestors if SOURCE.match(s.strip().rstrip("/"))]
-    if len(valid) != len(settings.frame_ancestors):
+@lru_cache(maxsize=8)
+def embed_csp(ancestors: tuple[str, ...]) -> str:
+    """The embed's Content-Security-Policy, with frame-ancestors from the settings ('none' when nothing valid is
+    configured); worked out once, not per view."""
+    valid = [s.strip().rstrip("/") for s in ancestors if SOURCE.match(s.strip().rstrip("/"))]
+    if len(valid) != len(ancestors):
         log.warning("CAMPAIGN_FRAME_ANCESTORS: ignored entries that are not scheme://host[:port] or 'self'")
-    return " ".join(valid) or "'none'"
+    return security.content_security_policy(" ".join(valid) or "'none'")
 
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -90,8 +93,13 @@ def allowed_origin(settings: Settings, headers: Headers) -> bool:
     )
 
 
+@lru_cache(maxsize=8)
+def _serializer_for(secret_key: str) -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(secret_key, salt=FORM_SALT)
+
+
 def _serializer(svc: Services) -> URLSafeTimedSerializer:
-    return URLSafeTimedSerializer(svc.settings.secret_key, salt=FORM_SALT)
+    return _serializer_for(svc.settings.secret_key)
 
 
 @router.get("/c/{slug}/embed", response_class=HTMLResponse)
@@ -110,7 +118,7 @@ async def embed(request: Request, slug: str, lang: str | None = None) -> Respons
         _serializer(svc).dumps([slug, secrets.token_urlsafe(16)]),
     )
     # No CSRF cookie here: in a third-party frame it would be neither stored nor sent back.
-    response.headers["Content-Security-Policy"] = security.content_security_policy(frame_ancestors(svc.settings))
+    response.headers["Content-Security-Policy"] = embed_csp(tuple(svc.settings.frame_ancestors))
     return response
 
 

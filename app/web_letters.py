@@ -65,6 +65,8 @@ def card(item: letters.TargetLetter) -> Card:
 
 def mailto_url(email: str, letter: letters.Letter) -> str:
     """The whole letter pre-filled when short enough for mail programs; else the address and subject only."""
+    if len(letter.text.encode()) > MAILTO_LIMIT:  # encoded, each byte takes 1 or 3 characters: too long already
+        return mailto(email, letter.subject)
     full = mailto(email, letter.subject, letter.text)
     return full if len(full) <= MAILTO_LIMIT else mailto(email, letter.subject)
 
@@ -104,7 +106,8 @@ def signer_page(request: Request, token: str, lang: str | None = None) -> HTMLRe
         try:
             items = letters.signer_letters(
                 session, campaign=campaign, row=row, lang=lang, keyring=svc.keyring,
-                secret=letters.variation_secret(svc.settings.secret_key), k=svc.settings.min_cell,
+                secret=letters.variation_secret(svc.settings.secret_key),
+                public=svc.stats_cache.letter_countries(campaign),
             )
             pack_only = naming.pack_targets(campaign, row.country)
             choices = naming.choices(session, campaign=campaign, row=row,
@@ -169,12 +172,12 @@ async def send(request: Request, token: str) -> Response:
     """"Send it for me": queue the letter to one target, once, through the outbox."""
     svc, campaign, form, lang = await _signer_form(request, token)
     target_key = str(form.get("target", ""))[:64]
-
+    public = await letter_countries(svc, campaign)
     try:
         await write(svc, lambda session: letters.send_for_me(
             session, campaign=campaign, row=signer_or_404(session, token), target_key=target_key, lang=lang,
             keyring=svc.keyring, composer=svc.composer, secret=letters.variation_secret(svc.settings.secret_key),
-            k=svc.settings.min_cell, now=utcnow(),
+            public=public, now=utcnow(),
         ))
     except letters.LetterRefused as exc:
         return _refused(request, token, lang, campaign, exc)
@@ -187,10 +190,11 @@ async def open_in_mail_program(request: Request, token: str) -> Response:
     which opens the signer's mail program with the letter filled in; the page stays where it was."""
     svc, campaign, form, lang = await _signer_form(request, token)
     target_key = str(form.get("target", ""))[:64]
+    public = await letter_countries(svc, campaign)
 
     def work(session) -> str:
         row = signer_or_404(session, token)
-        letter = _letter(svc, session, campaign, row, target_key, lang)
+        letter = _letter(svc, session, campaign, row, target_key, lang, public)
         email = campaign.target(letter.target).email  # type: ignore[union-attr] - the letter's own target
         if not email:
             raise HTTPException(404, "No email address for this recipient")
@@ -201,11 +205,18 @@ async def open_in_mail_program(request: Request, token: str) -> Response:
     return RedirectResponse(await write(svc, work), status_code=303)
 
 
-def _letter(svc: Services, session, campaign: Campaign, row, target_key: str, lang: str) -> letters.Letter:
+async def letter_countries(svc: Services, campaign: Campaign) -> frozenset[str]:
+    """The countries this period's letters may name, read before a write begins: at a boundary the figures
+    cache reads (or publishes) them itself, which inside the write would wait for its own lock."""
+    return await run_in_threadpool(svc.stats_cache.letter_countries, campaign)
+
+
+def _letter(svc: Services, session, campaign: Campaign, row, target_key: str, lang: str,
+            public: frozenset[str]) -> letters.Letter:
     try:
         return letters.signer_letter(
             session, campaign=campaign, row=row, target_key=target_key, lang=campaign.lang(lang),
-            keyring=svc.keyring, secret=letters.variation_secret(svc.settings.secret_key), k=svc.settings.min_cell,
+            keyring=svc.keyring, secret=letters.variation_secret(svc.settings.secret_key), public=public,
         )
     except letters.LetterRefused as exc:
         raise HTTPException(404, "No such recipient for this signature") from exc
@@ -215,7 +226,10 @@ def _pdf(svc: Services, token: str, target: str, lang: str | None, *, record: bo
     with svc.db.read() as session:
         row = signer_or_404(session, token)
         campaign = campaign_or_404(svc, row.campaign)
-        letter = _letter(svc, session, campaign, row, target[:64], lang or row.language)
+    public = svc.stats_cache.letter_countries(campaign)  # outside the read: at a boundary it may publish
+    with svc.db.read() as session:
+        row = signer_or_404(session, token)
+        letter = _letter(svc, session, campaign, row, target[:64], lang or row.language, public)
     content = pdf.letters_pdf([letter], lang=letter.lang, title=letter.subject)
     if record:
         with svc.db.write.begin() as session:  # made: now recorded, in a short write of its own

@@ -11,7 +11,7 @@ from datetime import timedelta
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from app import letters, web_letters
 from app.db import utcnow
@@ -58,7 +58,8 @@ def expected_letter(svc, signature_id: int, target: str, lang: str = "en") -> le
         row = session.get(Signature, signature_id)
         return letters.signer_letter(
             session, campaign=svc.campaigns["mamay"], row=row, target_key=target, lang=lang, keyring=svc.keyring,
-            secret=letters.variation_secret(svc.settings.secret_key), k=svc.settings.min_cell,
+            secret=letters.variation_secret(svc.settings.secret_key),
+            public=svc.stats_cache.letter_countries(svc.campaigns[row.campaign]),
         )
 
 
@@ -227,7 +228,7 @@ def test_send_for_me_only_once_per_target_only_with_an_email_only_when_confirmed
     with svc.db.write.begin() as session, pytest.raises(letters.LetterRefused) as refused:
         letters.send_for_me(
             session, campaign=svc.campaigns["mamay"], row=session.get(Signature, pending), target_key="president",
-            lang="en", keyring=svc.keyring, composer=svc.composer, secret=b"x", k=5, now=utcnow(),
+            lang="en", keyring=svc.keyring, composer=svc.composer, secret=b"x", public=frozenset(), now=utcnow(),
         )
     assert refused.value.reason == "not_confirmed"
 
@@ -285,3 +286,25 @@ def test_a_long_cyrillic_subject_and_name_arrive_intact(client, svc, smtp, lang)
     assert msg["Subject"] == svc.campaigns["mamay"].subject[lang]
     # Decoded as RFC 2047 says (Python's address parser keeps the space between encoded words of a name).
     assert display_name(msg, "To") == president.name[lang]
+
+
+def test_the_signers_page_reads_a_few_rows_whatever_it_shows(client, svc):
+    """A view of the signer's page is a handful of indexed reads, not one or two per recipient, and never the
+    counts table: the countries a letter may name come with the period's figures (stats_cache), so the page, the
+    letter sent for the signer and its PDF agree within a period."""
+    _, token = add_signer(svc, name="Ann Lee", country="GB", city="York")
+    assert client.get(f"/s/{token}").status_code == 200  # the period's figures are read once, here
+    statements: list[str] = []
+
+    def seen(conn, cursor, statement, *args) -> None:
+        statements.append(statement)
+
+    event.listen(svc.db.engine, "before_cursor_execute", seen)
+    try:
+        answer = client.get(f"/s/{token}?lang=ru")
+    finally:
+        event.remove(svc.db.engine, "before_cursor_execute", seen)
+    assert answer.status_code == 200 and 'id="t-president"' in answer.text and 'id="t-embassy-gb"' in answer.text
+    reads = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+    assert len(reads) == 5, reads  # the signer, their yeses, their sent letters, their yeses by date, the packs
+    assert not any("signature_counts" in s for s in statements)

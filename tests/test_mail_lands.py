@@ -115,7 +115,8 @@ def send_for_me(svc, row: Signature, lang: str, target: str = "president") -> No
     with svc.db.write.begin() as s:
         letters.send_for_me(s, campaign=svc.campaigns[row.campaign], row=s.merge(row), target_key=target, lang=lang,
                             keyring=svc.keyring, composer=svc.composer,
-                            secret=letters.variation_secret(svc.settings.secret_key), k=svc.settings.min_cell,
+                            secret=letters.variation_secret(svc.settings.secret_key),
+                            public=frozenset(),
                             now=utcnow())
 
 
