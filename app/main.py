@@ -116,7 +116,8 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None, 
     )
     app.state.services = svc
     app.state.used_forms = replay.UsedOnce(settings.redis_url, prefix="campaign:embed-form-used")  # web_embed
-    app.add_middleware(SecurityHeaders, hsts=settings.base_url.startswith("https://"))
+    app.add_middleware(page_cache.Answered, clock=svc.clock, version=lambda: pages.campaigns_version(svc))
+    app.add_middleware(SecurityHeaders, hsts=settings.base_url.startswith("https://"))  # outside Answered
     app.state.page_cache = page_cache.PageCache(  # pages.public_page: public pages rendered once per period
         every=timedelta(minutes=settings.public_refresh_minutes), clock=svc.clock)
     app.include_router(static_files.router)  # from memory, content-hashed names (static_files.py)

@@ -117,3 +117,116 @@ class PageCache:
         """A page cached as bytes with one per-visitor value filled in: the answer itself is never stored."""
         entry, _ = await self.get(key, render)
         return Response(entry.fill(value), status_code=status, media_type=HTML, headers={"Cache-Control": "no-store"})
+
+
+# --- answered again without routing ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Kept:
+    """A public answer as the app gave it, kept until its max-age runs out by the app's clock."""
+
+    expires_at: datetime
+    status: int
+    headers: tuple[tuple[bytes, bytes], ...]  # without Cache-Control, which is written for each answer
+    body: bytes
+    etag: bytes | None
+
+
+def _keepable(headers: list[tuple[bytes, bytes]]) -> tuple[int, bool] | None:
+    """(max-age, varies by language) of an answer the app marked `public`, or None when it may not be kept: no
+    cookie, and varying by nothing but the language."""
+    max_age, vary = None, False
+    for name, value in headers:
+        name = name.lower()
+        if name == b"set-cookie":
+            return None
+        if name == b"cache-control":
+            directives = [d.strip() for d in value.decode("latin-1").lower().split(",")]
+            if "public" not in directives or "no-store" in directives or "private" in directives:
+                return None
+            ages = [d.removeprefix("max-age=") for d in directives if d.startswith("max-age=")]
+            max_age = int(ages[0]) if ages and ages[0].isdigit() else None
+        elif name == b"vary":
+            fields = {f.strip() for f in value.decode("latin-1").lower().split(",")}
+            if fields - {"accept-language"}:
+                return None
+            vary = True
+    return (max_age, vary) if max_age else None
+
+
+class Answered:
+    """Pure ASGI middleware, a micro-cache in the process like deploy/nginx.conf's in front of it: a GET whose
+    answer the app marked `Cache-Control: public, max-age=N` (a page of the page cache, a hashed static file) is
+    answered again, by path, query and, when it varies by it, Accept-Language, from its bytes for those N seconds,
+    without routing (most of a cached page's cost was the framework's). What the app did not mark public never
+    is; a campaign reloaded empties it. SecurityHeaders wraps it, so every answer gets the same headers."""
+
+    MAX_KEPT = 512  # answers (pages of ~30 kB): bounded whatever query strings a prober invents
+    MAX_BODY = 1 << 20
+
+    def __init__(self, app, *, clock: Callable[[], datetime], version: Callable[[], object]) -> None:
+        self.app, self.clock, self.version = app, clock, version
+        self._kept: dict[tuple, Kept] = {}
+        self._version: object = None
+
+    def _find(self, scope, now: datetime) -> Kept | None:
+        if self._version != self.version():
+            self._kept.clear()
+            self._version = self.version()
+        path, query = scope["path"], scope["query_string"]
+        kept = self._kept.get((path, query, None))
+        if kept is None:
+            language = next((v for k, v in scope["headers"] if k == b"accept-language"), b"")
+            kept = self._kept.get((path, query, language))
+        return kept if kept is not None and now < kept.expires_at else None
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["method"] != "GET":
+            await self.app(scope, receive, send)
+            return
+        now = self.clock()
+        kept = self._find(scope, now)
+        if kept is not None:
+            await self._answer(scope, send, kept, now)
+            return
+        keep: list = []  # (headers, max-age, varies by language), then the body's parts
+        chunks: list[bytes] = []
+
+        async def keeping(message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                found = _keepable(headers) if message["status"] == 200 else None
+                if found is not None:
+                    keep.append((headers, *found))
+            elif message["type"] == "http.response.body" and keep:
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    self._keep(scope, *keep[0], b"".join(chunks), now)
+            await send(message)
+
+        await self.app(scope, receive, keeping)
+
+    def _keep(self, scope, headers: list, max_age: int, vary: bool, body: bytes, now: datetime) -> None:
+        if len(body) > self.MAX_BODY:
+            return
+        language = next((v for k, v in scope["headers"] if k == b"accept-language"), b"") if vary else None
+        if len(self._kept) >= self.MAX_KEPT:
+            del self._kept[next(iter(self._kept))]  # the oldest
+        self._kept[(scope["path"], scope["query_string"], language)] = Kept(
+            now + timedelta(seconds=max_age), 200,
+            tuple((k, v) for k, v in headers if k.lower() not in (b"cache-control", b"content-length")), body,
+            next((v for k, v in headers if k.lower() == b"etag"), None))
+
+    async def _answer(self, scope, send, kept: Kept, now: datetime) -> None:
+        age = int((kept.expires_at - now).total_seconds())
+        headers = [*kept.headers, (b"cache-control", b"public, max-age=%d" % age)]
+        wanted = next((v for k, v in scope["headers"] if k == b"if-none-match"), None)
+        if kept.etag is not None and wanted is not None and etag_matches(wanted.decode("latin-1"),
+                                                                         kept.etag.decode("latin-1")):
+            headers = [(k, v) for k, v in headers if k.lower() != b"content-type"]
+            await send({"type": "http.response.start", "status": 304, "headers": headers})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        headers.append((b"content-length", str(len(kept.body)).encode()))
+        await send({"type": "http.response.start", "status": kept.status, "headers": headers})
+        await send({"type": "http.response.body", "body": kept.body})

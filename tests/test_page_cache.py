@@ -112,6 +112,64 @@ def test_the_cached_page_shows_the_figures_of_its_period_and_changes_only_at_the
     assert '<strong class="num">10</strong>' in app.get("/").text
 
 
+def test_a_public_answer_is_given_again_without_routing_until_its_max_age_or_a_reload(app, clock, monkeypatch):
+    """The in-process micro-cache (page_cache.Answered) answers again what the app marked public, by path, query
+    and Accept-Language, with the max-age left; a reloaded campaign or the end of its max-age sends the next
+    request to the route again."""
+    from app import web
+
+    first = app.get("/c/mamay?lang=ru")
+    negotiated = visitor(app, **{"Accept-Language": "kk"}).get("/c/mamay")
+    routed = []
+
+    async def counted(*args, **kwargs):
+        routed.append(args[1])
+        return await public_page(*args, **kwargs)
+
+    public_page = web.public_page
+    monkeypatch.setattr(web, "public_page", counted)
+    clock.advance(minutes=2)
+    again = visitor(app).get("/c/mamay?lang=ru")
+    assert routed == [] and again.content == first.content and again.headers["etag"] == first.headers["etag"]
+    assert max_age(again) == max_age(first) - 120 and "set-cookie" not in again.headers
+    assert again.headers["content-security-policy"] == first.headers["content-security-policy"]
+    assert visitor(app, **{"Accept-Language": "kk"}).get("/c/mamay").content == negotiated.content
+    russian = visitor(app, **{"Accept-Language": "ru"}).get("/c/mamay")  # another language: its own answer
+    assert '<html lang="ru">' in russian.text and routed == ["petition.html"]
+    app.app.state.services.campaigns.version += 1  # a campaign folder reloaded
+    assert visitor(app).get("/c/mamay?lang=ru").status_code == 200 and len(routed) == 2
+    clock.advance(minutes=10)  # the next period: the kept answer has run out
+    assert visitor(app).get("/c/mamay?lang=ru").status_code == 200 and len(routed) == 3
+
+
+@pytest.mark.parametrize(("headers", "kept"), [
+    ([(b"cache-control", b"public, max-age=60")], (60, False)),
+    ([(b"cache-control", b"public, max-age=60"), (b"vary", b"Accept-Language")], (60, True)),
+    ([(b"cache-control", b"public, max-age=0")], None),  # past a boundary, while the next period renders
+    ([(b"cache-control", b"no-store")], None),
+    ([(b"cache-control", b"private, max-age=60")], None),
+    ([(b"cache-control", b"public, max-age=60"), (b"set-cookie", b"csrf=x")], None),
+    ([(b"cache-control", b"public, max-age=60"), (b"vary", b"Cookie")], None),
+    ([], None),
+])
+def test_only_an_answer_marked_public_without_a_cookie_is_kept(headers, kept):
+    assert page_cache._keepable(headers) == kept
+
+
+def test_a_prober_inventing_query_strings_keeps_the_micro_cache_bounded(app):
+    answered = next(m for m in iter_middleware(app.app) if isinstance(m, page_cache.Answered))
+    for n in range(page_cache.Answered.MAX_KEPT + 50):
+        assert app.get(f"/privacy?x={n}").status_code == 200
+    assert len(answered._kept) == page_cache.Answered.MAX_KEPT
+
+
+def iter_middleware(app) -> Iterator[object]:
+    layer = app.middleware_stack
+    while layer is not None:
+        yield layer
+        layer = getattr(layer, "app", None)
+
+
 def test_max_age_never_runs_past_midnight_when_a_campaign_may_open_or_close():
     cache = page_cache.PageCache(every=timedelta(hours=7), clock=lambda: START)
     late = datetime(2026, 12, 5, 23, 59, 0, tzinfo=UTC)
