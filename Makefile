@@ -49,7 +49,7 @@ lint: $(VENV)/.test
 test: $(VENV)/.test system-deps lint
 	$(BIN)/pytest -q
 
-# Every benchmark (bench/*.py), about 25 minutes here; BENCH_FULL=1 adds the 10 M-signature step of bench/growth.py
+# Every benchmark (bench/*.py), about 30 minutes here; BENCH_FULL=1 adds the 10 M-signature step of bench/growth.py
 # on SQLite and PostgreSQL with export and letters at 10 M (about 25 minutes and 20 GB of disk more).
 # py-spy profiles the sign path when its p99 goal is missed (bench/profile.py).
 bench: $(VENV)/.test system-deps

@@ -15,7 +15,7 @@ import time
 
 from bench.harness import RESULTS_DIR, ROOT
 
-SCRIPTS = ("sign", "spike", "stats", "mail", "demo", "exports", "letters", "growth")
+SCRIPTS = ("sign", "pages", "spike", "stats", "mail", "demo", "exports", "letters", "growth")
 
 
 def main(names: list[str]) -> int:

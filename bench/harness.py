@@ -285,15 +285,20 @@ def wrk(url: str, *, script: str, args: list[str] | None = None, threads: int = 
 
 
 def open_loop(url: str, *, rate: float, seconds: float, body: str | None = None, tag: str = "ol",
-              connections: int = 256) -> Load:
+              connections: int = 256, paths_file: Path | None = None, headers: dict[str, str] | None = None) -> Load:
     """The open-loop generator (bench/openloop.py) in its own process: requests leave on a fixed schedule,
     whether or not earlier ones were answered, and latency counts from the scheduled time (no coordinated
     omission), as wrk2 would measure. Up to 256 connections, as many people signing at once would open: with 64,
-    any latency above 64/rate (15 ms at 4,300 req/s) became waiting for a free connection inside the generator."""
+    any latency above 64/rate (15 ms at 4,300 req/s) became waiting for a free connection inside the generator.
+    With `paths_file`: GETs of its paths in turn on `url`'s server, each carrying `headers`, each expected 200."""
     cmd = [str(BIN / "python"), "-m", "bench.openloop", "--url", url, "--rate", str(rate),
            "--seconds", str(seconds), "--tag", tag, "--connections", str(connections)]
     if body:
         cmd += ["--body", body]
+    if paths_file is not None:
+        cmd += ["--paths-file", str(paths_file)]
+        for name, value in (headers or {}).items():
+            cmd += ["--header", f"{name}: {value}"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 90, cwd=ROOT, check=True)
     s = json.loads(done.stdout.strip().splitlines()[-1])
     return Load(

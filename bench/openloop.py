@@ -11,6 +11,7 @@ per request of an asyncio-streams client.
 
     python -m bench.openloop --url http://127.0.0.1:8000/api/v1/ping --rate 1000 --seconds 10
     python -m bench.openloop --url http://127.0.0.1:8000 --mix --rate 1889 --seconds 20   (bench/mix.py)
+    python -m bench.openloop --url http://127.0.0.1:8000 --paths-file paths.txt --rate 500 --header "Cookie: a=b"
 Prints one JSON line: rps, p50/p90/p99/max ms, ok (the expected status: 2xx, or the kind's own), bad (another
 status), errors (socket, or never answered); and the same under "kinds" for each kind of request.
 """
@@ -221,6 +222,30 @@ def single(url: str, body: str | None, tag: str):
     return payload_for
 
 
+def read_paths(file: str) -> list[str]:
+    """The paths of a --paths-file, one a line (blank lines skipped)."""
+    with open(file, encoding="utf-8") as fh:
+        found = [line.strip() for line in fh if line.strip()]
+    if not found:
+        raise SystemExit(f"no paths in {file}")
+    return found
+
+
+def cycling(url: str, paths: list[str], headers: dict[str, str]):
+    """The plan of a run over many paths: GETs of each in turn (wrapping round), each expected to answer 200."""
+    parts = urlsplit(url)
+    host = f"{parts.hostname}:{parts.port}" if parts.port else parts.hostname or "127.0.0.1"
+    requests = [Request("request", request_bytes("GET", host, path, None, headers=headers), b"200") for path in paths]
+    return lambda i: requests[i % len(requests)]
+
+
+def header(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition(":")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"not a header (Name: value): {text!r}")
+    return name.strip(), value.strip()
+
+
 async def run(url: str, rate: float, seconds: float, connections: int, payload_for) -> dict:
     """Send request i of `payload_for(i)` at start + i/rate; figures in all and by kind."""
     parts = urlsplit(url)
@@ -267,6 +292,10 @@ def main() -> None:
                         "(bench/mix.py) instead of one URL")
     parser.add_argument("--public-url", help="with --mix: the site's public URL, which a form sign names as its "
                         "Origin (the proxy's when one is in front)")
+    parser.add_argument("--paths-file", help="GET each path of this file (one a line) in turn, instead of --url's "
+                        "own path; each must answer 200")
+    parser.add_argument("--header", type=header, action="append", default=[], help="with --paths-file: a header "
+                        "every request carries, as 'Name: value' (repeatable)")
     args = parser.parse_args()
     if urlsplit(args.url).hostname not in {"127.0.0.1", "localhost", "::1"}:
         raise SystemExit("open-loop load goes to loopback only")
@@ -280,6 +309,8 @@ def main() -> None:
         from bench.mix import plan
 
         payload_for = plan(args.url, tag=args.tag, public_url=args.public_url or args.url)
+    elif args.paths_file:
+        payload_for = cycling(args.url, read_paths(args.paths_file), dict(args.header))
     else:
         payload_for = single(args.url, args.body, args.tag)
     result = asyncio.run(run(args.url, args.rate, args.seconds, args.connections, payload_for))
