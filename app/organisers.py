@@ -8,6 +8,7 @@ session is itself a row (organiser_sessions): sign-out and revocation delete it,
 from __future__ import annotations
 
 import hmac
+import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -18,7 +19,6 @@ from urllib.parse import quote
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from itsdangerous import BadSignature, URLSafeTimedSerializer
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
@@ -186,9 +186,7 @@ def authenticate(session: Session, token: str, *, settings: Settings) -> Who | N
 
 # --- browser sessions -------------------------------------------------------------------------------------
 
-
-def _serializer(settings: Settings) -> URLSafeTimedSerializer:
-    return URLSafeTimedSerializer(settings.secret_key, salt="organiser-session")
+SESSION_PURPOSE = "organiser-session v2"  # v2: sealed (security.seal_handle), no longer an itsdangerous value
 
 
 def session_cookie(who: Who, session: Session, *, settings: Settings, now: datetime) -> str:
@@ -204,15 +202,17 @@ def session_cookie(who: Who, session: Session, *, settings: Settings, now: datet
     handle = security.new_token()
     session.add(OrganiserSession(token_hash=security.token_hash(handle), organiser_id=who.id, created_at=now,
                                  expires_at=now + timedelta(seconds=SESSION_SECONDS)))
-    return _serializer(settings).dumps({"id": who.id, "fp": fingerprint, "s": handle})
+    return security.seal_handle(settings.secret_key, SESSION_PURPOSE,
+                                json.dumps({"id": who.id, "fp": fingerprint, "s": handle}).encode())
 
 
 def _cookie_data(cookie: str | None, settings: Settings) -> dict | None:
     if not cookie or len(cookie) > 500:
         return None
+    sealed = security.open_handle(settings.secret_key, SESSION_PURPOSE, cookie, max_age=SESSION_SECONDS)
     try:
-        data = _serializer(settings).loads(cookie, max_age=SESSION_SECONDS)
-    except BadSignature:
+        data = json.loads(sealed) if sealed is not None else None
+    except ValueError:
         return None
     if not isinstance(data, dict) or not isinstance(data.get("fp"), str) or not isinstance(data.get("s"), str):
         return None

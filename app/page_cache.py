@@ -161,17 +161,18 @@ class Answered:
     without routing (most of a cached page's cost was the framework's). What the app did not mark public never
     is; a campaign reloaded empties it. SecurityHeaders wraps it, so every answer gets the same headers."""
 
-    MAX_KEPT = 512  # answers (pages of ~30 kB): bounded whatever query strings a prober invents
-    MAX_BODY = 1 << 20
+    MAX_BYTES = 8 << 20  # bounded whatever query strings or languages a prober invents (a page is ~30 kB)
 
     def __init__(self, app, *, clock: Callable[[], datetime], version: Callable[[], object]) -> None:
         self.app, self.clock, self.version = app, clock, version
         self._kept: dict[tuple, Kept] = {}
+        self._bytes = 0
         self._version: object = None
 
     def _find(self, scope, now: datetime) -> Kept | None:
         if self._version != self.version():
             self._kept.clear()
+            self._bytes = 0
             self._version = self.version()
         path, query = scope["path"], scope["query_string"]
         kept = self._kept.get((path, query, None))
@@ -207,12 +208,16 @@ class Answered:
         await self.app(scope, receive, keeping)
 
     def _keep(self, scope, headers: list, max_age: int, vary: bool, body: bytes, now: datetime) -> None:
-        if len(body) > self.MAX_BODY:
+        if len(body) > self.MAX_BYTES // 8:
             return
         language = next((v for k, v in scope["headers"] if k == b"accept-language"), b"") if vary else None
-        if len(self._kept) >= self.MAX_KEPT:
-            del self._kept[next(iter(self._kept))]  # the oldest
-        self._kept[(scope["path"], scope["query_string"], language)] = Kept(
+        key = (scope["path"], scope["query_string"], language)
+        if key in self._kept:
+            self._bytes -= len(self._kept.pop(key).body)
+        while self._kept and self._bytes + len(body) > self.MAX_BYTES:
+            self._bytes -= len(self._kept.pop(next(iter(self._kept))).body)  # the oldest first
+        self._bytes += len(body)
+        self._kept[key] = Kept(
             now + timedelta(seconds=max_age), 200,
             tuple((k, v) for k, v in headers if k.lower() not in (b"cache-control", b"content-length")), body,
             next((v for k, v in headers if k.lower() == b"etag"), None))

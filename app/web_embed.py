@@ -20,7 +20,6 @@ from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from itsdangerous import BadSignature, URLSafeTimedSerializer
 from starlette.datastructures import Headers
 
 from app import i18n, security
@@ -32,7 +31,7 @@ from app.state import Services, services
 
 log = logging.getLogger(__name__)
 router = APIRouter(include_in_schema=False)
-FORM_SALT = "embed-form v2"  # v2: [slug, nonce]
+FORM_PURPOSE = "embed-form v3"  # v3: sealed (security.seal_handle): nonce + slug
 FORM_SECONDS = 24 * 3600
 # A CSP host-source (scheme://host[:port], '*.' wildcard allowed) or 'self'; anything else is refused.
 SOURCE = re.compile(r"^(?:'self'|https?://(?:\*\.)?[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*(?::\d{1,5})?)$")
@@ -93,13 +92,9 @@ def allowed_origin(settings: Settings, headers: Headers) -> bool:
     )
 
 
-@lru_cache(maxsize=8)
-def _serializer_for(secret_key: str) -> URLSafeTimedSerializer:
-    return URLSafeTimedSerializer(secret_key, salt=FORM_SALT)
-
-
-def _serializer(svc: Services) -> URLSafeTimedSerializer:
-    return _serializer_for(svc.settings.secret_key)
+def new_form_token(svc: Services, slug: str) -> str:
+    """A single-use form token for one embed: its own random nonce and the campaign, sealed with the time."""
+    return security.seal_handle(svc.settings.secret_key, FORM_PURPOSE, secrets.token_bytes(16) + slug.encode())
 
 
 @router.get("/c/{slug}/embed", response_class=HTMLResponse)
@@ -115,7 +110,7 @@ async def embed(request: Request, slug: str, lang: str | None = None) -> Respons
         (path, lang, is_open),
         lambda: render("embed.html", lang, path=path, settings=svc.settings, campaign=campaign, is_open=is_open,
                        stats=svc.stats_cache.stats(campaign), countries=i18n.countries(lang), form_token=MARKER),
-        _serializer(svc).dumps([slug, secrets.token_urlsafe(16)]),
+        new_form_token(svc, slug),
     )
     # No CSRF cookie here: in a third-party frame it would be neither stored nor sent back.
     response.headers["Content-Security-Policy"] = embed_csp(tuple(svc.settings.frame_ancestors))
@@ -126,13 +121,10 @@ def _form_token_valid(request: Request, slug: str, token: object) -> bool:
     """Signed by us for this campaign, not expired, and never used before (the nonce is spent here)."""
     if not isinstance(token, str) or len(token) > 200:
         return False
-    try:
-        data = _serializer(services(request)).loads(token, max_age=FORM_SECONDS)
-    except BadSignature:
+    data = security.open_handle(services(request).settings.secret_key, FORM_PURPOSE, token, max_age=FORM_SECONDS)
+    if data is None or data[16:] != slug.encode():
         return False
-    if not (isinstance(data, list) and len(data) == 2 and data[0] == slug and isinstance(data[1], str)):
-        return False
-    return request.app.state.used_forms.first_use(data[1], FORM_SECONDS)
+    return request.app.state.used_forms.first_use(data[:16].hex(), FORM_SECONDS)
 
 
 @router.post("/c/{slug}/embed/sign")

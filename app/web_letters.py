@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import quote
 
+import anyio
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -94,9 +95,19 @@ async def preview(request: Request, slug: str, lang: str | None = None, target: 
     }, negotiated=negotiated(lang))
 
 
+# A signer's page is rendered for each view (it is theirs alone; see docs/operations.md): CPU work that holds the
+# interpreter lock. Two threads at a time render as many pages a second as forty would, without making every
+# page wait behind all the others.
+RENDERING = anyio.CapacityLimiter(2)
+
+
 @router.get("/s/{token}", response_class=HTMLResponse)
-def signer_page(request: Request, token: str, lang: str | None = None) -> HTMLResponse:
+async def signer_page(request: Request, token: str, lang: str | None = None) -> HTMLResponse:
     """The signer's own page: their letter to each target, the ways to deliver it, and the opt-ins."""
+    return await anyio.to_thread.run_sync(_signer_page, request, token, lang, limiter=RENDERING)
+
+
+def _signer_page(request: Request, token: str, lang: str | None) -> HTMLResponse:
     svc = services(request)
     done, acted_on = request.query_params.get("done"), request.query_params.get("target")
     with svc.db.read() as session:

@@ -158,9 +158,11 @@ def test_only_an_answer_marked_public_without_a_cookie_is_kept(headers, kept):
 
 def test_a_prober_inventing_query_strings_keeps_the_micro_cache_bounded(app):
     answered = next(m for m in iter_middleware(app.app) if isinstance(m, page_cache.Answered))
-    for n in range(page_cache.Answered.MAX_KEPT + 50):
-        assert app.get(f"/privacy?x={n}").status_code == 200
-    assert len(answered._kept) == page_cache.Answered.MAX_KEPT
+    size = len(app.get("/privacy?x=first").content)
+    for n in range(page_cache.Answered.MAX_BYTES // size + 50):
+        assert app.get(f"/privacy?x={n}", headers={"Accept-Language": f"x-{n}"}).status_code == 200
+    assert sum(len(kept.body) for kept in answered._kept.values()) == answered._bytes <= answered.MAX_BYTES
+    assert len(answered._kept) == answered.MAX_BYTES // size
 
 
 def iter_middleware(app) -> Iterator[object]:
