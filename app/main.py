@@ -36,6 +36,7 @@ from app import (
     web_replies,
 )
 from app.db import Database, utcnow
+from app.intake_process import ProcessIntake
 from app.ratelimit import RateLimited
 from app.security import SecurityHeaders
 from app.settings import Settings, load_settings
@@ -76,7 +77,10 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None, 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        svc.db.start_checkpoints()
+        # One process checkpoints the SQLite log: the sign writer, where it has a process of its own (it writes
+        # nearly everything). Both had done it, each taking CPU from the other and from the event loop.
+        if not isinstance(svc.intake, ProcessIntake):
+            svc.db.start_checkpoints()
         svc.intake.start()
         if freeze_gc:  # what was built so far lives as long as the process
             gc.collect()
