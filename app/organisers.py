@@ -190,8 +190,9 @@ SESSION_PURPOSE = "organiser-session v2"  # v2: sealed (security.seal_handle), n
 
 
 def session_cookie(who: Who, session: Session, *, settings: Settings, now: datetime) -> str:
-    """A new browser session: a row holding the hash of a random handle, and a signed cookie carrying the handle,
-    the organiser and a fingerprint of their token (a new CAMPAIGN_ORGANISER_TOKEN ends old sessions too)."""
+    """A new browser session: a row holding the hash of a random handle, and a sealed cookie (security.seal_handle)
+    carrying the handle, the organiser and a fingerprint of their token (a new CAMPAIGN_ORGANISER_TOKEN ends old
+    sessions too)."""
     if who.id is None:
         fingerprint = _env_fingerprint(settings)
     else:

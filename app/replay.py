@@ -1,4 +1,4 @@
-"""Single-use records: a random nonce (from a signed form token) is accepted once until it expires.
+"""Single-use records: a random nonce (from a sealed form token) is accepted once until it expires.
 
 Kept in Redis when one is configured, so every worker and host agrees; else in this process's memory (then
 `campaign serve` refuses more than one worker). A nonce is random and names no one: nothing personal is kept.

@@ -2,8 +2,8 @@
 
 Only origins listed in CAMPAIGN_FRAME_ANCESTORS may frame it (its own Content-Security-Policy; none by default).
 Inside a third-party frame the browser neither stores nor sends our SameSite=Strict CSRF cookie, so the form
-carries a signed, expiring, single-use form token instead and posts to the top window; a form that does not
-validate opens the full petition page, filled in, where the signer can correct it.
+carries a sealed (security.seal_handle), expiring, single-use form token instead and posts to the top window; a
+form that does not validate opens the full petition page, filled in, where the signer can correct it.
 
 A token alone proves nothing about the browser that sends it (anyone can fetch one), so a post is also refused
 unless its Origin (or, when that is absent or "null", its Referer) is this site or a listed frame ancestor: another
