@@ -7,18 +7,22 @@ from __future__ import annotations
 
 import html
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import event, select
 
 from app import letters, web_letters
 from app.db import utcnow
+from app.main import create_app
 from app.models import LetterRecord, OutboxMessage, Signature
+from app.state import Services
 from tests.support import body, csrf_token, deliver, link_in, make_settings, sign_form
 from tests.test_letters import add_signer, letters_dir_with_named_targets
 from tests.test_mail_lands import display_name
+from tests.test_public_figures import Clock
 
 PRESIDENT = "udp@udp-rk.kz"  # count level (an authority of the country concerned)
 LONDON = "London@mfa.kz"  # embassy-gb: `name` level in these tests
@@ -308,3 +312,25 @@ def test_the_signers_page_reads_a_few_rows_whatever_it_shows(client, svc):
     reads = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
     assert len(reads) == 5, reads  # the signer, their yeses, their sent letters, their yeses by date, the packs
     assert not any("signature_counts" in s for s in statements)
+
+
+def test_page_and_sent_letter_name_the_same_countries_until_the_next_period(settings, db, smtp):
+    """The countries a letter may sign from are taken once per figures period: a fifth German who signs in the
+    middle of a period changes neither the letter the page shows nor the one sent, until the next boundary."""
+    clock = Clock(datetime(2026, 12, 5, 10, 0, 30, tzinfo=UTC))
+    svc = Services.build(settings, db=db, clock=clock)
+    with TestClient(create_app(services=svc), base_url="http://testserver") as client:
+        for i in range(3):
+            add_signer(svc, country="DE", name=f"Other {i}")
+        _, token = add_signer(svc, country="DE", name="Fourth Person")
+        signed_as = "A supporter of the campaign from Germany"
+        assert signed_as not in page_letter(client, token)  # four from Germany: under k
+        add_signer(svc, country="DE", name="Fifth Person")
+        clock.advance(minutes=5)
+        assert signed_as not in page_letter(client, token)
+        assert post(client, token, "send", target="president").status_code == 303
+        deliver(svc, smtp.url)
+        [msg] = smtp.sink.to(PRESIDENT)
+        assert signed_as not in plain(msg)  # as the page showed it when it was sent
+        clock.advance(minutes=5)  # 10:10:30, the next period
+        assert signed_as in page_letter(client, token)
