@@ -362,3 +362,12 @@ def test_an_organiser_cookie_opens_nothing_once_forged_expired_replayed_or_of_an
     csrf = re.search(r'name="csrf_token" value="([^"]+)"', app.get("/organiser").text).group(1)
     assert app.post("/organiser/logout", data={"csrf_token": csrf}, follow_redirects=False).status_code == 303
     assert not opens(cookie)  # signed out: the copy is refused too
+
+
+def test_an_immutable_file_answered_again_is_still_immutable(app):
+    """Failed on a86e383 (not a leak: a cost). The micro-cache wrote every answer again as `public, max-age=N`,
+    so a hashed file lost `immutable` from its second request on, and browsers asked for it again on reload."""
+    url = static_files.url("style.css")
+    first, again = app.get(url), visitor(app).get(url)
+    assert first.headers["cache-control"] == static_files.IMMUTABLE
+    assert again.content == first.content and "immutable" in again.headers["cache-control"]
