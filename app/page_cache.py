@@ -130,6 +130,7 @@ class Kept:
     headers: tuple[tuple[bytes, bytes], ...]  # without Cache-Control, which is written for each answer
     body: bytes
     etag: bytes | None
+    directives: bytes = b""  # the app's other Cache-Control directives (`, immutable`), said again each time
 
 
 def _keepable(headers: list[tuple[bytes, bytes]]) -> tuple[int, bool] | None:
@@ -152,6 +153,13 @@ def _keepable(headers: list[tuple[bytes, bytes]]) -> tuple[int, bool] | None:
                 return None
             vary = True
     return (max_age, vary) if max_age else None
+
+
+def _other_directives(headers: list[tuple[bytes, bytes]]) -> bytes:
+    value = next((v for k, v in headers if k.lower() == b"cache-control"), b"")
+    kept = [d.strip() for d in value.split(b",") if d.strip().lower() != b"public"
+            and not d.strip().lower().startswith(b"max-age=")]
+    return b"".join(b", " + d for d in kept if d)
 
 
 ENTRY_OVERHEAD = 400  # bytes of Python objects around each kept answer (the key's tuple, Kept, its header tuples)
@@ -227,7 +235,7 @@ class Answered:
         kept = Kept(
             now + timedelta(seconds=max_age), 200,
             tuple((k, v) for k, v in headers if k.lower() not in (b"cache-control", b"content-length")), body,
-            next((v for k, v in headers if k.lower() == b"etag"), None))
+            next((v for k, v in headers if k.lower() == b"etag"), None), _other_directives(headers))
         size = _size(key, kept)
         if size > self.MAX_BYTES // 8:
             return
@@ -241,7 +249,7 @@ class Answered:
 
     async def _answer(self, scope, send, kept: Kept, now: datetime) -> None:
         age = int((kept.expires_at - now).total_seconds())
-        headers = [*kept.headers, (b"cache-control", b"public, max-age=%d" % age)]
+        headers = [*kept.headers, (b"cache-control", b"public, max-age=%d%s" % (age, kept.directives))]
         wanted = next((v for k, v in scope["headers"] if k == b"if-none-match"), None)
         if kept.etag is not None and wanted is not None and etag_matches(wanted.decode("latin-1"),
                                                                          kept.etag.decode("latin-1")):
