@@ -177,7 +177,8 @@ def test_no_private_answer_is_kept_or_handed_to_another_visitor_however_it_is_as
                     follow_redirects=False).status_code == 303
     private = [f"/s/{signer}?lang=en", f"/s/{signer}?lang=%72u", f"/s/{signer}/letter.pdf?target=president",
                f"/s/{signer[:-3]}abc", "/s/not-a-token", "/c/mamay/thanks?lang=en", "/c/mamay/embed?lang=en",
-               "/erase?lang=en", "/confirm/not-a-token", "/organiser", "/organiser/login", "/organiser?lang=ru"]
+               "/erase?lang=en", "/confirm/not-a-token", "/organiser", "/organiser/login", "/organiser?lang=ru",
+               "/organiser/preview/mamay?lang=en"]
     seen: dict[str, bytes] = {}
     for url in private:
         app.head(url)
