@@ -78,13 +78,9 @@ def fold_countries(counts: Mapping[str, int], k: int) -> dict[str, int]:
 
 
 def letter_countries(by_country: Mapping[str, int], k: int) -> frozenset[str]:
-    """Countries whose folded public cell holds at least k supporters: only these may sign a letter."""
+    """Countries whose folded public cell holds at least k supporters: only these may sign a letter. The pages
+    and the letters sent from them pass the published cells (stats_cache), batches and packs the exact counts."""
     return frozenset(fold_countries(by_country, k)) - {"other"}
-
-
-def current_letter_countries(session: Session, campaign: str, *, k: int) -> frozenset[str]:
-    """letter_countries of the exact counts now (the pages take them once per period from stats_cache)."""
-    return letter_countries(exact_counts(session, campaign)[0], k)
 
 
 def _down(n: int, k: int) -> int:

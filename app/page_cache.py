@@ -130,6 +130,7 @@ class Kept:
     headers: tuple[tuple[bytes, bytes], ...]  # without Cache-Control, which is written for each answer
     body: bytes
     etag: bytes | None
+    directives: bytes = b""  # the app's other Cache-Control directives (`, immutable`), said again each time
 
 
 def _keepable(headers: list[tuple[bytes, bytes]]) -> tuple[int, bool] | None:
@@ -154,6 +155,24 @@ def _keepable(headers: list[tuple[bytes, bytes]]) -> tuple[int, bool] | None:
     return (max_age, vary) if max_age else None
 
 
+def _other_directives(headers: list[tuple[bytes, bytes]]) -> bytes:
+    value = next((v for k, v in headers if k.lower() == b"cache-control"), b"")
+    kept = [d.strip() for d in value.split(b",") if d.strip().lower() != b"public"
+            and not d.strip().lower().startswith(b"max-age=")]
+    return b"".join(b", " + d for d in kept if d)
+
+
+ENTRY_OVERHEAD = 400  # bytes of Python objects around each kept answer (the key's tuple, Kept, its header tuples)
+
+
+def _size(key: tuple, kept: Kept) -> int:
+    """What one kept answer holds, its key included: a prober's long query strings and languages count, or a
+    small file asked for with 60 kB query strings held twenty times the bound."""
+    path, query, language = key
+    return (len(path) + len(query) + len(language or b"") + len(kept.body)
+            + sum(len(k) + len(v) for k, v in kept.headers) + ENTRY_OVERHEAD)
+
+
 class Answered:
     """Pure ASGI middleware, a micro-cache in the process like deploy/nginx.conf's in front of it: a GET whose
     answer the app marked `Cache-Control: public, max-age=N` (a page of the page cache, a hashed static file) is
@@ -161,7 +180,7 @@ class Answered:
     without routing (most of a cached page's cost was the framework's). What the app did not mark public never
     is; a campaign reloaded empties it. SecurityHeaders wraps it, so every answer gets the same headers."""
 
-    MAX_BYTES = 8 << 20  # bounded whatever query strings or languages a prober invents (a page is ~30 kB)
+    MAX_BYTES = 8 << 20  # keys and bodies: bounded whatever query strings or languages a prober invents
 
     def __init__(self, app, *, clock: Callable[[], datetime], version: Callable[[], object]) -> None:
         self.app, self.clock, self.version = app, clock, version
@@ -190,6 +209,7 @@ class Answered:
         if kept is not None:
             await self._answer(scope, send, kept, now)
             return
+        campaigns = self._version  # what this answer is made from (set by _find)
         keep: list = []  # (headers, max-age, varies by language), then the body's parts
         chunks: list[bytes] = []
 
@@ -201,30 +221,35 @@ class Answered:
                     keep.append((headers, *found))
             elif message["type"] == "http.response.body" and keep:
                 chunks.append(message.get("body", b""))
-                if not message.get("more_body", False):
+                # Not kept if campaigns were reloaded while it was made: a request in between has emptied the
+                # cache for the new ones already, and this answer may show a campaign taken down since.
+                if not message.get("more_body", False) and self.version() == campaigns:
                     self._keep(scope, *keep[0], b"".join(chunks), now)
             await send(message)
 
         await self.app(scope, receive, keeping)
 
     def _keep(self, scope, headers: list, max_age: int, vary: bool, body: bytes, now: datetime) -> None:
-        if len(body) > self.MAX_BYTES // 8:
-            return
         language = next((v for k, v in scope["headers"] if k == b"accept-language"), b"") if vary else None
         key = (scope["path"], scope["query_string"], language)
-        if key in self._kept:
-            self._bytes -= len(self._kept.pop(key).body)
-        while self._kept and self._bytes + len(body) > self.MAX_BYTES:
-            self._bytes -= len(self._kept.pop(next(iter(self._kept))).body)  # the oldest first
-        self._bytes += len(body)
-        self._kept[key] = Kept(
+        kept = Kept(
             now + timedelta(seconds=max_age), 200,
             tuple((k, v) for k, v in headers if k.lower() not in (b"cache-control", b"content-length")), body,
-            next((v for k, v in headers if k.lower() == b"etag"), None))
+            next((v for k, v in headers if k.lower() == b"etag"), None), _other_directives(headers))
+        size = _size(key, kept)
+        if size > self.MAX_BYTES // 8:
+            return
+        if key in self._kept:
+            self._bytes -= _size(key, self._kept.pop(key))
+        while self._kept and self._bytes + size > self.MAX_BYTES:
+            oldest = next(iter(self._kept))
+            self._bytes -= _size(oldest, self._kept.pop(oldest))  # the oldest first
+        self._bytes += size
+        self._kept[key] = kept
 
     async def _answer(self, scope, send, kept: Kept, now: datetime) -> None:
         age = int((kept.expires_at - now).total_seconds())
-        headers = [*kept.headers, (b"cache-control", b"public, max-age=%d" % age)]
+        headers = [*kept.headers, (b"cache-control", b"public, max-age=%d%s" % (age, kept.directives))]
         wanted = next((v for k, v in scope["headers"] if k == b"if-none-match"), None)
         if kept.etag is not None and wanted is not None and etag_matches(wanted.decode("latin-1"),
                                                                          kept.etag.decode("latin-1")):

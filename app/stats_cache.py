@@ -24,7 +24,7 @@ class _Entry:
     starts_at: datetime
     ends_at: datetime
     stats: counters.Stats
-    letter_countries: frozenset[str]  # the countries a letter may name this period (counters.letter_countries)
+    letter_countries: frozenset[str]  # the countries a letter may name this period: those `stats` shows
     body: bytes | None  # the stats API's answer, rendered on first use
 
 
@@ -69,8 +69,10 @@ class StatsCache:
         return self._current(campaign).stats
 
     def letter_countries(self, campaign: Campaign) -> frozenset[str]:
-        """The countries a letter may name, from the exact counts taken once per period: the signer's page, the
-        letter sent for them and its PDF agree within a period, and no page view reads the counts table."""
+        """The countries a letter may name: those the period's published figures show (as of 00:00 UTC, the same
+        snapshot in every process). From the exact counts, a prober holding a country one below k read one more
+        confirmation from it off their own letter within ten minutes, which the daily publication is there to
+        prevent; and two processes reading them at different moments named different countries."""
         return self._current(campaign).letter_countries
 
     def _current(self, campaign: Campaign) -> _Entry:
@@ -82,12 +84,11 @@ class StatsCache:
         with self.db.read() as session:  # the usual case: another process (or an earlier us) wrote it already
             stats = counters.published(session, campaign, starts_at=starts_at)
             public_replies = tuple(replies.listed(session, campaign.slug, public_only=True))
-            countries = counters.current_letter_countries(session, campaign.slug, k=self.min_cell)
         if stats is None:
             with self.db.write.begin() as session:
                 stats = counters.public_stats(session, campaign, k=self.min_cell, now=now, every=self.every)
         stats = replace(stats, replies=public_replies)
-        entry = _Entry(starts_at, ends_at, stats, countries, None)
+        entry = _Entry(starts_at, ends_at, stats, counters.letter_countries(stats.by_country, self.min_cell), None)
         with self._lock:
             self._entries[campaign.slug] = entry
         return entry
