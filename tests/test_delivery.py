@@ -315,8 +315,9 @@ def test_the_signers_page_reads_a_few_rows_whatever_it_shows(client, svc):
 
 
 def test_page_and_sent_letter_name_the_same_countries_until_the_next_period(settings, db, smtp):
-    """The countries a letter may sign from are taken once per figures period: a fifth German who signs in the
-    middle of a period changes neither the letter the page shows nor the one sent, until the next boundary."""
+    """The countries a letter may sign from are those of the period's published figures (as of 00:00 UTC): a fifth
+    German (counted on an earlier day) who confirms in the middle of a period changes neither the letter the page
+    shows nor the one sent, until the next boundary publishes the figures that hold them."""
     clock = Clock(datetime(2026, 12, 5, 10, 0, 30, tzinfo=UTC))
     svc = Services.build(settings, db=db, clock=clock)
     with TestClient(create_app(services=svc), base_url="http://testserver") as client:
