@@ -21,6 +21,8 @@ from app.state import Services
 from tests.support import (
     PARTNER,
     PG_ADMIN_URL,
+    START,
+    Clock,
     SMTPServer,
     make_settings,
     migrate,
@@ -138,3 +140,15 @@ def partner_client(tmp_path: Path, sqlite_url: str) -> Iterator[TestClient]:
     with TestClient(create_app(settings, db=db), base_url="http://testserver") as client:
         yield client
     db.dispose()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock(START)
+
+
+@pytest.fixture
+def app(settings: Settings, db: Database, clock: Clock) -> Iterator[TestClient]:
+    """The app on its own services, reading `clock` (which the test moves) for the figures' periods."""
+    with TestClient(create_app(settings, db=db, clock=clock), base_url="http://testserver") as c:
+        yield c

@@ -10,11 +10,12 @@ import re
 import socket
 import threading
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
 
+import pytest
 from aiosmtpd.controller import Controller
 from alembic import command
 from alembic.config import Config
@@ -34,6 +35,32 @@ TEST_SECRET = "test-secret-0123456789abcdef0123456789"
 
 
 PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+START = datetime(2026, 12, 5, 10, 0, 30, tzinfo=UTC)  # 30 s into a period (boundaries every 10 minutes)
+
+
+class Clock:
+    """A clock the app reads (Services.clock); tests move it instead of sleeping."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
+
+
+def local_redis(db: int):
+    """(URL, client) of a Redis database on the local server, emptied first; the test is skipped without one."""
+    redis = pytest.importorskip("redis")
+    r = redis.Redis(host="127.0.0.1", port=6379, db=db, socket_connect_timeout=1)
+    try:
+        r.ping()
+    except redis.RedisError as exc:
+        pytest.skip(f"Redis not reachable ({exc})")
+    r.flushdb()
+    return f"redis://127.0.0.1:6379/{db}", r
 
 
 def alembic_config(url: str) -> Config:

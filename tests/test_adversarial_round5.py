@@ -8,10 +8,8 @@ from __future__ import annotations
 import json
 import re
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
-import pytest
 from fastapi.testclient import TestClient
 
 from app import letters, organisers, page_cache, security, signing, static_files, web_embed
@@ -19,23 +17,11 @@ from app.db import Database
 from app.main import create_app
 from app.settings import Settings
 from tests.seed import organiser
-from tests.support import SIGNER, count, make_settings
+from tests.support import SIGNER, START, count, local_redis, make_settings
 from tests.test_page_cache import iter_middleware, visitor
-from tests.test_public_figures import Clock, confirm
+from tests.test_public_figures import confirm
 
-START = datetime(2026, 12, 5, 10, 0, 30, tzinfo=UTC)  # 30 s into a period (boundaries every 10 minutes)
 FROM_GERMANY = "A supporter of the campaign from Germany"
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock(START)
-
-
-@pytest.fixture
-def app(settings: Settings, db: Database, clock: Clock) -> Iterator[TestClient]:
-    with TestClient(create_app(settings, db=db, clock=clock), base_url="http://testserver") as c:
-        yield c
 
 
 def answered(app: TestClient) -> page_cache.Answered:
@@ -320,14 +306,8 @@ def old_format_cookies(secret: str, data: dict) -> dict[str, str]:
 
 
 def test_an_embed_token_signs_once_across_two_processes_sharing_redis(tmp_path, sqlite_url):
-    redis = pytest.importorskip("redis")
-    r = redis.Redis(host="127.0.0.1", port=6379, db=15, socket_connect_timeout=1)
-    try:
-        r.ping()
-    except redis.RedisError as exc:
-        pytest.skip(f"Redis not reachable ({exc})")
-    r.flushdb()
-    settings = make_settings(tmp_path, sqlite_url, redis_url="redis://127.0.0.1:6379/15")
+    url, r = local_redis(15)
+    settings = make_settings(tmp_path, sqlite_url, redis_url=url)
     db = Database(settings.sqlalchemy_url)
     try:
         with TestClient(create_app(settings, db=db), base_url="http://testserver") as one, \

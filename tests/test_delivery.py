@@ -19,10 +19,9 @@ from app.db import utcnow
 from app.main import create_app
 from app.models import LetterRecord, OutboxMessage, Signature
 from app.state import Services
-from tests.support import body, csrf_token, deliver, link_in, make_settings, sign_form
+from tests.support import Clock, body, csrf_token, deliver, link_in, make_settings, sign_form
 from tests.test_letters import add_signer, letters_dir_with_named_targets
 from tests.test_mail_lands import display_name
-from tests.test_public_figures import Clock
 
 PRESIDENT = "udp@udp-rk.kz"  # count level (an authority of the country concerned)
 LONDON = "London@mfa.kz"  # embassy-gb: `name` level in these tests

@@ -30,10 +30,9 @@ from app.state import Services
 from tests import browser
 from tests.seed import bearer, bulk_confirmed, organiser
 from tests.servers import AppProcess, server_env
-from tests.support import csrf_token, deliver, make_settings, migrate
+from tests.support import Clock, csrf_token, deliver, make_settings, migrate
 from tests.test_delivery import open_in_mail_program, post
 from tests.test_letters import add_signer, cli_env, letters_dir_with_named_targets
-from tests.test_public_figures import Clock
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
 PDF_BYTES = b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n"

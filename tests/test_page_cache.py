@@ -21,27 +21,13 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app import page_cache, security, static_files
-from app.db import Database
-from app.main import create_app
-from app.settings import ROOT, Settings
+from app.settings import ROOT
 from tests.servers import AppProcess, server_env, upgrade
-from tests.support import BROWSER_POST, SIGNER, count, csrf_token, free_port, sign_form
-from tests.test_public_figures import Clock, confirm
+from tests.support import BROWSER_POST, SIGNER, START, count, csrf_token, free_port, sign_form
+from tests.test_public_figures import confirm
 
-START = datetime(2026, 12, 5, 10, 0, 30, tzinfo=UTC)  # 30 s into a period (boundaries every 10 minutes)
 PUBLIC = ["/", "/c/mamay?lang=en", "/c/mamay?lang=ru", "/c/mamay?lang=kk", "/privacy?lang=en",
           "/c/mamay/letter?lang=en", "/c/mamay/letter?lang=ru&target=embassy-de", "/c/mamay", "/privacy"]
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock(START)
-
-
-@pytest.fixture
-def app(settings: Settings, db: Database, clock: Clock) -> Iterator[TestClient]:
-    with TestClient(create_app(settings, db=db, clock=clock), base_url="http://testserver") as c:
-        yield c
 
 
 def visitor(app: TestClient, **headers: str) -> TestClient:

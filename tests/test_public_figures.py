@@ -5,7 +5,6 @@ still see exact live counts. The clock is a parameter of the app (create_app(clo
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -15,14 +14,12 @@ from app import counters, signing
 from app.db import Database
 from app.main import create_app
 from app.models import Signature
-from app.settings import Settings
 from app.state import Services
 from tests.seed import bearer, organiser
-from tests.support import SIGNER, make_settings
+from tests.support import SIGNER, START, make_settings
 
 K = 5
 STEPS = 130
-START = datetime(2026, 12, 5, 10, 0, 30, tzinfo=UTC)  # 30 s into a period (boundaries every 10 minutes)
 STATS = "/api/v1/campaigns/mamay/stats"
 PAGES = ["/c/mamay", "/c/mamay/embed", "/", "/c/mamay?lang=kk"]
 
@@ -30,30 +27,6 @@ PAGES = ["/c/mamay", "/c/mamay/embed", "/", "/c/mamay?lang=kk"]
 def period(at: datetime) -> int:
     """Which 10-minute period (counted from the epoch, as the app counts them) holds `at`."""
     return (at - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(minutes=10)
-
-
-class Clock:
-    """A clock the app reads (Services.clock); tests move it instead of sleeping."""
-
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock(START)
-
-
-@pytest.fixture
-def app(settings: Settings, db: Database, clock: Clock) -> Iterator[TestClient]:
-    with TestClient(create_app(settings, db=db, clock=clock), base_url="http://testserver") as c:
-        yield c
 
 
 def confirm(svc: Services, country: str, *, now: datetime, n: int = [0]) -> str:  # noqa: B006 - a counter

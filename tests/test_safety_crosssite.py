@@ -15,7 +15,7 @@ from app.main import create_app
 from app.models import Signature
 from tests import browser
 from tests.seed import bearer, organiser
-from tests.support import PARTNER, SIGNER, count, make_settings
+from tests.support import PARTNER, SIGNER, count, local_redis, make_settings
 
 SIGN = "/api/v1/campaigns/mamay/signatures"
 JSON_BODY = '{"name": "Cross Site", "email": "cross@example.org", "country": "DE", "consent": true}'
@@ -122,14 +122,8 @@ def test_a_post_from_this_site_or_a_listed_partner_signs(partner_client, headers
 
 
 def test_with_redis_a_token_used_on_one_worker_is_refused_on_another(tmp_path, sqlite_url):
-    redis = pytest.importorskip("redis")
-    r = redis.Redis(host="127.0.0.1", port=6379, db=14, socket_connect_timeout=1)
-    try:
-        r.ping()
-    except redis.RedisError as exc:
-        pytest.skip(f"Redis not reachable ({exc})")
-    r.flushdb()
-    settings = make_settings(tmp_path, sqlite_url, redis_url="redis://127.0.0.1:6379/14")
+    url, r = local_redis(14)
+    settings = make_settings(tmp_path, sqlite_url, redis_url=url)
     db = Database(settings.sqlalchemy_url)
     try:
         with TestClient(create_app(settings, db=db), base_url="http://testserver") as one, \

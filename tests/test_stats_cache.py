@@ -5,56 +5,39 @@ to the recount of rows (rounded down to the minimum cell size)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-
-import pytest
-from fastapi.testclient import TestClient
 
 from app import counters, demo
 from app.db import Database, utcnow
-from app.main import create_app
-from tests.test_public_figures import START, Clock
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock(START)
-
-
-@pytest.fixture
-def clocked(settings, db, clock) -> Iterator[TestClient]:
-    with TestClient(create_app(settings, db=db, clock=clock), base_url="http://testserver") as c:
-        yield c
 
 
 def published(client) -> int:
     return client.get("/api/v1/campaigns/mamay/stats").json()["confirmed"]
 
 
-def test_answer_is_served_from_memory_until_the_next_boundary(clocked, clock):
-    app_svc = clocked.app.state.services
-    assert published(clocked) == 0
+def test_answer_is_served_from_memory_until_the_next_boundary(app, clock):
+    app_svc = app.app.state.services
+    assert published(app) == 0
     body = app_svc.stats_cache.cached("mamay")
     assert body is not None  # the next read costs no query
     demo.fill(app_svc.db, campaign="mamay", count=40, keyring=app_svc.keyring, now=utcnow(), confirmed_share=1,
               processes=1)
     # A commit in this process changes nothing public before the boundary.
     assert app_svc.stats_cache.cached("mamay") == body
-    assert published(clocked) == 0
+    assert published(app) == 0
     clock.advance(minutes=10)
-    assert published(clocked) == 40
+    assert published(app) == 40
 
 
-def test_a_confirmation_by_another_process_shows_at_the_next_boundary(clocked, clock, settings):
-    assert published(clocked) == 0
+def test_a_confirmation_by_another_process_shows_at_the_next_boundary(app, clock, settings):
+    assert published(app) == 0
     other = Database(settings.sqlalchemy_url)  # another process's engine on the same database
     try:
-        svc = clocked.app.state.services
+        svc = app.app.state.services
         demo.fill(other, campaign="mamay", count=27, keyring=svc.keyring, now=utcnow(), confirmed_share=1,
                   processes=1)
-        assert published(clocked) == 0
+        assert published(app) == 0
         clock.advance(minutes=10)
-        assert published(clocked) == 25
+        assert published(app) == 25
         with other.read() as s:
             assert counters.recount(s, "mamay") == 27
     finally:
