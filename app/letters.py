@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import itertools
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import date, datetime
 from email.headerregistry import Address
@@ -266,10 +267,6 @@ def supporter_view(target: Target, supporter: Supporter, *, opted_in: bool, publ
     )
 
 
-def opt_ins(session: Session, signature_id: int) -> set[str]:
-    return set(session.scalars(select(TargetOptIn.target).where(TargetOptIn.signature_id == signature_id)))
-
-
 def deliveries(session: Session, signature_id: int) -> dict[str, datetime]:
     """When the service sent this signer's letter to each target it sent one to."""
     rows = session.execute(
@@ -388,14 +385,14 @@ class TargetLetter:
 
 def signer_letters(
     session: Session, *, campaign: Campaign, row: Signature, lang: str, keyring: Keyring, secret: bytes,
-    public: frozenset[str],
+    public: frozenset[str], named: Collection[str],
 ) -> list[TargetLetter]:
-    """The signer's letter to each target they write to. `public`: the countries a letter may name
-    (counters.letter_countries; the pages take them from stats_cache once per period)."""
+    """The signer's letter to each target they write to. `public`: the countries a letter may name (from
+    stats_cache, once per period); `named`: the targets they agreed to be named to (naming.yeses)."""
     if row.status != CONFIRMED or row.email_key is None:
         raise LetterRefused("not_confirmed")
     supporter = open_supporter(row, keyring)
-    named, sent = opt_ins(session, row.id), deliveries(session, row.id)
+    sent = deliveries(session, row.id)
     found = []
     for target in targets_for(campaign, row.country):
         view = supporter_view(target, supporter, opted_in=target.key in named, public=public)

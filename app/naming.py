@@ -8,6 +8,7 @@ name, and the page says so instead of pretending it can be undone.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 
@@ -16,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from app import ledger
 from app.campaigns import Campaign, Target
-from app.models import PackDelivery, Signature, TargetOptIn
+from app.models import PackDelivery, TargetOptIn
 
 
 @dataclass(frozen=True)
@@ -50,14 +51,19 @@ def carried_on(delivered: list[date], opted_in_at: datetime | None) -> date | No
     return next((day for day in delivered if day >= opted_in_at.date()), None)
 
 
-def choices(session: Session, *, campaign: Campaign, row: Signature, targets: list[Target]) -> dict[str, Choice]:
-    """The naming choice of one signer for each of `targets` that may carry names, by target key: two reads
-    (the signer's yeses, the campaign's pack deliveries), however many targets the page shows."""
+def yeses(session: Session, signature_id: int) -> dict[str, datetime]:
+    """The targets a signer agreed to be named to, and when."""
+    return dict(session.execute(select(TargetOptIn.target, TargetOptIn.created_at)
+                                .where(TargetOptIn.signature_id == signature_id)).all())
+
+
+def choices(session: Session, *, campaign: Campaign, said: Mapping[str, datetime], targets: list[Target]
+            ) -> dict[str, Choice]:
+    """The naming choice of one signer (`said`: their yeses) for each of `targets` that may carry names, by target
+    key: one read of the campaign's pack deliveries, however many targets the page shows."""
     targets = [t for t in targets if t.allows_names()]
     if not targets:
         return {}
-    said = dict(session.execute(select(TargetOptIn.target, TargetOptIn.created_at)
-                                .where(TargetOptIn.signature_id == row.id)).all())
     delivered: dict[str, list[date]] = {}
     for target, day in session.execute(
         select(PackDelivery.target, PackDelivery.delivered_on).where(PackDelivery.campaign == campaign.slug)

@@ -115,13 +115,14 @@ def _signer_page(request: Request, token: str, lang: str | None) -> HTMLResponse
         campaign = campaign_or_404(svc, row.campaign)
         lang = campaign.lang(lang or row.language)
         try:
+            said = naming.yeses(session, row.id)
             items = letters.signer_letters(
                 session, campaign=campaign, row=row, lang=lang, keyring=svc.keyring,
                 secret=letters.variation_secret(svc.settings.secret_key),
-                public=svc.stats_cache.letter_countries(campaign),
+                public=svc.stats_cache.letter_countries(campaign), named=said,
             )
             pack_only = naming.pack_targets(campaign, row.country)
-            choices = naming.choices(session, campaign=campaign, row=row,
+            choices = naming.choices(session, campaign=campaign, said=said,
                                      targets=[item.target for item in items] + pack_only)
         except letters.LetterRefused:
             items, pack_only, choices = [], [], {}

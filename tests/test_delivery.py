@@ -309,7 +309,7 @@ def test_the_signers_page_reads_a_few_rows_whatever_it_shows(client, svc):
         event.remove(svc.db.engine, "before_cursor_execute", seen)
     assert answer.status_code == 200 and 'id="t-president"' in answer.text and 'id="t-embassy-gb"' in answer.text
     reads = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
-    assert len(reads) == 5, reads  # the signer, their yeses, their sent letters, their yeses by date, the packs
+    assert len(reads) == 4, reads  # the signer, their yeses, their sent letters, the packs delivered
     assert not any("signature_counts" in s for s in statements)
 
 

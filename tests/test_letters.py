@@ -280,7 +280,7 @@ def test_pending_signers_are_not_letters_yet(svc, campaign):
         row = session.get(Signature, pending_id)
         with pytest.raises(letters.LetterRefused):
             letters.signer_letters(session, campaign=campaign, row=row, lang="en", keyring=svc.keyring,
-                                   secret=SECRET, public=frozenset())
+                                   secret=SECRET, public=frozenset(), named=())
 
 
 def test_a_letter_written_once_as_text_is_also_its_html_escaped_and_whole(tmp_path):

@@ -196,7 +196,7 @@ def test_no_letter_of_the_signer_goes_to_a_pack_only_target(client, svc):
         row = s.get(Signature, sig)
         keys = [i.target.key for i in letters.signer_letters(s, campaign=campaign, row=row, lang="en",
                                                               keyring=svc.keyring, secret=b"x",
-                                                              public=frozenset())]
+                                                              public=frozenset(), named=())]
     assert keys == ["president", "embassy-de"]
     for key in PACK_ONLY:
         sent = client.post(f"/s/{token}/send", data={"csrf_token": csrf(client, token), "target": key},

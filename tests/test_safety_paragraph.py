@@ -199,7 +199,7 @@ def test_kept_out_it_is_accepted_and_no_letter_to_the_kazakh_state_carries_it(cl
         assert svc.keyring.open(kept.message_enc, "message", kept.key_id) == PRIVATE  # stored as typed
         for row, present in ((kept, False), (other, True)):
             items = letters.signer_letters(s, campaign=campaign, row=row, lang="en", keyring=svc.keyring,
-                                           secret=secret, public=frozenset())
+                                           secret=secret, public=frozenset(), named=())
             assert {i.target.kind for i in items} == {"authority", "embassy"}  # DE: three authorities, the embassy
             for item in items:
                 assert ("call +7" in item.letter.text) is False
