@@ -238,10 +238,9 @@ def _pdf(svc: Services, token: str, target: str, lang: str | None, *, record: bo
     with svc.db.read() as session:
         row = signer_or_404(session, token)
         campaign = campaign_or_404(svc, row.campaign)
-    public = svc.stats_cache.letter_countries(campaign)  # outside the read: at a boundary it may publish
-    with svc.db.read() as session:
-        row = signer_or_404(session, token)
-        letter = _letter(svc, session, campaign, row, target[:64], lang or row.language, public)
+        # A read takes no lock, so the figures may be published beside it at a boundary (as on the signer's page).
+        letter = _letter(svc, session, campaign, row, target[:64], lang or row.language,
+                         svc.stats_cache.letter_countries(campaign))
     content = pdf.letters_pdf([letter], lang=letter.lang, title=letter.subject)
     if record:
         with svc.db.write.begin() as session:  # made: now recorded, in a short write of its own
