@@ -15,9 +15,8 @@ from fastapi.testclient import TestClient
 from app import letters, organisers, page_cache, security, signing, static_files, web_embed
 from app.db import Database
 from app.main import create_app
-from app.settings import Settings
 from tests.seed import organiser
-from tests.support import SIGNER, START, count, local_redis, make_settings
+from tests.support import SIGNER, START, count, make_settings
 from tests.test_page_cache import iter_middleware, visitor
 from tests.test_public_figures import confirm
 
@@ -303,30 +302,6 @@ def old_format_cookies(secret: str, data: dict) -> dict[str, str]:
     except ImportError:
         return {"itsdangerous-shaped": "eyJpZCI6MSwiZnAiOiJ4IiwicyI6InkifQ.Z1Hc8A.kI0c9hFq3p2m1bJd7kq0v4dO5wI"}
     return {"itsdangerous, same payload": URLSafeTimedSerializer(secret, salt="organiser-session").dumps(data)}
-
-
-def test_an_embed_token_signs_once_across_two_processes_sharing_redis(tmp_path, sqlite_url):
-    url, r = local_redis(15)
-    settings = make_settings(tmp_path, sqlite_url, redis_url=url)
-    db = Database(settings.sqlalchemy_url)
-    try:
-        with TestClient(create_app(settings, db=db), base_url="http://testserver") as one, \
-                TestClient(create_app(settings, db=db), base_url="http://testserver") as two:
-            token = embed_token(one)
-            assert embed_sign(two, token, "first@example.org").status_code == 303  # issued by one, used on two
-            assert embed_sign(one, token, "second@example.org").status_code == 403
-            assert embed_sign(two, token, "third@example.org").status_code == 403
-            assert count(one.app.state.services) == 1
-            assert [k.decode() for k in r.keys("*")] == [f"campaign:embed-form-used:{_nonce(settings, token)}"]
-    finally:
-        db.dispose()
-        r.flushdb()
-
-
-def _nonce(settings: Settings, token: str) -> str:
-    raw = security.open_handle(settings.secret_key, web_embed.FORM_PURPOSE, token, max_age=60)
-    assert raw is not None
-    return raw[:16].hex()
 
 
 def test_an_organiser_cookie_opens_nothing_once_forged_expired_replayed_or_of_another_kind(app):

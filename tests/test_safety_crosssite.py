@@ -10,6 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
+from app import security, web_embed
 from app.db import Database
 from app.main import create_app
 from app.models import Signature
@@ -129,9 +130,13 @@ def test_with_redis_a_token_used_on_one_worker_is_refused_on_another(tmp_path, s
         with TestClient(create_app(settings, db=db), base_url="http://testserver") as one, \
                 TestClient(create_app(settings, db=db), base_url="http://testserver") as two:
             token = embed_token(one)
-            assert embed_post(one, token, "a@example.org", Origin="http://testserver").status_code == 303
-            assert refused(embed_post(two, token, "b@example.org", Origin="http://testserver"))
+            assert embed_post(two, token, "a@example.org", Origin="http://testserver").status_code == 303
+            assert refused(embed_post(one, token, "b@example.org", Origin="http://testserver"))
+            assert refused(embed_post(two, token, "c@example.org", Origin="http://testserver"))
             assert stored(one.app.state.services) == 1
+            # Redis holds the spent nonce only: nothing of the signer, the form or the address it came from.
+            nonce = security.open_handle(settings.secret_key, web_embed.FORM_PURPOSE, token, max_age=60)[:16].hex()
+            assert [k.decode() for k in r.keys("*")] == [f"campaign:embed-form-used:{nonce}"]
     finally:
         db.dispose()
         r.flushdb()

@@ -30,7 +30,7 @@ from app.ratelimit import client_network, daily_key
 from app.settings import ROOT
 from tests.seed import add_signatures, bearer, organiser, signature_values
 from tests.servers import CAMPAIGN_BIN, server_env
-from tests.support import SIGNER, TEST_SECRET, csrf_token, free_port, make_settings
+from tests.support import SIGNER, TEST_SECRET, csrf_token, free_port, local_redis, make_settings
 
 SIGN = "/api/v1/campaigns/mamay/signatures"
 REDIS_DB = 14  # this suite's own database on the shared test Redis
@@ -93,13 +93,7 @@ def test_serve_with_two_workers_and_no_redis_refuses_to_start(tmp_path):
 
 
 def redis_db():
-    redis = pytest.importorskip("redis")
-    r = redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB, socket_connect_timeout=1)
-    try:
-        r.ping()
-    except redis.RedisError as exc:
-        pytest.skip(f"Redis not reachable at 127.0.0.1:6379 ({exc})")
-    return r
+    return local_redis(REDIS_DB)[1]
 
 
 @pytest.fixture
